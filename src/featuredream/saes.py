@@ -1,0 +1,231 @@
+"""Loading SAEs (sae-lens registry, local sae-lens directory, shipped fixtures) bound to a :class:`Site`.
+
+``load_sae`` returns a :class:`BoundSAE`: the sae-lens ``SAE`` plus the site it reads, its name, and the
+dataset statistics shipped beside a fixture (per-latent max activation, fire rate, norm cap, top examples).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import text_config
+from .sites import HEAD_KINDS, Site, parse_hook_name
+
+log = logging.getLogger(__name__)
+
+FIXTURE_DIR = Path(__file__).parent / "data" / "saes"
+FIXTURE_ALIASES = {"default": "smollm2-res12"}
+
+
+def fixture_names() -> list[str]:
+    """Names of the SAEs shipped in the package (plus the alias ``default``)."""
+    names = sorted(p.name for p in FIXTURE_DIR.glob("*") if (p / "cfg.json").exists())
+    return list(FIXTURE_ALIASES) + names
+
+
+@dataclass
+class FeatureStats:
+    """Dataset statistics of an SAE's latents (shipped with fixtures; see ``train_sae``).
+
+    Tensors: ``max_activation [d_sae]`` (encoder pre-activation), ``max_projection [d_sae]``,
+    ``fire_rate [d_sae]``, ``top_tokens [d_sae, K, w]`` (-1 = none), ``top_acts [d_sae, K, w]``,
+    ``top_pos [d_sae, K]`` (index of the activating token), ``top_values [d_sae, K]``.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        try:
+            return self.__dict__["tensors"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def norm_cap(self) -> float | None:
+        return self.info.get("norm_cap")
+
+    def live_latents(self) -> torch.Tensor:
+        """Indices of latents that fired at least once on the corpus."""
+        return (self.tensors["fire_rate"] > 0).nonzero().squeeze(1)
+
+    def examples(self, latent: int) -> list[tuple[list[int], int, list[float], float]]:
+        """Top examples of ``latent``: (token ids, activating index, per-token activations, value)."""
+        out = []
+        for k in range(self.top_tokens.shape[1]):
+            pos = int(self.top_pos[latent, k])
+            if pos < 0:
+                continue
+            toks = self.top_tokens[latent, k]
+            n = int((toks >= 0).sum())
+            out.append(
+                (toks[:n].tolist(), pos, self.top_acts[latent, k, :n].float().tolist(), float(self.top_values[latent, k]))
+            )
+        return out
+
+
+@dataclass
+class BoundSAE:
+    """A sae-lens SAE bound to the site it was trained on. Shapes: input ``[..., d_in]``."""
+
+    sae: nn.Module
+    site: Site
+    name: str
+    stats: FeatureStats | None = None
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
+    def check_latent(self, latent: object) -> int:
+        """The latent as an int; ValueError naming the valid range otherwise."""
+        try:
+            lat = operator.index(latent) if not isinstance(latent, str) else int(latent)
+        except (TypeError, ValueError):
+            raise ValueError(f"latent {latent!r} is not an integer: valid are 0..{self.d_sae - 1}") from None
+        if isinstance(latent, bool):
+            raise ValueError(f"latent {latent!r} is not an integer: valid are 0..{self.d_sae - 1}")
+        if not 0 <= lat < self.d_sae:
+            raise ValueError(f"latent {lat} out of range for SAE {self.name!r}: valid are 0..{self.d_sae - 1}")
+        return lat
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.sae.cfg
+        if cfg.normalize_activations == "none" and cfg.reshape_activations == "none":
+            x = x.to(self.sae.W_enc.dtype)
+            return x - self.sae.b_dec if cfg.apply_b_dec_to_input else x
+        return self.sae.process_sae_in(x)
+
+    def _bias(self) -> torch.Tensor:
+        for name in ("b_enc", "b_gate"):
+            if hasattr(self.sae, name):
+                return getattr(self.sae, name)
+        raise ValueError(f"SAE {self.name!r} ({type(self.sae).__name__}) has no encoder bias: unsupported architecture")
+
+    def pre_activation(self, x: torch.Tensor, latents: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """Encoder pre-activation (before ReLU / TopK / threshold): ``[..., d_in] -> [..., n_latents]``."""
+        W, b = self.sae.W_enc, self._bias()
+        if latents is not None:
+            W, b = W[:, latents], b[latents]
+        pre = self._prepare(x) @ W + b
+        if getattr(self.sae.cfg, "rescale_acts_by_decoder_norm", False):
+            dn = self.sae.W_dec.norm(dim=-1)
+            pre = pre * (dn if latents is None else dn[latents])
+        return pre
+
+    def decoder_direction(self, latent: int) -> torch.Tensor:
+        """Unit decoder direction ``[d_in]`` of ``latent``."""
+        w = self.sae.W_dec[latent]
+        return w / w.norm()
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d_in] -> [..., d_in]`` through the SAE's own encode/decode."""
+        return self.sae.decode(self.sae.encode(x.to(self.sae.W_enc.dtype)))
+
+
+def _site_width(model: nn.Module, site: Site) -> int:
+    cfg = text_config(model)
+    if site.kind not in HEAD_KINDS:
+        return cfg.hidden_size
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if site.head is not None:
+        return d_head
+    n = cfg.num_attention_heads
+    if site.kind in ("attn_k", "attn_v"):
+        n = getattr(cfg, "num_key_value_heads", None) or n
+    return n * d_head
+
+
+def _load_dir(path: Path, device: str, dtype: str):
+    from sae_lens import SAE
+
+    if not (path / "cfg.json").exists():
+        raise ValueError(f"SAE directory {str(path)!r} has no cfg.json: valid is a sae-lens SAE directory")
+    try:
+        return SAE.load_from_disk(str(path), device=device, dtype=dtype)
+    except Exception as e:  # sae-lens raises many kinds for a broken file
+        raise ValueError(f"SAE directory {str(path)!r} could not be read ({type(e).__name__}: {e})"[:300]) from e
+
+
+def _load_stats(path: Path) -> FeatureStats | None:
+    feats, info = path / "features.safetensors", path / "stats.json"
+    if not feats.exists():
+        return None
+    from safetensors.torch import load_file
+
+    return FeatureStats(load_file(str(feats)), json.loads(info.read_text()) if info.exists() else {})
+
+
+def load_sae(
+    spec: str | Path = "default",
+    *,
+    model: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
+    head: int | None = None,
+) -> BoundSAE:
+    """Load an SAE and bind it to its site.
+
+    Args:
+        spec: a shipped fixture name (``"default"``, see :func:`fixture_names`), a local sae-lens
+            directory (``cfg.json`` + ``sae_weights.safetensors``), or ``"release:sae_id"`` from the
+            sae-lens registry (used when cached or online).
+        model: when given, the site is checked to exist in it and the SAE's width to match it there.
+        head: for head sites of SAEs without ``hook_head_index``, the head to bind to.
+    """
+    if device is None:
+        device = next(model.parameters()).device if model is not None else "cpu"
+    device = str(device)
+    spec_s = str(spec)
+    name = FIXTURE_ALIASES.get(spec_s, spec_s)
+    stats = None
+    if (FIXTURE_DIR / name / "cfg.json").exists():
+        sae = _load_dir(FIXTURE_DIR / name, device, dtype)
+        stats = _load_stats(FIXTURE_DIR / name)
+    elif Path(spec_s).expanduser().is_dir():
+        path = Path(spec_s).expanduser()
+        sae = _load_dir(path, device, dtype)
+        stats = _load_stats(path)
+    elif ":" in spec_s and not Path(spec_s).exists():
+        release, sae_id = spec_s.split(":", 1)
+        from sae_lens import SAE
+
+        try:
+            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+        except Exception as e:
+            raise ValueError(
+                f"could not load SAE {spec_s!r} from the sae-lens registry (not cached and no hub access?): "
+                f"{type(e).__name__}"
+            ) from e
+    else:
+        raise ValueError(
+            f"unknown SAE spec {spec_s!r}: valid are {', '.join(fixture_names())}, a sae-lens directory, "
+            "or 'release:sae_id' from the sae-lens registry"
+        )
+    meta = sae.cfg.metadata
+    hook = meta.hook_name if meta is not None else None
+    if not hook:
+        raise ValueError(f"SAE {spec_s!r} records no hook_name in its cfg.json: cannot tell its site")
+    hidx = meta.hook_head_index if meta.hook_head_index is not None else head
+    site = parse_hook_name(hook, head=hidx)
+    bound = BoundSAE(sae.eval().requires_grad_(False), site, name, stats)
+    if model is not None:
+        site.validate(model)
+        width = _site_width(model, site)
+        if bound.d_in != width:
+            raise ValueError(
+                f"SAE {spec_s!r} has input width {bound.d_in} but the model's {site} has width {width}: "
+                "valid is an SAE trained on this model at this site"
+            )
+    return bound

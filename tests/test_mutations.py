@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from featuredream.mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
+from featuredream.objectives import SAEEncoder
+
+V = 50
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _n_diff(a, b):
+    return int((a != b).sum())
+
+
+def test_gcg_swap_edits_one_position_with_top_gradient_tokens():
+    ids = torch.randint(0, V, (10,), generator=_gen(1))
+    grad = torch.randn(10, V, generator=_gen(2))
+    kids, pos = gcg_swap(ids, grad, 64, 5, _gen(), banned=torch.tensor([3]))
+    assert kids.shape == (64, 10) and pos.shape == (64,)
+    top = (-grad.masked_fill(torch.arange(V) == 3, torch.inf)).topk(5, dim=1).indices
+    for k, p in zip(kids, pos):
+        assert _n_diff(k, ids) <= 1 and (k[torch.arange(10) != p] == ids[torch.arange(10) != p]).all()
+        assert k[p] in top[p] and k[p] != 3
+
+
+def test_sample_swap_uses_distribution_of_previous_position():
+    ids = torch.arange(8)
+    logprobs = torch.full((8, V), -1e9)
+    for p in range(8):
+        logprobs[p, 40 + p] = 0.0  # row p predicts token p+1: only token 40+p has mass
+    kids, pos = sample_swap(ids, logprobs, 32, 1, _gen())
+    assert kids.shape == (32, 8)
+    assert (pos >= 1).all()
+    for k, p in zip(kids, pos):
+        assert k[p] == 40 + (p - 1)  # sampled from the distribution predicted at p-1 (seed bug 3)
+        assert _n_diff(k, ids) == 1
+
+
+def test_sample_insert_shape_and_content():
+    ids = torch.arange(6)
+    logprobs = torch.full((6, V), -1e9)
+    for p in range(6):
+        logprobs[p, 30 + p] = 0.0
+    kids, q = sample_insert(ids, logprobs, 20, 1, _gen())
+    assert kids.shape == (20, 7)
+    for k, p in zip(kids, q):
+        assert k[p] == 30 + (p - 1)
+        assert torch.equal(torch.cat([k[:p], k[p + 1 :]]), ids)
+
+
+def test_delete_all_positions_when_n_large():
+    ids = torch.arange(5) + 10
+    kids, pos = delete(ids, 100, _gen())
+    assert kids.shape == (5, 4)
+    assert sorted(pos.tolist()) == list(range(5))
+    for k, p in zip(kids, pos):
+        assert torch.equal(k, torch.cat([ids[:p], ids[p + 1 :]]))
+
+
+def test_operators_are_seeded():
+    ids = torch.randint(0, V, (9,), generator=_gen(3))
+    grad = torch.randn(9, V, generator=_gen(4))
+    a, _ = gcg_swap(ids, grad, 16, 8, _gen(7))
+    b, _ = gcg_swap(ids, grad, 16, 8, _gen(7))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("xe_weight", [0.0, 1.0])
+def test_parent_signals_shapes(tiny_llama, tiny_sae, xe_weight):
+    tiny_model = tiny_llama
+    obj = SAEEncoder(tiny_sae, 5)
+    ids = torch.randint(1, 300, (6,), generator=_gen(5))
+    sig = parent_signals(tiny_model, obj, ids, xe_weight)
+    assert sig.grad.shape == (6, tiny_model.config.vocab_size)
+    assert sig.logprobs.shape == (6, tiny_model.config.vocab_size)
+    torch.testing.assert_close(sig.logprobs.exp().sum(-1), torch.ones(6))
+    assert sig.grad.abs().sum() > 0
+
+
+def test_gemma_gradient_applies_embedding_scale(tiny_gemma, tmp_path):
+    """With inputs_embeds, Gemma-2's sqrt(d_model) scale must be applied by hand (seed bug 8)."""
+    from conftest import write_sae_dir
+
+    from featuredream.saes import load_sae
+
+    sae = load_sae(write_sae_dir(tmp_path / "g"), model=tiny_gemma)
+    obj = SAEEncoder(sae, 2)
+    ids = torch.randint(1, 300, (5,), generator=_gen(6))
+    sig = parent_signals(tiny_gemma, obj, ids, 0.0)
+    from featuredream.evaluate import Evaluator
+
+    ev = Evaluator(tiny_gemma, obj, need_xe=True)
+    out = ev(ids[None], torch.tensor([5]))
+    assert abs(sig.score - float(out.scores[0])) < 1e-4
+    assert abs(sig.xe - float(out.xe[0])) < 1e-4

@@ -53,6 +53,9 @@ class DreamConfig:
     """Iterations without improvement of the best loss before a restart (or stop); None: never."""
     restarts: int = 0
     """Restarts from the next unused start after ``patience`` runs out."""
+    cascade: bool = True
+    """Score children up to the objective's layer first and finish the forward pass (for XE) only for
+    those whose activation could enter the buffer (exact: XE >= 0 bounds the loss)."""
     batch_size: int = 256
     """Candidates per forward pass (halves automatically on out-of-memory)."""
     n_start_samples: int = 8
@@ -105,23 +108,23 @@ class DreamConfig:
         return self.xe_max is not None or self.xe_regularization > 0 or self.pareto is not None
 
     @classmethod
-    def field_docs(cls) -> dict[str, str]:
-        """Field name -> its docstring (used to build the CLI help)."""
-        import ast
-        import inspect
-        import textwrap
-
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-        body = tree.body[0].body
-        docs = {}
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-                docs[a.target.id] = " ".join(str(b.value.value).split())
-        return docs
-
-    @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Field name -> the docstring under it in a dataclass's source (used for the CLI help)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())
+    return docs
 
 
 def log_penalties(lo: float = 0.1, hi: float = 10.0, n: int = 8) -> tuple[float, ...]:

@@ -53,7 +53,7 @@ def parent_signals(model: nn.Module, objective: Objective, ids: torch.Tensor, xe
         else:
             grad = torch.zeros_like(one_hot)
     logprobs = torch.log_softmax(logits[0].detach().float(), dim=-1)
-    return ParentSignals(grad.detach(), logprobs, float(out.scores), float(xe))
+    return ParentSignals(grad.detach(), logprobs, float(out.scores.detach()), float(xe.detach()))
 
 
 def _banned_mask(vocab: int, banned: torch.Tensor | None, device) -> torch.Tensor:

@@ -84,6 +84,23 @@ class _Buffer:
         vals = list(keep.values())
         self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
 
+    def entry_bound(self) -> float | None:
+        """Activation a new prompt must exceed to enter under some penalty (None: anything may enter).
+
+        Since XE >= 0, ``-act + lam * xe < worst_loss`` implies ``act > -worst_loss``.
+        """
+        bounds = []
+        for lam, per in zip(self.penalties, self.per):
+            losses = rank_loss(torch.tensor([e.score for e in self.entries]), torch.tensor([e.xe for e in self.entries]),
+                               lam, self.xe_max)
+            if len(losses) < per:
+                return None
+            worst = float(torch.sort(losses).values[per - 1])
+            if worst >= _INFEASIBLE / 2 or not math.isfinite(worst):
+                return None
+            bounds.append(-worst)
+        return min(bounds)
+
     def loss(self, e: _Entry) -> float:
         return float(rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.xe_max))
 
@@ -180,6 +197,7 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
     vocab = model.get_input_embeddings().weight.shape[0]
     banned = _banned_ids(tokenizer, vocab).to(dev)
     evaluator = Evaluator(model, objective, need_xe=cfg.needs_xe, batch_size=cfg.batch_size)
+    scorer = Evaluator(model, objective, need_xe=False, batch_size=cfg.batch_size) if cfg.needs_xe and cfg.cascade else None
     canon = _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
@@ -187,15 +205,32 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
     seen: set[tuple[int, ...]] = set()
     front = torch.empty(0, 2)
     front_ids: dict[tuple[float, float], list[int]] = {}
-    stats = {"nonfinite": 0, "capped": 0}
+    stats = {"nonfinite": 0, "capped": 0, "finished": 0}
 
-    def evaluate(seqs: list[torch.Tensor], source: list[str]) -> tuple[list[_Entry], torch.Tensor, torch.Tensor]:
+    def run(ids: torch.Tensor, lengths: torch.Tensor, bound: float | None):
+        """Fast path, with the cascade when a buffer bound exists (XE = +inf for children cut off)."""
+        if scorer is None or bound is None:
+            return evaluator(ids, lengths)
+        first = scorer(ids, lengths)
+        go = (first.scores > bound).nonzero().squeeze(1)
+        xe = torch.full_like(first.scores, torch.inf)
+        stats["finished"] += len(go)
+        if len(go):
+            xe[go] = evaluator(ids[go], lengths[go]).xe
+        return first._replace(xe=xe)
+
+    def evaluate(seqs: list[torch.Tensor], source: list[str], bound: float | None = None):
         nonlocal front
         ids, lengths = pad_right(seqs, tokenizer.pad_token_id, dev)
-        out = evaluator(ids, lengths)
-        finite = torch.isfinite(out.scores) & (torch.isfinite(out.xe) | ~torch.tensor(cfg.needs_xe))
-        stats["nonfinite"] += int((~finite & ~torch.isneginf(out.scores)).sum())
-        stats["capped"] += int((~out.valid & (torch.arange(ids.shape[1], device=dev)[None] < lengths[:, None])).sum())
+        out = run(ids, lengths, bound)
+        bad = torch.isnan(out.scores) | torch.isposinf(out.scores)
+        if cfg.needs_xe:
+            bad |= torch.isnan(out.xe)
+        stats["nonfinite"] += int(bad.sum())
+        # -inf scores (norm guard) and children the cascade cut off (XE +inf) never enter
+        finite = torch.isfinite(out.scores) & ~bad & ~torch.isinf(out.xe)
+        real = torch.arange(ids.shape[1], device=dev)[None] < lengths[:, None]
+        stats["capped"] += int((~out.valid & real).sum())
         scores, xe = out.scores.cpu(), out.xe.cpu()
         entries = [
             _Entry(s, float(sc), float(x), src)
@@ -205,10 +240,10 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
         if cfg.needs_xe:
             old = {tuple(p) for p in front.tolist()}
             front = _frontier_update(front, scores[finite.cpu()], xe[finite.cpu()])
-            idx = torch.nonzero(finite.cpu()).squeeze(1).tolist()
-            for i in idx:
+            new = {tuple(p) for p in front.tolist()} - old
+            for i in torch.nonzero(finite.cpu()).squeeze(1).tolist():
                 key = (float(scores[i]), float(xe[i]))
-                if key not in old and key in {tuple(p) for p in front.tolist()}:
+                if key in new:
                     front_ids[key] = seqs[i].tolist()
         return entries, scores, xe
 
@@ -252,7 +287,7 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
                     seen.add(key)
                     fresh.append(k)
                     op_of.append(op)
-            entries, _, _ = evaluate(fresh, op_of) if fresh else ([], None, None)
+            entries, _, _ = evaluate(fresh, op_of, buffer.entry_bound()) if fresh else ([], None, None)
             buffer.merge(entries)
             top = min(entries, key=buffer.loss) if entries else None
             if buffer.loss(buffer.entries[0]) < buffer.loss(best):
@@ -294,7 +329,7 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
     finally:
         bar.close()
     return _finish(model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_=dict(
-        t0=t0, start=start_source, interrupted=interrupted, stop_reason=stop_reason, evaluator=evaluator,
+        t0=t0, start=start_source, interrupted=interrupted, stop_reason=stop_reason, evaluator=evaluator, scorer=scorer,
         canon=canon, stats=stats,
     ))
 
@@ -341,7 +376,8 @@ def _finish(model, tokenizer, objective, cfg, best, buffer, history, front, fron
         feasible=feasible,
         interrupted=locals_["interrupted"],
         stop_reason=locals_["stop_reason"],
-        n_evaluated=locals_["evaluator"].n_evaluated,
+        n_evaluated=locals_["evaluator"].n_evaluated + (locals_["scorer"].n_evaluated if locals_["scorer"] else 0)
+        - (locals_["stats"]["finished"] if locals_["scorer"] else 0),
         n_nonfinite=locals_["stats"]["nonfinite"],
         n_dropped_retokenization=locals_["canon"].dropped,
         n_capped_positions=locals_["stats"]["capped"],

@@ -229,3 +229,64 @@ def load_sae(
                 "valid is an SAE trained on this model at this site"
             )
     return bound
+
+
+# Short, varied text used to check an SAE's site: English prose, verse, code docs, dialogue.
+CHECK_TEXTS = (
+    "The old lighthouse keeper climbed the spiral stairs every evening, counting each step as the storm rolled in.",
+    "def merge(a, b):\n    \"\"\"Return a new sorted list with the items of both sorted lists.\"\"\"\n    out = []",
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.",
+    "To install the package, run the command below and restart your terminal before continuing.",
+    "She laughed and said, 'I told you the train would be late, but nobody ever listens to me.'",
+    "In 1848 a wave of revolutions swept across Europe, shaking monarchies from Paris to Vienna.",
+)
+
+
+def _adjacent(site: Site, n_layers: int) -> list[Site]:
+    if site.kind == "resid_post":
+        cands = [Site("resid_pre", site.layer), Site("resid_post", site.layer + 1)]
+    elif site.kind == "resid_pre":
+        cands = [Site("resid_post", site.layer), Site("resid_pre", site.layer - 1) if site.layer else None]
+    else:
+        cands = []
+    return [c for c in cands if c is not None and c.layer < n_layers]
+
+
+@torch.no_grad()
+def site_fvu(model: nn.Module, tokenizer, sae: BoundSAE, texts=CHECK_TEXTS, site: Site | None = None) -> float:
+    """Fraction of variance unexplained by ``sae`` on ``texts`` read at ``site`` (default: its own).
+
+    Positions above the SAE's norm cap (or 3x the median norm when it has none) are left out.
+    """
+    from .sites import run_sites
+
+    site = site or sae.site
+    dev = next(model.parameters()).device
+    xs = []
+    for t in texts:
+        ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"]], device=dev)
+        acts, _ = run_sites(model, [site], input_ids=ids)
+        xs.append(acts[site][0].reshape(ids.shape[1], -1).float())
+    x = torch.cat(xs)
+    norms = x.norm(dim=-1)
+    cap = sae.stats.norm_cap if sae.stats is not None and sae.stats.norm_cap else 3 * float(norms.median())
+    x = x[norms <= cap]
+    err = (x - sae.reconstruct(x).float()).pow(2).sum()
+    return float(err / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
+
+
+def check_site(model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0.5) -> float:
+    """Measure the SAE's reconstruction at its declared site; ValueError if poor, naming a better site.
+
+    Catches the seed-003 off-by-one (a resid_post SAE read at resid_pre). Returns the FVU.
+    """
+    fvu = site_fvu(model, tokenizer, sae)
+    if fvu <= max_fvu:
+        return fvu
+    others = {s: site_fvu(model, tokenizer, sae, site=s) for s in _adjacent(sae.site, text_config(model).num_hidden_layers)}
+    better = min(others.items(), key=lambda kv: kv[1], default=None)
+    hint = f"; {better[0].hook_name} fits better (FVU {better[1]:.2f})" if better and better[1] < fvu else ""
+    raise ValueError(
+        f"SAE {sae.name!r} reconstructs poorly at its declared site {sae.site.hook_name} "
+        f"(FVU {fvu:.2f} > {max_fvu}){hint}: is its hook_name right for this model?"
+    )

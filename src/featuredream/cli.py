@@ -1,0 +1,207 @@
+"""``featuredream dream | score | train-sae``; options come from the config dataclasses.
+
+Bad input prints one line (``featuredream: error: ...``) on stderr and exits 2; Ctrl-C during a dream
+writes the best-so-far result and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+log = logging.getLogger("featuredream")
+
+_TYPES = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "float | None": float,
+    "int | None": int,
+    "str | None": str,
+}
+
+
+def _penalties(text: str) -> tuple[float, ...]:
+    from .config import log_penalties
+
+    if text == "auto":
+        return log_penalties()
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid penalties {text!r}: valid is 'auto' or comma-separated numbers") from None
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field, with the field's docstring as help and its default."""
+    from .config import field_docs
+
+    docs = field_docs(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_ = docs.get(f.name, "") + (f" (default: {default})" if default is not None else "")
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name))
+        elif f.name == "pareto":
+            parser.add_argument(flag, type=_penalties, default=None, metavar="L1,L2,...|auto", help=help_)
+        else:
+            parser.add_argument(flag, type=_TYPES[str(f.type)], default=default, help=help_)
+
+
+def _config_from(args, cls, skip: tuple[str, ...] = ()):
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip})
+
+
+def _check_out_path(path: str | None) -> Path | None:
+    """Fail before an hour of work if the result cannot be written."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"output directory {str(parent)!r} does not exist: valid is a path in an existing directory")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"output directory {str(parent)!r} is not writable: valid is a writable directory")
+    if p.is_dir():
+        raise ValueError(f"output path {str(p)!r} is a directory: valid is a file path")
+    return p
+
+
+def _parse_feature(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"feature {text!r} is not an integer") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"featuredream: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import DreamConfig
+    from .train_sae import TrainConfig
+
+    p = _Parser(prog="featuredream", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)")
+    common.add_argument("--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id")
+    common.add_argument("--feature", type=_parse_feature, required=True, help="latent index")
+    common.add_argument("--objective", default="encoder", help="encoder (pre-activation) or decoder (projection)")
+    common.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
+    common.add_argument("--no-norm-guard", action="store_true", help="do not exclude massive-activation positions")
+    common.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    common.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+
+    d = sub.add_parser("dream", parents=[common], help="dream a prompt that maximizes a feature")
+    d.add_argument("--out", default="dream.json", help="result JSON path (default: dream.json)")
+    add_config_options(d, DreamConfig)
+
+    s = sub.add_parser("score", parents=[common], help="score texts on a feature with the reference path")
+    s.add_argument("texts", nargs="+", help="texts to score")
+
+    t = sub.add_parser("train-sae", help="train an SAE on the offline corpus (reproduces the shipped default)")
+    t.add_argument("--out", required=True, help="output directory (sae-lens format + statistics)")
+    t.add_argument("--model", default=None, help="model name or path (default: embedded)")
+    t.add_argument("--acts-cache", default=None, help="safetensors file to cache captured activations in")
+    add_config_options(t, TrainConfig)
+    return p
+
+
+def _setup(args):
+    from .models import load_model
+    from .objectives import make_objective
+    from .saes import check_site, load_sae
+
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    sae = load_sae(args.sae, model=model)
+    fvu = check_site(model, tok, sae)
+    log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
+    objective = make_objective(sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard)
+    return model, tok, sae, objective
+
+
+def _cmd_dream(args) -> int:
+    from .config import DreamConfig
+
+    cfg = _config_from(args, DreamConfig)
+    out = _check_out_path(args.out)
+    model, tok, sae, objective = _setup(args)
+    from .optimizer import dream
+
+    result = dream(model, tok, objective, cfg)
+    result.save(out)
+    print(f"best prompt : {result.best.text!r}")
+    print(f"activation  : {result.best.activation:.3f}  ({objective.name}, reduce={args.reduce})")
+    print(f"XE          : {result.best.xe:.3f}" + (f"  (xe_max {cfg.xe_max}, feasible: {result.feasible})" if cfg.xe_max else ""))
+    if result.dataset_max is not None:
+        print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}")
+    print(f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
+          f"{result.wall_time:.1f} s ({result.stop_reason})")
+    print(f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}")
+    print(f"wrote {out}")
+    return 130 if result.interrupted else 0
+
+
+def _cmd_score(args) -> int:
+    from .evaluate import reference_evaluate
+
+    model, tok, sae, objective = _setup(args)
+    out = reference_evaluate(model, tok, objective, args.texts)
+    dmax = objective.dataset_max() if hasattr(objective, "dataset_max") else None
+    for text, s, x in zip(args.texts, out.scores.tolist(), out.xe.tolist()):
+        ratio = f"  ratio {s / dmax:.2f}" if dmax else ""
+        print(f"{s:10.3f}  XE {x:6.3f}{ratio}  {text!r}")
+    return 0
+
+
+def _cmd_train_sae(args) -> int:
+    from .corpus import default_corpus
+    from .models import DEFAULT_MODEL, load_model, model_name
+    from .train_sae import TrainConfig, train_sae
+
+    cfg = _config_from(args, TrainConfig)
+    model, tok = load_model(args.model, device="cpu", dtype="float32")
+    name = DEFAULT_MODEL if args.model is None else model_name(model)
+    stats = train_sae(model, tok, default_corpus(), cfg, args.out, model_name=name, acts_cache=args.acts_cache)
+    print(f"wrote {args.out}: FVU {stats['fvu_heldout']:.3f}, dead {100 * stats['dead_fraction']:.1f}%")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("featuredream").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    cmd = {"dream": _cmd_dream, "score": _cmd_score, "train-sae": _cmd_train_sae}[args.command]
+    try:
+        return cmd(args)
+    except ValueError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"featuredream: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featuredream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

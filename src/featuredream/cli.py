@@ -67,8 +67,13 @@ def _check_out_path(path: str | None) -> Path | None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"output directory {str(parent)!r} does not exist: valid is a path in an existing directory")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"output directory {str(parent)!r} is not writable: valid is a writable directory")
+    try:  # really try: os.access says yes to root even on read-only file systems
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".featuredream-probe-"):
+            pass
+    except OSError:
+        raise ValueError(f"output directory {str(parent)!r} is not writable: valid is a writable directory") from None
     if p.is_dir():
         raise ValueError(f"output path {str(p)!r} is a directory: valid is a file path")
     return p
@@ -183,7 +188,10 @@ def _cmd_train_sae(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("featuredream").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -46,16 +46,35 @@ def main() -> None:
     for setting in args.settings.split(","):
         for lat in latents:
             obj = SAEEncoder(sae, lat)
-            cfg = DreamConfig(iters=100_000, time_budget=args.budget, xe_max=xe_of[setting], seed=args.seed,
-                              start=args.start, progress=False, patience=None)
+            cfg = DreamConfig(
+                iters=100_000,
+                time_budget=args.budget,
+                xe_max=xe_of[setting],
+                seed=args.seed,
+                start=args.start,
+                progress=False,
+                patience=None,
+            )
             r = dream(model, tok, obj, cfg)
-            row = dict(setting=setting, latent=lat, activation=r.best.activation, dataset_max=r.dataset_max,
-                       ratio=r.ratio, xe=r.best.xe, feasible=r.feasible, start=r.start, iters=len(r.history),
-                       candidates=r.n_evaluated, text=r.best.text)
+            row = dict(
+                setting=setting,
+                latent=lat,
+                activation=r.best.activation,
+                dataset_max=r.dataset_max,
+                ratio=r.ratio,
+                xe=r.best.xe,
+                feasible=r.feasible,
+                start=r.start,
+                iters=len(r.history),
+                candidates=r.n_evaluated,
+                text=r.best.text,
+            )
             rows.append(row)
-            print(f"{setting:5s} {lat:5d} act {r.best.activation:8.3f} / max {r.dataset_max:8.3f} = {r.ratio:5.2f}  "
-                  f"XE {r.best.xe:5.2f} {'ok ' if r.feasible else 'INF'} it {len(r.history):3d}  {r.best.text!r}",
-                  flush=True)
+            print(
+                f"{setting:5s} {lat:5d} act {r.best.activation:8.3f} / max {r.dataset_max:8.3f} = {r.ratio:5.2f}  "
+                f"XE {r.best.xe:5.2f} {'ok ' if r.feasible else 'INF'} it {len(r.history):3d}  {r.best.text!r}",
+                flush=True,
+            )
     summary = {}
     for setting in args.settings.split(","):
         rs = [r for r in rows if r["setting"] == setting]
@@ -68,10 +87,14 @@ def main() -> None:
             median_xe=statistics.median(r["xe"] for r in rs),
         )
         s = summary[setting]
-        print(f"{setting}: xe_max {s['xe_max']:.2f}: ratio >= 1 (feasible) for {len(wins)}/{len(rs)} = "
-              f"{100 * s['frac_ratio_ge_1']:.0f}% of latents; median ratio {s['median_ratio']:.2f}, "
-              f"median XE {s['median_xe']:.2f}")
-    Path(args.out).write_text(json.dumps({"args": vars(args), "p90_xe": p90, "rows": rows, "summary": summary}, indent=1))
+        print(
+            f"{setting}: xe_max {s['xe_max']:.2f}: ratio >= 1 (feasible) for {len(wins)}/{len(rs)} = "
+            f"{100 * s['frac_ratio_ge_1']:.0f}% of latents; median ratio {s['median_ratio']:.2f}, "
+            f"median XE {s['median_xe']:.2f}"
+        )
+    Path(args.out).write_text(
+        json.dumps({"args": vars(args), "p90_xe": p90, "rows": rows, "summary": summary}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -26,9 +26,13 @@ else:
 
 for feature in features:
     objective = SAEEncoder(sae, feature)
-    result = dream(model, tok, objective, DreamConfig(time_budget=args.budget, xe_max=args.xe_max, progress=False))
+    result = dream(
+        model, tok, objective, DreamConfig(time_budget=args.budget, xe_max=args.xe_max, progress=False)
+    )
     print(f"\n=== feature {feature} ===")
-    print(f"dream   {result.best.activation:7.2f}  XE {result.best.xe:4.2f}  ratio {result.ratio:.2f}  {result.best.text!r}")
-    for toks, pos, acts, value in sae.stats.examples(feature)[:3]:
+    print(
+        f"dream   {result.best.activation:7.2f}  XE {result.best.xe:4.2f}  ratio {result.ratio:.2f}  {result.best.text!r}"
+    )
+    for toks, pos, _acts, value in sae.stats.examples(feature)[:3]:
         before, token = tok.decode(toks[max(0, pos - 12) : pos]), tok.decode(toks[pos : pos + 1])
         print(f"dataset {value:7.2f}            ...{before}[[{token}]]")

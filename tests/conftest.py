@@ -77,8 +77,16 @@ def tiny_model(request, tiny_llama, tiny_gemma):
     return tiny_llama if request.param == "llama" else tiny_gemma
 
 
-def write_sae_dir(path, d_in: int = 64, d_sae: int = 128, hook: str = "blocks.1.hook_resid_post", head=None, seed=0,
-                  arch: str = "topk", stats: dict | None = None):
+def write_sae_dir(
+    path,
+    d_in: int = 64,
+    d_sae: int = 128,
+    hook: str = "blocks.1.hook_resid_post",
+    head=None,
+    seed=0,
+    arch: str = "topk",
+    stats: dict | None = None,
+):
     """A random sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
     from safetensors.torch import save_file
 
@@ -92,7 +100,12 @@ def write_sae_dir(path, d_in: int = 64, d_sae: int = 128, hook: str = "blocks.1.
         "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
-        "metadata": {"sae_lens_version": "6.0.0", "model_name": "tiny", "hook_name": hook, "hook_head_index": head},
+        "metadata": {
+            "sae_lens_version": "6.0.0",
+            "model_name": "tiny",
+            "hook_name": hook,
+            "hook_head_index": head,
+        },
     }
     if arch == "topk":
         cfg["k"] = 8

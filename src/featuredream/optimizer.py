@@ -78,8 +78,10 @@ class _Buffer:
                 if math.isfinite(pool_l[i].score):
                     keep.setdefault(pool_l[i].key(), pool_l[i])
         primary = rank_loss(
-            torch.tensor([e.score for e in keep.values()]), torch.tensor([e.xe for e in keep.values()]),
-            self.penalties[0], self.xe_max,
+            torch.tensor([e.score for e in keep.values()]),
+            torch.tensor([e.xe for e in keep.values()]),
+            self.penalties[0],
+            self.xe_max,
         )
         vals = list(keep.values())
         self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
@@ -91,8 +93,12 @@ class _Buffer:
         """
         bounds = []
         for lam, per in zip(self.penalties, self.per):
-            losses = rank_loss(torch.tensor([e.score for e in self.entries]), torch.tensor([e.xe for e in self.entries]),
-                               lam, self.xe_max)
+            losses = rank_loss(
+                torch.tensor([e.score for e in self.entries]),
+                torch.tensor([e.xe for e in self.entries]),
+                lam,
+                self.xe_max,
+            )
             if len(losses) < per:
                 return None
             worst = float(torch.sort(losses).values[per - 1])
@@ -148,14 +154,18 @@ def _banned_ids(tokenizer, vocab: int) -> torch.Tensor:
 
 def _make_children(parent, sig, cfg: DreamConfig, gen, banned, vocab) -> tuple[list[torch.Tensor], list[str]]:
     L = len(parent)
-    p = torch.tensor([cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float)
+    p = torch.tensor(
+        [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
+    )
     if L >= cfg.max_tokens:
         p[2] = 0
     if L <= cfg.min_tokens:
         p[3] = 0
     if p.sum() == 0:  # e.g. only deletes allowed but the parent is at min length
         p[1] = 1.0
-    counts = torch.bincount(torch.multinomial(p, cfg.n_children, replacement=True, generator=gen), minlength=4)
+    counts = torch.bincount(
+        torch.multinomial(p, cfg.n_children, replacement=True, generator=gen), minlength=4
+    )
     kids, ops = [], []
     for op, n in zip(_OPS, counts.tolist()):
         if n == 0:
@@ -165,7 +175,9 @@ def _make_children(parent, sig, cfg: DreamConfig, gen, banned, vocab) -> tuple[l
         elif op == "sample_swap":
             c, _ = sample_swap(parent, sig.logprobs, n, min(cfg.sample_k2, vocab - len(banned)), gen, banned)
         elif op == "sample_insert":
-            c, _ = sample_insert(parent, sig.logprobs, n, min(cfg.sample_k2, vocab - len(banned)), gen, banned)
+            c, _ = sample_insert(
+                parent, sig.logprobs, n, min(cfg.sample_k2, vocab - len(banned)), gen, banned
+            )
         else:
             c, _ = delete(parent, n, gen)
         kids.extend(c.unbind(0))
@@ -184,7 +196,9 @@ def _prompt(tokenizer, ids: list[int], score: float, xe: float, token_acts=None)
     )
 
 
-def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig | None = None) -> DreamResult:
+def dream(
+    model: nn.Module, tokenizer, objective: Objective, config: DreamConfig | None = None
+) -> DreamResult:
     """Find a short, fluent prompt that maximizes ``objective``. See :class:`DreamConfig` for the knobs.
 
     Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
@@ -197,7 +211,11 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
     vocab = model.get_input_embeddings().weight.shape[0]
     banned = _banned_ids(tokenizer, vocab).to(dev)
     evaluator = Evaluator(model, objective, need_xe=cfg.needs_xe, batch_size=cfg.batch_size)
-    scorer = Evaluator(model, objective, need_xe=False, batch_size=cfg.batch_size) if cfg.needs_xe and cfg.cascade else None
+    scorer = (
+        Evaluator(model, objective, need_xe=False, batch_size=cfg.batch_size)
+        if cfg.needs_xe and cfg.cascade
+        else None
+    )
     canon = _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
@@ -270,6 +288,9 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
     since_improved, restarts_left = 0, cfg.restarts
     stop_reason = "iterations"
     interrupted = False
+    log.info(
+        "dreaming %s: %d start prompts, best start from %s", objective.name, len(start_entries), start_source
+    )
     bar = tqdm(total=cfg.iters, desc="dream", unit="it", disable=not cfg.progress, dynamic_ncols=True)
     try:
         for it in range(cfg.iters):
@@ -328,33 +349,73 @@ def dream(model: nn.Module, tokenizer, objective: Objective, config: DreamConfig
         log.warning("interrupted: returning the best prompt so far")
     finally:
         bar.close()
-    return _finish(model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_=dict(
-        t0=t0, start=start_source, interrupted=interrupted, stop_reason=stop_reason, evaluator=evaluator, scorer=scorer,
-        canon=canon, stats=stats,
-    ))
+    return _finish(
+        model,
+        tokenizer,
+        objective,
+        cfg,
+        best,
+        buffer,
+        history,
+        front,
+        front_ids,
+        locals_=dict(
+            t0=t0,
+            start=start_source,
+            interrupted=interrupted,
+            stop_reason=stop_reason,
+            evaluator=evaluator,
+            scorer=scorer,
+            canon=canon,
+            stats=stats,
+        ),
+    )
 
 
-def _finish(model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_) -> DreamResult:
+def _finish(
+    model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_
+) -> DreamResult:
     """Re-score the best prompt (and buffer) from their decoded strings with the reference path."""
     texts = [tokenizer.decode(e.ids.tolist()) for e in buffer.entries]
     best_text = tokenizer.decode(best.ids.tolist())
     ref = reference_evaluate(model, tokenizer, objective, [best_text] + texts)
     n_best = len(tokenizer(best_text, add_special_tokens=False)["input_ids"])
     best_p = _prompt(
-        tokenizer, tokenizer(best_text, add_special_tokens=False)["input_ids"], ref.scores[0], ref.xe[0],
+        tokenizer,
+        tokenizer(best_text, add_special_tokens=False)["input_ids"],
+        ref.scores[0],
+        ref.xe[0],
         ref.token_acts[0, :n_best].tolist(),
     )
-    buf_p = [_prompt(tokenizer, e.ids.tolist(), ref.scores[i + 1], ref.xe[i + 1]) for i, e in enumerate(buffer.entries)]
+    buf_p = [
+        _prompt(tokenizer, e.ids.tolist(), ref.scores[i + 1], ref.xe[i + 1])
+        for i, e in enumerate(buffer.entries)
+    ]
     fast_xe = best.xe if cfg.needs_xe else float("nan")
     err = abs(best.score - best_p.activation)
-    tol = 1e-3 * max(1.0, abs(best_p.activation)) + (5e-2 if next(model.parameters()).dtype != torch.float32 else 0)
+    tol = 1e-3 * max(1.0, abs(best_p.activation)) + (
+        5e-2 if next(model.parameters()).dtype != torch.float32 else 0
+    )
     if err > tol:
-        log.warning("fast-path score %.4f differs from the reference %.4f by more than %.4g", best.score, best_p.activation, tol)
+        log.warning(
+            "fast-path score %.4f differs from the reference %.4f by more than %.4g",
+            best.score,
+            best_p.activation,
+            tol,
+        )
     feasible = cfg.xe_max is None or best_p.xe <= cfg.xe_max
     if not feasible:
-        log.warning("no candidate satisfied xe_max=%g; reporting the best infeasible prompt (XE %.2f)", cfg.xe_max, best_p.xe)
+        log.warning(
+            "no candidate satisfied xe_max=%g; reporting the best infeasible prompt (XE %.2f)",
+            cfg.xe_max,
+            best_p.xe,
+        )
     frontier = [
-        {"activation": s, "xe": x, "text": tokenizer.decode(front_ids[(s, x)]) if (s, x) in front_ids else None}
+        {
+            "activation": s,
+            "xe": x,
+            "text": tokenizer.decode(front_ids[(s, x)]) if (s, x) in front_ids else None,
+        }
         for s, x in front.tolist()
     ]
     sae = getattr(objective, "sae", None)
@@ -376,7 +437,8 @@ def _finish(model, tokenizer, objective, cfg, best, buffer, history, front, fron
         feasible=feasible,
         interrupted=locals_["interrupted"],
         stop_reason=locals_["stop_reason"],
-        n_evaluated=locals_["evaluator"].n_evaluated + (locals_["scorer"].n_evaluated if locals_["scorer"] else 0)
+        n_evaluated=locals_["evaluator"].n_evaluated
+        + (locals_["scorer"].n_evaluated if locals_["scorer"] else 0)
         - (locals_["stats"]["finished"] if locals_["scorer"] else 0),
         n_nonfinite=locals_["stats"]["nonfinite"],
         n_dropped_retokenization=locals_["canon"].dropped,

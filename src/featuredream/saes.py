@@ -7,8 +7,8 @@ dataset statistics shipped beside a fixture (per-latent max activation, fire rat
 from __future__ import annotations
 
 import json
-import operator
 import logging
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class FeatureStats:
     def norm_cap(self) -> float | None:
         return self.info.get("norm_cap")
 
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
     def live_latents(self) -> torch.Tensor:
         """Indices of latents that fired at least once on the corpus."""
         return (self.tensors["fire_rate"] > 0).nonzero().squeeze(1)
@@ -66,7 +69,12 @@ class FeatureStats:
             toks = self.top_tokens[latent, k]
             n = int((toks >= 0).sum())
             out.append(
-                (toks[:n].tolist(), pos, self.top_acts[latent, k, :n].float().tolist(), float(self.top_values[latent, k]))
+                (
+                    toks[:n].tolist(),
+                    pos,
+                    self.top_acts[latent, k, :n].float().tolist(),
+                    float(self.top_values[latent, k]),
+                )
             )
         return out
 
@@ -97,7 +105,9 @@ class BoundSAE:
         if isinstance(latent, bool):
             raise ValueError(f"latent {latent!r} is not an integer: valid are 0..{self.d_sae - 1}")
         if not 0 <= lat < self.d_sae:
-            raise ValueError(f"latent {lat} out of range for SAE {self.name!r}: valid are 0..{self.d_sae - 1}")
+            raise ValueError(
+                f"latent {lat} out of range for SAE {self.name!r}: valid are 0..{self.d_sae - 1}"
+            )
         return lat
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +121,13 @@ class BoundSAE:
         for name in ("b_enc", "b_gate"):
             if hasattr(self.sae, name):
                 return getattr(self.sae, name)
-        raise ValueError(f"SAE {self.name!r} ({type(self.sae).__name__}) has no encoder bias: unsupported architecture")
+        raise ValueError(
+            f"SAE {self.name!r} ({type(self.sae).__name__}) has no encoder bias: unsupported architecture"
+        )
 
-    def pre_activation(self, x: torch.Tensor, latents: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+    def pre_activation(
+        self, x: torch.Tensor, latents: torch.Tensor | list[int] | None = None
+    ) -> torch.Tensor:
         """Encoder pre-activation (before ReLU / TopK / threshold): ``[..., d_in] -> [..., n_latents]``."""
         W, b = self.sae.W_enc, self._bias()
         if latents is not None:
@@ -155,16 +169,22 @@ def _load_dir(path: Path, device: str, dtype: str):
     try:
         return SAE.load_from_disk(str(path), device=device, dtype=dtype)
     except Exception as e:  # sae-lens raises many kinds for a broken file
-        raise ValueError(f"SAE directory {str(path)!r} could not be read ({type(e).__name__}: {e})"[:300]) from e
+        raise ValueError(
+            f"SAE directory {str(path)!r} could not be read ({type(e).__name__}: {e})"[:300]
+        ) from e
 
 
 def _load_stats(path: Path) -> FeatureStats | None:
     feats, info = path / "features.safetensors", path / "stats.json"
-    if not feats.exists():
+    if not feats.exists() and not info.exists():
         return None
     from safetensors.torch import load_file
 
-    return FeatureStats(load_file(str(feats)), json.loads(info.read_text()) if info.exists() else {})
+    try:
+        tensors = load_file(str(feats)) if feats.exists() else {}
+        return FeatureStats(tensors, json.loads(info.read_text()) if info.exists() else {})
+    except Exception as e:
+        raise ValueError(f"SAE statistics in {str(path)!r} could not be read ({type(e).__name__})") from e
 
 
 def load_sae(
@@ -234,7 +254,7 @@ def load_sae(
 # Short, varied text used to check an SAE's site: English prose, verse, code docs, dialogue.
 CHECK_TEXTS = (
     "The old lighthouse keeper climbed the spiral stairs every evening, counting each step as the storm rolled in.",
-    "def merge(a, b):\n    \"\"\"Return a new sorted list with the items of both sorted lists.\"\"\"\n    out = []",
+    'def merge(a, b):\n    """Return a new sorted list with the items of both sorted lists."""\n    out = []',
     "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.",
     "To install the package, run the command below and restart your terminal before continuing.",
     "She laughed and said, 'I told you the train would be late, but nobody ever listens to me.'",
@@ -253,7 +273,9 @@ def _adjacent(site: Site, n_layers: int) -> list[Site]:
 
 
 @torch.no_grad()
-def site_fvu(model: nn.Module, tokenizer, sae: BoundSAE, texts=CHECK_TEXTS, site: Site | None = None) -> float:
+def site_fvu(
+    model: nn.Module, tokenizer, sae: BoundSAE, texts=CHECK_TEXTS, site: Site | None = None
+) -> float:
     """Fraction of variance unexplained by ``sae`` on ``texts`` read at ``site`` (default: its own).
 
     Positions above the SAE's norm cap (or 3x the median norm when it has none) are left out.
@@ -283,7 +305,10 @@ def check_site(model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0
     fvu = site_fvu(model, tokenizer, sae)
     if fvu <= max_fvu:
         return fvu
-    others = {s: site_fvu(model, tokenizer, sae, site=s) for s in _adjacent(sae.site, text_config(model).num_hidden_layers)}
+    others = {
+        s: site_fvu(model, tokenizer, sae, site=s)
+        for s in _adjacent(sae.site, text_config(model).num_hidden_layers)
+    }
     better = min(others.items(), key=lambda kv: kv[1], default=None)
     hint = f"; {better[0].hook_name} fits better (FVU {better[1]:.2f})" if better and better[1] < fvu else ""
     raise ValueError(

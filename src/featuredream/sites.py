@@ -101,7 +101,9 @@ def parse_hook_name(name: str, head: int | None = None) -> Site:
     name = str(name).strip()
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
     if m and m.group(2) in _TL_SUFFIX:
-        return Site(_TL_SUFFIX[m.group(2)], int(m.group(1)), head if _TL_SUFFIX[m.group(2)] in HEAD_KINDS else None)
+        return Site(
+            _TL_SUFFIX[m.group(2)], int(m.group(1)), head if _TL_SUFFIX[m.group(2)] in HEAD_KINDS else None
+        )
     m = re.fullmatch(r"(?:[\w.]*\.)?(?:layers|h|blocks)\.(\d+)(?:\.(.+))?", name)
     if m and (m.group(2) or "") in _HF_SUFFIX:
         kind = _HF_SUFFIX[m.group(2) or ""]
@@ -151,7 +153,9 @@ def _first(x):
 
 
 @contextmanager
-def capture(model: nn.Module, sites: Sequence[Site], *, stop_early: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
+def capture(
+    model: nn.Module, sites: Sequence[Site], *, stop_early: bool = True
+) -> Iterator[dict[Site, torch.Tensor]]:
     """Capture ``sites`` during forward passes run inside the block; hooks are always removed.
 
     With ``stop_early`` the forward pass is cut short (an exception caught by :func:`run_sites`) as soon as
@@ -178,8 +182,10 @@ def capture(model: nn.Module, sites: Sequence[Site], *, stop_early: bool = True)
     for site in sites:
         layer = layers[site.layer]
         if site.kind == "resid_pre":
+
             def hook(mod, args, kwargs, site=site):
                 put(site, args[0] if args else kwargs["hidden_states"])
+
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
         elif site.kind == "resid_post":
             handles.append(layer.register_forward_hook(lambda m, a, o, site=site: put(site, _first(o))))
@@ -187,9 +193,11 @@ def capture(model: nn.Module, sites: Sequence[Site], *, stop_early: bool = True)
             handles.append(_mlp(layer).register_forward_hook(lambda m, a, o, site=site: put(site, _first(o))))
         elif site.kind == "attn_z":
             attn = _attention(layer)
+
             def zhook(mod, args, site=site):
                 z = args[0]
                 put(site, z.view(*z.shape[:-1], -1, d_head))
+
             handles.append(attn.o_proj.register_forward_pre_hook(zhook))
         elif site.kind == "attn_q_rot":
             attn = _attention(layer)
@@ -197,19 +205,26 @@ def capture(model: nn.Module, sites: Sequence[Site], *, stop_early: bool = True)
             if rope is None:
                 raise ValueError(f"{type(attn).__name__}: no apply_rotary_pos_emb found for site {site}")
             state: dict = {}
+
             def pre(mod, args, kwargs, state=state):
                 state["pe"] = kwargs.get("position_embeddings")
+
             def qhook(mod, args, out, site=site, state=state, rope=rope):
                 q = out.view(*out.shape[:-1], -1, d_head).transpose(1, 2)
                 cos, sin = state["pe"]
                 q_rot, _ = rope(q, q, cos, sin)
                 put(site, q_rot.transpose(1, 2))
+
             handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(attn.q_proj.register_forward_hook(qhook))
         else:
-            proj = getattr(_attention(layer), {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj"}[site.kind])
+            proj = getattr(
+                _attention(layer), {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj"}[site.kind]
+            )
+
             def phook(mod, args, out, site=site):
                 put(site, out.view(*out.shape[:-1], -1, d_head))
+
             handles.append(proj.register_forward_hook(phook))
     try:
         yield store
@@ -236,7 +251,10 @@ def run_sites(
     with capture(model, sites, stop_early=not logits) as store:
         try:
             out = model(
-                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                use_cache=False,
             )
         except _StopForward:
             pass

@@ -22,7 +22,7 @@ def dataset_windows(objective, max_tokens: int, min_tokens: int) -> list[list[in
     """For each shipped top example of the objective's latent: the tokens ending at the activating token,
     trimmed to the last ``max_tokens`` (skipped when shorter than ``min_tokens``)."""
     sae, latent = getattr(objective, "sae", None), getattr(objective, "latent", None)
-    if sae is None or latent is None or sae.stats is None:
+    if sae is None or latent is None or sae.stats is None or not sae.stats.has("top_tokens"):
         return []
     out = []
     for toks, pos, _, _ in sae.stats.examples(latent):
@@ -55,7 +55,9 @@ def model_samples(model: nn.Module, tokenizer, n: int, length: int, seed: int) -
     return [[t for t in row.tolist() if t not in special] for row in out]
 
 
-def start_pool(model: nn.Module, tokenizer, objective, cfg: DreamConfig, gen: torch.Generator) -> list[tuple[list[int], str]]:
+def start_pool(
+    model: nn.Module, tokenizer, objective, cfg: DreamConfig, gen: torch.Generator
+) -> list[tuple[list[int], str]]:
     """Candidate starts as ``(ids, source)``; ``source`` is 'prompt', 'dataset' or 'samples'."""
     pool: list[tuple[list[int], str]] = []
     if cfg.init_prompt and cfg.start in ("prompt", "auto"):
@@ -68,10 +70,14 @@ def start_pool(model: nn.Module, tokenizer, objective, cfg: DreamConfig, gen: to
     if cfg.start in ("dataset", "auto"):
         windows = dataset_windows(objective, cfg.max_tokens, cfg.min_tokens)
         if cfg.start == "dataset" and not windows:
-            raise ValueError("start='dataset' needs an SAE objective with shipped statistics: valid starts are "
-                             "'prompt', 'samples', 'auto'")
+            raise ValueError(
+                "start='dataset' needs an SAE objective with shipped statistics: valid starts are "
+                "'prompt', 'samples', 'auto'"
+            )
         pool += [(w, "dataset") for w in windows]
     if cfg.start in ("samples", "auto"):
         length = (cfg.min_tokens + cfg.max_tokens) // 2
-        pool += [(s, "samples") for s in model_samples(model, tokenizer, cfg.n_start_samples, length, cfg.seed)]
+        pool += [
+            (s, "samples") for s in model_samples(model, tokenizer, cfg.n_start_samples, length, cfg.seed)
+        ]
     return pool

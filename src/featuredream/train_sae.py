@@ -232,7 +232,9 @@ def feature_statistics(
     }
 
 
-def save_sae_lens_dir(trainer: TopKTrainer, out: Path, *, model_name: str, site: Site, cfg: TrainConfig) -> None:
+def save_sae_lens_dir(
+    trainer: TopKTrainer, out: Path, *, model_name: str, site: Site, cfg: TrainConfig
+) -> None:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` (float16) in sae-lens' TopK format."""
     out.mkdir(parents=True, exist_ok=True)
     d_in = trainer.W_enc.shape[0]
@@ -258,12 +260,21 @@ def save_sae_lens_dir(trainer: TopKTrainer, out: Path, *, model_name: str, site:
         },
     }
     (out / "cfg.json").write_text(json.dumps(sae_cfg, indent=2))
-    weights = {n: getattr(trainer, n).detach().half().contiguous() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    weights = {
+        n: getattr(trainer, n).detach().half().contiguous() for n in ("W_enc", "b_enc", "W_dec", "b_dec")
+    }
     save_file(weights, str(out / "sae_weights.safetensors"))
 
 
 def train_sae(
-    model, tok, docs: list[str], cfg: TrainConfig, out: str | Path, *, model_name: str, acts_cache: str | None = None
+    model,
+    tok,
+    docs: list[str],
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    model_name: str,
+    acts_cache: str | None = None,
 ) -> dict:
     """Run the whole recipe and write the SAE directory ``out``. Returns the ``stats.json`` content.
 

@@ -1,0 +1,156 @@
+"""The optimizer cannot cheat: norm hacking, non-finite scores; interruption and determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from featuredream import DreamConfig, FunctionObjective, SAEEncoder, dream
+from featuredream.saes import load_sae
+from featuredream.sites import Site
+
+FAST = dict(
+    iters=10,
+    n_children=32,
+    min_tokens=3,
+    max_tokens=10,
+    progress=False,
+    n_start_samples=3,
+    gcg_topk=64,
+    init_prompt="The quick brown fox",
+    start="prompt",
+    seed=1,
+)
+
+
+def _hacked_model(tiny_llama, token: int):
+    """A copy of the tiny model whose embedding row ``token`` is 200x larger: a massive-norm position."""
+    import copy
+
+    m = copy.deepcopy(tiny_llama)
+    m.model.embed_tokens.weight.data[token] *= 200
+    m.lm_head.weight = torch.nn.Parameter(m.lm_head.weight.data.clone(), requires_grad=False)  # untie
+    m.model.embed_tokens.weight.data[token] = tiny_llama.model.embed_tokens.weight.data[token] * 200
+    return m
+
+
+def _sae_reading_direction(tmp_path, direction: torch.Tensor, norm_cap: float):
+    from conftest import write_sae_dir
+
+    d = write_sae_dir(tmp_path / "hack", stats={"norm_cap": norm_cap})
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(d / "sae_weights.safetensors"))
+    w["W_enc"][:, 0] = direction / direction.norm()
+    w["b_dec"].zero_()
+    save_file(w, str(d / "sae_weights.safetensors"))
+    return d
+
+
+def test_norm_guard_stops_norm_hacking(tiny_llama, tiny_tokenizer, tmp_path):
+    token = tiny_tokenizer.convert_tokens_to_ids("Ġthe")
+    model = _hacked_model(tiny_llama, token)
+    ids = torch.tensor([tiny_tokenizer("a the b", add_special_tokens=False)["input_ids"]])
+    from featuredream.sites import run_sites
+
+    acts, _ = run_sites(model, [Site("resid_post", 1)], input_ids=ids)
+    x = acts[Site("resid_post", 1)][0]
+    pos = ids[0].tolist().index(token)
+    norms = x.norm(dim=-1)
+    assert norms[pos] > 10 * norms.median()  # the constructed massive-activation position
+    sae_dir = _sae_reading_direction(tmp_path, x[pos], norm_cap=float(3 * norms.median()))
+    sae = load_sae(sae_dir, model=model)
+    off = dream(
+        model, tiny_tokenizer, SAEEncoder(sae, 0, reduce="max", norm_guard=False), DreamConfig(**FAST)
+    )
+    on = dream(model, tiny_tokenizer, SAEEncoder(sae, 0, reduce="max", norm_guard=True), DreamConfig(**FAST))
+    assert token in off.best.ids  # without the guard the optimizer finds the hack ...
+    assert off.best.activation > 5 * abs(on.best.activation)
+    assert on.n_capped_positions > 0  # ... with it, those positions are flagged and never counted
+    hacked = [a for t, a in zip(on.best.ids, on.best.token_acts) if t == token]
+    assert on.best.activation < max(off.best.token_acts) / 5 and not any(
+        a == on.best.activation for a in hacked
+    )
+
+
+def test_nonfinite_scores_dropped_and_counted(tiny_llama, tiny_tokenizer):
+    site = Site("resid_post", 1)
+
+    def fn(acts):
+        x = acts[site]
+        vals = x[..., 0].clone()
+        vals[x[..., 1] > x[..., 1].flatten().quantile(0.8)] = float("nan")  # NaN on ~20% of positions
+        return vals
+
+    cfg = DreamConfig(**{**FAST, "start": "auto", "n_start_samples": 6})
+    r = dream(tiny_llama, tiny_tokenizer, FunctionObjective(fn, [site], reduce="last"), cfg)
+    assert r.n_nonfinite > 0
+    assert torch.isfinite(torch.tensor(r.best.activation))
+    assert all(torch.isfinite(torch.tensor(h["best_activation"])) for h in r.history)
+
+
+def test_same_seed_same_result_and_environment_recorded(tiny_llama, tiny_tokenizer, tiny_sae):
+    obj = SAEEncoder(tiny_sae, 4)
+    a = dream(tiny_llama, tiny_tokenizer, obj, DreamConfig(**{**FAST, "start": "auto"}))
+    b = dream(tiny_llama, tiny_tokenizer, obj, DreamConfig(**{**FAST, "start": "auto"}))
+    assert a.best.ids == b.best.ids and a.best.activation == b.best.activation
+    assert [h["best_activation"] for h in a.history] == [h["best_activation"] for h in b.history]
+    assert {"torch", "device", "dtype", "featuredream"} <= set(a.environment) and a.seed == 1
+
+
+def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_tokenizer):
+    from test_cli import _identity_sae
+
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    sae = _identity_sae(tmp_path / "sae")
+    out = tmp_path / "r.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "featuredream.cli",
+        "dream",
+        "--model",
+        str(tmp_path / "model"),
+        "--sae",
+        str(sae),
+        "--feature",
+        "2",
+        "--iters",
+        "100000",
+        "--min-tokens",
+        "3",
+        "--max-tokens",
+        "10",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--patience",
+        "1000000",
+        "--n-children",
+        "8",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.time() + 240
+    for line in proc.stderr:
+        if "dreaming" in line or time.time() > deadline:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    res = json.loads(out.read_text())
+    assert res["interrupted"] is True and res["best"]["text"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

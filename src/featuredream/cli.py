@@ -1,4 +1,4 @@
-"""``featuredream dream | score | train-sae``; options come from the config dataclasses.
+"""``featuredream dream | score | train-sae | inspect | card``; options come from the config dataclasses.
 
 Bad input prints one line (``featuredream: error: ...``) on stderr and exits 2; Ctrl-C during a dream
 writes the best-so-far result and exits 130.
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dream", parents=[common], help="dream a prompt that maximizes a feature")
     d.add_argument("--out", default="dream.json", help="result JSON path (default: dream.json)")
+    d.add_argument("--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)")
     add_config_options(d, DreamConfig)
 
     s = sub.add_parser("score", parents=[common], help="score texts on a feature with the reference path")
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="model name or path (default: embedded)")
     t.add_argument("--acts-cache", default=None, help="safetensors file to cache captured activations in")
     add_config_options(t, TrainConfig)
+
+    from .cli_inspect import register
+
+    register(sub, common)  # inspect <action>, card
     return p
 
 
@@ -185,6 +190,11 @@ def _cmd_dream(args) -> int:
         f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}"
     )
     print(f"wrote {out}")
+    if args.html:
+        from .report import feature_card
+
+        feature_card(model, tok, sae, args.feature, result, out.with_suffix(".html"))
+        print(f"wrote {out.with_suffix('.html')}")
     return 130 if result.interrupted else 0
 
 
@@ -230,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    cmd = {"dream": _cmd_dream, "score": _cmd_score, "train-sae": _cmd_train_sae}[args.command]
+    from .cli_inspect import COMMANDS
+
+    cmd = {"dream": _cmd_dream, "score": _cmd_score, "train-sae": _cmd_train_sae, **COMMANDS}[args.command]
     try:
         return cmd(args)
     except ValueError as e:

@@ -1,0 +1,253 @@
+"""``featuredream inspect <action>`` and ``featuredream card``: observation, tracing and the HTML card.
+
+``register(subparsers, common)`` adds the commands to the main parser; ``COMMANDS`` maps them to their
+handlers. Handlers raise ``ValueError`` for bad input (``featuredream.cli.main`` prints one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid list {text!r}: valid is comma-separated numbers, e.g. 0,4,8"
+        ) from None
+    if not vals:
+        raise argparse.ArgumentTypeError("empty list: valid is comma-separated numbers, e.g. 0,4,8")
+    return vals
+
+
+def register(sub, common: argparse.ArgumentParser) -> None:
+    """Add ``inspect`` (with its actions) and ``card`` to the ``sub`` subparsers of the main parser."""
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument(
+        "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
+    )
+    base.add_argument(
+        "--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id"
+    )
+    base.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    base.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+    feat = argparse.ArgumentParser(add_help=False)
+    feat.add_argument("--feature", type=_int, required=True, help="latent index")
+    enc = argparse.ArgumentParser(add_help=False)
+    enc.add_argument(
+        "--values", default="code", help="code (the SAE's sparse code) or pre (encoder pre-activation)"
+    )
+    enc.add_argument("-n", type=_int, default=10, help="rows to show (default: 10)")
+
+    ins = sub.add_parser(
+        "inspect",
+        help="observe and trace features (top-features, diff, scan, examples, logits, attribution, steer)",
+    )
+    act = ins.add_subparsers(dest="action", required=True, parser_class=type(ins))
+    a = act.add_parser("top-features", parents=[base, enc], help="the strongest features on a prompt")
+    a.add_argument("prompt")
+    a.add_argument("--reduce", default="last", help="last (real token), max, mean (default: last)")
+    a = act.add_parser("diff", parents=[base, enc], help="features that separate two prompt sets")
+    a.add_argument("--pos", nargs="+", default=[], metavar="PROMPT", help="positive prompts")
+    a.add_argument("--neg", nargs="+", default=[], metavar="PROMPT", help="negative prompts")
+    a.add_argument("--pos-file", help="file with one positive prompt per line")
+    a.add_argument("--neg-file", help="file with one negative prompt per line")
+    a.add_argument("--reduce", default="last", help="last, max, mean (default: last)")
+    a = act.add_parser("scan", parents=[base, feat], help="one feature on each of several prompts")
+    a.add_argument("prompts", nargs="*", help="prompts (or --file)")
+    a.add_argument("--file", help="file with one prompt per line")
+    a.add_argument("--reduce", default="max", help="last, max, mean (default: max)")
+    a = act.add_parser(
+        "examples", parents=[base, feat], help="top dataset examples (shipped, or over --corpus)"
+    )
+    a.add_argument(
+        "--corpus", nargs="+", help="text files or directories of *.txt / *.md (default: shipped examples)"
+    )
+    a.add_argument("-k", type=_int, default=8, help="examples (default: 8)")
+    a.add_argument("--ctx", type=_int, default=64, help="tokens per corpus window (default: 64)")
+    a.add_argument("--batch-size", type=_int, default=32, help="windows per forward pass (default: 32)")
+    a = act.add_parser(
+        "logits", parents=[base, feat], help="tokens the feature's decoder direction promotes / suppresses"
+    )
+    a.add_argument("-n", type=_int, default=10, help="tokens each way (default: 10)")
+    a = act.add_parser("attribution", parents=[common], help="each input token's contribution to the feature")
+    a.add_argument("prompt")
+    a.add_argument(
+        "--position", type=_int, default=None, help="token to explain (default: the objective's reduction)"
+    )
+    a.add_argument("--method", default="grad_x_input", help="grad_x_input or integrated_gradients")
+    a = act.add_parser(
+        "steer", parents=[base, feat], help="greedy continuations with the feature's direction added"
+    )
+    a.add_argument("prompt")
+    a.add_argument("--alphas", type=_floats, default=(0.0, 4.0, 8.0), help="comma-separated (default: 0,4,8)")
+    a.add_argument("--max-new-tokens", type=_int, default=20, help="tokens to generate (default: 20)")
+
+    c = sub.add_parser("card", parents=[common], help="write a self-contained HTML feature card")
+    c.add_argument("--out", required=True, help="HTML path")
+    c.add_argument("--dream", default=None, help="a dream result JSON to show (from featuredream dream)")
+    c.add_argument(
+        "--corpus", nargs="+", help="take top examples from these text files instead of the shipped ones"
+    )
+    c.add_argument("--steer-prompt", default=None, help="prompt for the steering continuations")
+    c.add_argument(
+        "--alphas", type=_floats, default=None, help="steering alphas (default: 0,2,4,8 x the dataset max)"
+    )
+    c.add_argument("--json", default=None, help="also write a Neuronpedia-like JSON export here")
+
+
+def _load(args):
+    from .models import load_model
+    from .saes import load_sae
+
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    return model, tok, load_sae(args.sae, model=model)
+
+
+def _lines(path: str | None, given: list[str], what: str) -> list[str]:
+    prompts = list(given)
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(
+                f"{what} file {path!r} does not exist: valid is a text file with one prompt per line"
+            )
+        try:
+            prompts += [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} file {path!r} is not UTF-8 text") from None
+    return prompts
+
+
+def _show(tokens: list[str]) -> str:
+    return "".join(tokens).replace("\n", "\u21b5")
+
+
+def cmd_inspect(args) -> int:
+    from . import inspect as ins
+    from . import tracing
+
+    model, tok, sae = _load(args)
+    a = args.action
+    if a == "top-features":
+        rows = ins.top_features(model, tok, sae, args.prompt, args.n, args.reduce, args.values)
+        print(
+            ins.format_ranking(rows, f"top features of {sae.name} on {args.prompt!r} ({args.reduce} token)")
+        )
+    elif a == "diff":
+        pos = _lines(args.pos_file, args.pos, "positive prompts")
+        neg = _lines(args.neg_file, args.neg, "negative prompts")
+        rows = ins.differential_features(model, tok, sae, pos, neg, args.n, args.reduce, args.values)
+        print(
+            ins.format_ranking(
+                rows, f"{len(pos)} positive vs {len(neg)} negative prompts ({args.reduce} token)"
+            )
+        )
+    elif a == "scan":
+        prompts = _lines(args.file, args.prompts, "scan prompts")
+        vals = ins.scan(model, tok, sae, prompts, args.feature, args.reduce)
+        for p, v in zip(prompts, vals.tolist()):
+            print(f"{v:10.3f}  {p!r}")
+        rate = ins.fire_rate(model, tok, sae, prompts, args.feature, args.reduce)
+        print(f"fire rate ({args.reduce} token): {rate:.2f}")
+    elif a == "examples":
+        exs = ins.top_examples(
+            model,
+            tok,
+            sae,
+            args.feature,
+            args.corpus,
+            k=args.k,
+            **({"ctx": args.ctx, "batch_size": args.batch_size} if args.corpus else {}),
+        )
+        for e in exs:
+            t = [tok.decode([i]) for i in e.ids]
+            print(
+                f"{e.value:10.3f}  {_show(t[: e.index])}\u27e6{_show(t[e.index : e.index + 1])}\u27e7{_show(t[e.index + 1 :])}"
+            )
+        if not exs:
+            print("(no examples)")
+    elif a == "logits":
+        le = tracing.logit_effects(model, tok, sae, args.feature, args.n)
+        print(f"{'promoted':>28}   {'suppressed':>28}")
+        for t, b in zip(le.top, le.bottom):
+            print(f"{t.token!r:>18} {t.value:+9.3f}   {b.token!r:>18} {b.value:+9.3f}")
+    elif a == "attribution":
+        from .objectives import make_objective
+
+        obj = make_objective(
+            sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard
+        )
+        print(
+            tracing.format_attribution(
+                tracing.attribution(model, tok, obj, args.prompt, args.position, method=args.method)
+            )
+        )
+    elif a == "steer":
+        for s in tracing.steering(
+            model, tok, sae, args.feature, args.prompt, args.alphas, args.max_new_tokens
+        ):
+            print(f"alpha {s.alpha:8.2f}  {args.prompt}\u2502{s.text!r}")
+    return 0
+
+
+def cmd_card(args) -> int:
+    from .cli import _check_out_path
+    from .report import STEER_PROMPT, feature_card, neuronpedia_json
+    from .results import DreamResult, write_atomic
+
+    out = _check_out_path(args.out)
+    js = _check_out_path(args.json)
+    dream = None
+    if args.dream:
+        p = Path(args.dream)
+        if not p.is_file():
+            raise ValueError(
+                f"dream result {args.dream!r} does not exist: valid is a JSON file from 'featuredream dream'"
+            )
+        try:
+            dream = DreamResult.load(p)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"dream result {args.dream!r} is not a featuredream result ({type(e).__name__})"
+            ) from None
+    model, tok, sae = _load(args)
+    stats = None
+    if args.corpus:
+        from .examples import corpus_stats
+
+        stats = corpus_stats(model, tok, sae, args.corpus)
+    feature_card(
+        model,
+        tok,
+        sae,
+        args.feature,
+        dream,
+        out,
+        stats=stats,
+        steer_prompt=args.steer_prompt or STEER_PROMPT,
+        alphas=args.alphas,
+    )
+    print(f"wrote {out}")
+    if js is not None:
+        write_atomic(
+            js, json.dumps(neuronpedia_json(model, tok, sae, args.feature, dream, stats=stats), indent=1)
+        )
+        print(f"wrote {js}")
+    return 0
+
+
+COMMANDS = {"inspect": cmd_inspect, "card": cmd_card}

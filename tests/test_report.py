@@ -1,0 +1,325 @@
+"""The HTML feature card on a tiny model: self-contained, escaped, every figure a decodable PNG; renders in
+headless Chromium when it is installed (the structural checks do not need it)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from conftest import _TEXT, write_sae_dir
+
+from featuredream.config import DreamConfig, log_penalties
+from featuredream.examples import corpus_stats
+from featuredream.objectives import SAEEncoder
+from featuredream.optimizer import dream
+from featuredream.report import feature_card, neuronpedia_json, render_card
+from featuredream.saes import load_sae
+
+EVIL = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_llama, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("card")
+    sae = load_sae(write_sae_dir(root / "sae"), model=tiny_llama)
+    (root / "corpus.txt").write_text(_TEXT)
+    stats = corpus_stats(tiny_llama, tiny_tokenizer, sae, root / "corpus.txt", ctx=32, k=4, progress=False)
+    feature = int(stats.max_activation.argmax())  # fires on the corpus, so the dream ratio is defined
+    cfg = DreamConfig(
+        iters=3,
+        n_children=12,
+        min_tokens=3,
+        max_tokens=10,
+        progress=False,
+        n_start_samples=2,
+        gcg_topk=16,
+        init_prompt="The quick brown fox",
+        pareto=log_penalties(0.1, 10, 2),
+    )
+    result = dream(tiny_llama, tiny_tokenizer, SAEEncoder(sae, feature), cfg)
+    # a token that must be shown as text, never run
+    best = dataclasses.replace(
+        result.best, tokens=[EVIL] + result.best.tokens[1:], text=EVIL + result.best.text
+    )
+    result = dataclasses.replace(result, best=best, dataset_max=float(stats.max_activation[feature]))
+    out = root / "card.html"
+    page = feature_card(tiny_llama, tiny_tokenizer, sae, feature, result, out, stats=stats, max_new_tokens=6)
+    return dict(feature=feature, root=root, sae=sae, stats=stats, result=result, out=out, page=page)
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def structural_problems(page: str, n_figures: int) -> list[str]:
+    """What is wrong with a card page, without a browser (empty list: fine)."""
+    from PIL import Image
+
+    p = _Tags()
+    p.feed(page)
+    problems = []
+    imgs = [a for t, a in p.tags if t == "img"]
+    if len(imgs) != n_figures:
+        problems.append(f"{len(imgs)} figures, expected {n_figures}")
+    for a in imgs:
+        src = a.get("src", "")
+        if not src.startswith("data:image/png;base64,"):
+            problems.append(f"figure not inlined: {src[:40]!r}")
+            continue
+        try:
+            Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True))).load()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"figure does not decode: {e}")
+    for t, a in p.tags:
+        if t in ("script", "link", "iframe", "object", "embed"):
+            problems.append(f"<{t}> in a self-contained card")
+        for k in ("src", "href"):
+            if re.match(r"\s*(https?:)?//", a.get(k) or ""):
+                problems.append(f"network reference {a[k]!r}")
+    return problems
+
+
+def test_card_is_self_contained_and_complete(setup):
+    page = setup["page"]
+    assert setup["out"].read_text() == page
+    assert structural_problems(page, 3) == []
+    for title in (
+        "Dreamed prompts",
+        "Top dataset examples",
+        "Activation histogram",
+        "Optimization trajectory",
+        "Activation vs XE frontier",
+        "Logit effects",
+        "Steering",
+    ):
+        assert title in page, title
+    assert setup["sae"].name in page and "blocks.1.hook_resid_post" in page
+    assert f"{setup['result'].ratio:.2f}" in page  # the dream / dataset-max ratio
+    assert page.count('class="tok peak"') >= 4  # the activating token of each example is marked
+
+
+def test_card_escapes_tokens(setup):
+    page = setup["page"]
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+
+
+def test_structural_check_catches_a_missing_figure(setup):
+    page = setup["page"]
+    broken = re.sub(r'src="data:image/png;base64,[^"]*"', 'src="figure.png"', page, count=1)
+    assert any("not inlined" in p for p in structural_problems(broken, 3))
+    truncated = re.sub(r'(src="data:image/png;base64,)([^"]{400})[^"]*"', r'\1\2"', page, count=1)
+    assert any("decode" in p for p in structural_problems(truncated, 3))
+    assert structural_problems(page.replace("<figure>", "", 1).replace("<img", "<x", 1), 3)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _chrome(args: list[str], url: str) -> subprocess.CompletedProcess:
+    exe = _chromium()
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            *args,
+            url,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+_PROBE = (
+    "<script>window.addEventListener('load',()=>{const i=[...document.images];document.body.dataset.images="
+    "i.length;document.body.dataset.broken=i.filter(x=>!x.complete||x.naturalWidth===0).length;});</script>"
+)
+
+
+def _rendered_images(path: Path) -> tuple[int, int]:
+    """(images, broken images) after Chromium loads ``path`` with a probe script (a test-only copy)."""
+    probe = path.with_name(path.stem + "-probe.html")
+    probe.write_text(path.read_text().replace("</body>", _PROBE + "</body>"))
+    dom = _chrome(["--virtual-time-budget=5000", "--dump-dom"], probe.as_uri()).stdout
+    m = re.search(r'<body data-images="(\d+)" data-broken="(\d+)"', dom)
+    assert m, f"probe did not run; DOM starts {dom[:200]!r}"
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="chromium not installed (apt-get install -y chromium); the structural checks above still ran",
+)
+def test_card_renders_in_chromium(setup):
+    out, root = setup["out"], setup["root"]
+    shot = root / "card.png"
+    res = _chrome(["--window-size=1200,2400", f"--screenshot={shot}"], out.as_uri())
+    assert shot.exists() and shot.stat().st_size > 20_000, res.stderr[-500:]
+    from PIL import Image
+
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1200, 2400) and len(set(img.resize((120, 240)).getdata())) > 50  # not a blank page
+    assert _rendered_images(out) == (3, 0)
+    broken = root / "broken.html"  # the check fails on a broken page
+    broken.write_text(
+        re.sub(r'src="data:image/png;base64,[^"]*"', 'src="figure.png"', out.read_text(), count=1)
+    )
+    assert _rendered_images(broken) == (3, 1)
+
+
+def test_card_without_dream_or_statistics(tiny_llama, tiny_tokenizer, setup):
+    page = feature_card(
+        tiny_llama, tiny_tokenizer, setup["sae"], 5, None, max_new_tokens=4, alphas=(0.0, 3.0)
+    )
+    assert structural_problems(page, 1) == []  # the histogram only
+    assert "ships no dataset statistics" in page and "Dreamed prompts" not in page
+    assert "Optimization trajectory" in page and "α = 3" in page
+
+
+def test_card_rejects_a_dream_for_another_feature(tiny_llama, tiny_tokenizer, setup):
+    other = (setup["feature"] + 1) % 128
+    with pytest.raises(ValueError, match=f"feature {setup['feature']}, not {other}"):
+        feature_card(tiny_llama, tiny_tokenizer, setup["sae"], other, setup["result"])
+    with pytest.raises(ValueError, match="latent 999 out of range"):
+        feature_card(tiny_llama, tiny_tokenizer, setup["sae"], 999)
+
+
+def test_render_card_escapes_every_field():
+    from featuredream.report import CardData
+
+    d = CardData(
+        feature=1,
+        sae_name=EVIL,
+        site=EVIL,
+        model=EVIL,
+        d_sae=8,
+        dataset_max=1.0,
+        fire_rate=0.1,
+        fvu=0.1,
+        examples=[([EVIL, "\n", "\x07"], 0, [1.0, 0.5, 0.0], 1.0)],
+        dreams=[("best", [EVIL, "x"], [0.5, 2.0], 2.0, 3.0)],
+        dream_summary={
+            "ratio": 2.0,
+            "activation": 2.0,
+            "xe": 3.0,
+            "start": EVIL,
+            "objective": EVIL,
+            "iterations": 1,
+            "stop": EVIL,
+            "feasible": True,
+            "seconds": 1.0,
+        },
+        logits_top=[(EVIL, 1.0)],
+        logits_bottom=[(EVIL, -1.0)],
+        logits_note=EVIL,
+        steering=[(1.0, EVIL)],
+        steer_prompt=EVIL,
+        figures={EVIL: None},
+    )
+    page = render_card(d)
+    assert "<script" not in page.lower() and page.count("&lt;script&gt;") >= 14
+    assert "\x07" not in page and "\\x07" in page
+
+
+def test_neuronpedia_export(tiny_llama, tiny_tokenizer, setup):
+    out = neuronpedia_json(
+        tiny_llama, tiny_tokenizer, setup["sae"], setup["feature"], setup["result"], stats=setup["stats"]
+    )
+    json.dumps(out)
+    assert out["index"] == setup["feature"] and out["hookName"] == "blocks.1.hook_resid_post"
+    assert all(len(a["tokens"]) == len(a["values"]) for a in out["activations"])
+    assert len(out["activations"]) == 4 + 1 and len(out["pos_str"]) == 10
+    assert out["maxActApprox"] == pytest.approx(float(setup["stats"].max_activation[setup["feature"]]))
+
+
+def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
+    from test_inspect import identity_sae_dir
+
+    from featuredream.cli import main
+
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    b = [
+        "--model",
+        str(tmp_path / "model"),
+        "--sae",
+        str(identity_sae_dir(tmp_path / "sae")),
+        "--feature",
+        "3",
+    ]
+    dream_args = [
+        "dream",
+        *b,
+        "--out",
+        str(tmp_path / "r.json"),
+        "--no-progress",
+        "--min-tokens",
+        "3",
+        "--max-tokens",
+        "10",
+        "--n-children",
+        "8",
+        "--iters",
+        "2",
+        "--n-start-samples",
+        "2",
+        "--pareto",
+        "0.1,1",
+        "--html",
+    ]
+    assert main(dream_args) == 0, capsys.readouterr().err
+    assert structural_problems((tmp_path / "r.html").read_text(), 3) == []
+    card = [
+        "card",
+        *b,
+        "--dream",
+        str(tmp_path / "r.json"),
+        "--out",
+        str(tmp_path / "c.html"),
+        "--json",
+        str(tmp_path / "c.json"),
+        "--alphas",
+        "0,5",
+        "--steer-prompt",
+        "Once upon",
+    ]
+    assert main(card) == 0, capsys.readouterr().err
+    page = (tmp_path / "c.html").read_text()
+    assert structural_problems(page, 3) == [] and "Once upon" in page and "α = 5" in page
+    assert json.loads((tmp_path / "c.json").read_text())["index"] == 3
+    capsys.readouterr()
+    for args, needle in (
+        (
+            ["card", *b, "--dream", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.html")],
+            "nope.json",
+        ),
+        (
+            ["card", *b, "--dream", str(tmp_path / "c.html"), "--out", str(tmp_path / "x.html")],
+            "not a featuredream result",
+        ),
+        (["card", *b, "--out", str(tmp_path / "no" / "x.html")], "does not exist"),
+    ):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.html").exists()

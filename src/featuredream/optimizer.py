@@ -19,7 +19,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -206,6 +206,8 @@ def dream(
     cfg = config or DreamConfig()
     t0 = time.time()
     dev = next(model.parameters()).device
+    if cfg.n_children is None:
+        cfg = replace(cfg, n_children=128 if dev.type == "cuda" else 32)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     vocab = model.get_input_embeddings().weight.shape[0]

@@ -297,21 +297,25 @@ def site_fvu(
     return float(err / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
 
 
-def check_site(model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0.5) -> float:
-    """Measure the SAE's reconstruction at its declared site; ValueError if poor, naming a better site.
+def check_site(model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0.5, margin: float = 0.05) -> float:
+    """Measure the SAE's reconstruction at its declared site and at the adjacent residual sites.
 
-    Catches the seed-003 off-by-one (a resid_post SAE read at resid_pre). Returns the FVU.
+    ValueError if the declared site reconstructs poorly (FVU > ``max_fvu``) or an adjacent site does
+    better by more than ``margin`` (relative): the seed-003 off-by-one (a resid_post SAE read at
+    resid_pre) is caught even when the residual stream changes little between layers. Returns the FVU.
     """
     fvu = site_fvu(model, tokenizer, sae)
-    if fvu <= max_fvu:
-        return fvu
-    others = {
-        s: site_fvu(model, tokenizer, sae, site=s)
-        for s in _adjacent(sae.site, text_config(model).num_hidden_layers)
-    }
+    n_layers = text_config(model).num_hidden_layers
+    others = {s: site_fvu(model, tokenizer, sae, site=s) for s in _adjacent(sae.site, n_layers)}
     better = min(others.items(), key=lambda kv: kv[1], default=None)
-    hint = f"; {better[0].hook_name} fits better (FVU {better[1]:.2f})" if better and better[1] < fvu else ""
-    raise ValueError(
-        f"SAE {sae.name!r} reconstructs poorly at its declared site {sae.site.hook_name} "
-        f"(FVU {fvu:.2f} > {max_fvu}){hint}: is its hook_name right for this model?"
-    )
+    if better is not None and better[1] < fvu * (1 - margin):
+        raise ValueError(
+            f"SAE {sae.name!r} declared at {sae.site.hook_name} reconstructs better at {better[0].hook_name} "
+            f"(FVU {better[1]:.3f} vs {fvu:.3f}): is its hook_name right for this model?"
+        )
+    if fvu > max_fvu:
+        raise ValueError(
+            f"SAE {sae.name!r} reconstructs poorly at its declared site {sae.site.hook_name} "
+            f"(FVU {fvu:.2f} > {max_fvu}): is it trained on this model?"
+        )
+    return fvu

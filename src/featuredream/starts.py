@@ -20,15 +20,16 @@ _OPENERS = ("The", "In", "I", "It", "When", "This", "We", "A", "If", "He", "She"
 
 def dataset_windows(objective, max_tokens: int, min_tokens: int) -> list[list[int]]:
     """For each shipped top example of the objective's latent: the tokens ending at the activating token,
-    trimmed to the last ``max_tokens`` (skipped when shorter than ``min_tokens``)."""
+    trimmed to each length from ``min_tokens`` to ``max_tokens`` (shorter contexts often read more
+    fluently under an XE ceiling; the optimizer scores them all in one batch)."""
     sae, latent = getattr(objective, "sae", None), getattr(objective, "latent", None)
     if sae is None or latent is None or sae.stats is None or not sae.stats.has("top_tokens"):
         return []
     out = []
     for toks, pos, _, _ in sae.stats.examples(latent):
-        window = toks[: pos + 1][-max_tokens:]
-        if len(window) >= min_tokens:
-            out.append(window)
+        window = toks[: pos + 1]
+        for n in range(min_tokens, min(max_tokens, len(window)) + 1):
+            out.append(window[-n:])
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -128,7 +129,6 @@ def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_toke
         "3",
         "--max-tokens",
         "10",
-        "--no-progress",
         "--out",
         str(out),
         "--patience",
@@ -143,14 +143,20 @@ def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_toke
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.time() + 240
-    for line in proc.stderr:
-        if "dreaming" in line or time.time() > deadline:
-            break
-    time.sleep(2)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    try:
+        deadline, seen = time.time() + 240, b""
+        while b"dream:" not in seen and time.time() < deadline:  # the progress bar is up: the loop runs
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                seen += chunk
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        out_s, err_s = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (seen[-500:], out_s[-500:], err_s[-1500:])
     res = json.loads(out.read_text())
     assert res["interrupted"] is True and res["best"]["text"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

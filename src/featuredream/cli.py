@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("featuredream").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("featuredream").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging
 

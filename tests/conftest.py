@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -129,3 +130,44 @@ def tiny_sae(tmp_path, tiny_llama):
     from featuredream.saes import load_sae
 
     return load_sae(write_sae_dir(tmp_path / "sae"), model=tiny_llama)
+
+
+def identity_sae_dir(path, d_in=64, hook="blocks.1.hook_resid_post"):
+    """A 'standard' ReLU SAE with W_enc = [I, -I]: reconstructs any input exactly (FVU 0)."""
+    path.mkdir(parents=True, exist_ok=True)
+    eye = torch.eye(d_in)
+    cfg = {
+        "architecture": "standard",
+        "d_in": d_in,
+        "d_sae": 2 * d_in,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.0.0", "model_name": "tiny", "hook_name": hook},
+    }
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file(
+        {
+            "W_enc": torch.cat([eye, -eye], 1).contiguous(),
+            "b_enc": torch.zeros(2 * d_in),
+            "W_dec": torch.cat([eye, -eye], 0).contiguous(),
+            "b_dec": torch.zeros(d_in),
+        },
+        str(path / "sae_weights.safetensors"),
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, tiny_llama, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("cli")
+    tiny_llama.save_pretrained(root / "model")
+    tiny_tokenizer.save_pretrained(root / "model")
+    return {
+        "model": str(root / "model"),
+        "sae": str(identity_sae_dir(root / "sae")),
+        "wide": str(identity_sae_dir(root / "wide", d_in=32)),
+        "deep": str(identity_sae_dir(root / "deep", hook="blocks.7.hook_resid_post")),
+        "root": root,
+    }

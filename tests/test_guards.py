@@ -106,11 +106,11 @@ def test_same_seed_same_result_and_environment_recorded(tiny_llama, tiny_tokeniz
 
 
 def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_tokenizer):
-    from test_cli import _identity_sae
+    from conftest import identity_sae_dir
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
-    sae = _identity_sae(tmp_path / "sae")
+    sae = identity_sae_dir(tmp_path / "sae")
     out = tmp_path / "r.json"
     cmd = [
         sys.executable,

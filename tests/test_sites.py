@@ -93,7 +93,7 @@ def test_query_site_equals_hand_computation(tiny_model):
     ids = torch.randint(1, 300, (2, 6))
     x, q = _layer_input_q(tiny_model, ids, 1)
     acts, _ = run_sites(tiny_model, [Site("attn_q", 1), Site("attn_q", 1, 2)], input_ids=ids)
-    torch.testing.assert_close(acts[Site("attn_q", 1)], q)
+    torch.testing.assert_close(acts[Site("attn_q", 1)], q.flatten(-2))  # whole layer: [b, s, H * d_head]
     torch.testing.assert_close(acts[Site("attn_q", 1, 2)], q[:, :, 2])
 
 

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dream", parents=[common], help="dream a prompt that maximizes a feature")
     d.add_argument("--out", default="dream.json", help="result JSON path (default: dream.json)")
-    d.add_argument("--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)")
+    d.add_argument(
+        "--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)"
+    )
     add_config_options(d, DreamConfig)
 
     s = sub.add_parser("score", parents=[common], help="score texts on a feature with the reference path")

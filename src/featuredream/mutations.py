@@ -78,8 +78,9 @@ def gcg_swap(
     ``ids [L]``, ``grad [L, V]`` -> ``children [n, L]``, ``positions [n]``.
     """
     L, V = grad.shape
-    g = grad.float().masked_fill(_banned_mask(V, banned, grad.device), torch.inf)
-    top = (-g).topk(min(topk, V), dim=1).indices  # [L, topk]
+    mask = _banned_mask(V, banned, grad.device)
+    g = grad.float().masked_fill(mask, torch.inf)
+    top = (-g).topk(min(topk, V - int(mask.sum())), dim=1).indices  # [L, topk], never a banned token
     pos = torch.randint(0, L, (n,), generator=gen, device=gen.device).to(ids.device)
     pick = torch.randint(0, top.shape[1], (n,), generator=gen, device=gen.device).to(ids.device)
     children = ids.repeat(n, 1)

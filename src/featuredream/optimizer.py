@@ -16,15 +16,15 @@ The parent stays in the buffer, so the best loss never gets worse. ``dream`` is 
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .buffer import _Buffer, _Entry, _frontier_update, rank_loss
 from .config import DreamConfig
 from .evaluate import Evaluator, pad_right, reference_evaluate
 from .models import model_name
@@ -36,93 +36,6 @@ from .starts import start_pool
 log = logging.getLogger(__name__)
 
 _OPS = ("gcg_swap", "sample_swap", "sample_insert", "delete")
-_INFEASIBLE = 1e6
-
-
-def rank_loss(scores: torch.Tensor, xe: torch.Tensor, lam: float, xe_max: float | None) -> torch.Tensor:
-    """Loss to minimize ``[n]`` (float64): see module doc. ``xe`` may be NaN when not computed."""
-    s, x = scores.double(), torch.nan_to_num(xe.double(), nan=0.0)
-    loss = -s + lam * x
-    if xe_max is not None:
-        loss = torch.where(x > xe_max, _INFEASIBLE + 1e3 * (x - xe_max) - 1e-6 * s, loss)
-    return torch.where(torch.isfinite(s), loss, torch.inf)
-
-
-@dataclass
-class _Entry:
-    ids: torch.Tensor  # [L] on the model's device
-    score: float
-    xe: float
-    source: str
-
-    def key(self) -> tuple[int, ...]:
-        return tuple(self.ids.tolist())
-
-
-class _Buffer:
-    """The union over penalties of the best ``per_penalty`` distinct prompts under each penalty."""
-
-    def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: float | None):
-        self.penalties, self.per, self.xe_max = penalties, per_penalty, xe_max
-        self.entries: list[_Entry] = []
-
-    def merge(self, cands: list[_Entry]) -> None:
-        pool = {e.key(): e for e in self.entries + cands}
-        pool_l = list(pool.values())
-        scores = torch.tensor([e.score for e in pool_l])
-        xe = torch.tensor([e.xe for e in pool_l])
-        keep: dict[tuple, _Entry] = {}
-        for lam, per in zip(self.penalties, self.per):
-            order = torch.argsort(rank_loss(scores, xe, lam, self.xe_max), stable=True)
-            for i in order[:per].tolist():
-                if math.isfinite(pool_l[i].score):
-                    keep.setdefault(pool_l[i].key(), pool_l[i])
-        primary = rank_loss(
-            torch.tensor([e.score for e in keep.values()]),
-            torch.tensor([e.xe for e in keep.values()]),
-            self.penalties[0],
-            self.xe_max,
-        )
-        vals = list(keep.values())
-        self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
-
-    def entry_bound(self) -> float | None:
-        """Activation a new prompt must exceed to enter under some penalty (None: anything may enter).
-
-        Since XE >= 0, ``-act + lam * xe < worst_loss`` implies ``act > -worst_loss``.
-        """
-        bounds = []
-        for lam, per in zip(self.penalties, self.per):
-            losses = rank_loss(
-                torch.tensor([e.score for e in self.entries]),
-                torch.tensor([e.xe for e in self.entries]),
-                lam,
-                self.xe_max,
-            )
-            if len(losses) < per:
-                return None
-            worst = float(torch.sort(losses).values[per - 1])
-            if worst >= _INFEASIBLE / 2 or not math.isfinite(worst):
-                return None
-            bounds.append(-worst)
-        return min(bounds)
-
-    def loss(self, e: _Entry) -> float:
-        return float(rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.xe_max))
-
-
-def _frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
-    """Non-dominated (max score, min XE) rows of ``[n, 2]`` (score, xe) points, sorted by XE."""
-    pts = torch.cat([front, torch.stack([scores.float().cpu(), xe.float().cpu()], dim=1)])
-    pts = pts[torch.isfinite(pts).all(dim=1)]
-    if len(pts) == 0:
-        return pts
-    pts = pts[torch.argsort(pts[:, 0], descending=True, stable=True)]
-    pts = pts[torch.argsort(pts[:, 1], stable=True)]
-    best = torch.cummax(pts[:, 0], dim=0).values
-    keep = torch.ones(len(pts), dtype=torch.bool)
-    keep[1:] = pts[1:, 0] > best[:-1]
-    return pts[keep]
 
 
 class _Canonicalizer:
@@ -136,14 +49,26 @@ class _Canonicalizer:
         """Each child's canonical ids (its re-encoded text), or None when that falls outside the bounds."""
         texts = self.tok.batch_decode([c.tolist() for c in children], skip_special_tokens=False)
         enc = self.tok(texts, add_special_tokens=False)["input_ids"]
+        # a second round trip must be a fixed point (clean-up of spaces can change a text twice)
+        again = self.tok(self.tok.batch_decode(enc, skip_special_tokens=False), add_special_tokens=False)[
+            "input_ids"
+        ]
         out: list[torch.Tensor | None] = []
-        for c, ids in zip(children, enc):
-            if not self.lo <= len(ids) <= self.hi:
+        for c, ids, ids2 in zip(children, enc, again):
+            if not self.lo <= len(ids) <= self.hi or ids != ids2:
                 self.dropped += 1
                 out.append(None)
             else:
                 out.append(torch.tensor(ids, device=c.device) if ids != c.tolist() else c)
         return out
+
+
+def _check_devices(objective: Objective, dev: torch.device) -> None:
+    sae = getattr(objective, "sae", None)
+    if sae is not None and sae.sae.W_enc.device != dev:
+        raise ValueError(
+            f"the SAE is on {sae.sae.W_enc.device} but the model is on {dev}: load it with load_sae(..., model=model)"
+        )
 
 
 def _banned_ids(tokenizer, vocab: int) -> torch.Tensor:
@@ -211,13 +136,13 @@ def dream(
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     vocab = model.get_input_embeddings().weight.shape[0]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad values are never read
+    _check_devices(objective, dev)
     banned = _banned_ids(tokenizer, vocab).to(dev)
     evaluator = Evaluator(model, objective, need_xe=cfg.needs_xe, batch_size=cfg.batch_size)
-    scorer = (
-        Evaluator(model, objective, need_xe=False, batch_size=cfg.batch_size)
-        if cfg.needs_xe and cfg.cascade
-        else None
-    )
+    # The cascade skips XE for children that cannot enter the buffer; a Pareto frontier needs every point.
+    use_cascade = cfg.needs_xe and cfg.cascade and cfg.pareto is None
+    scorer = Evaluator(model, objective, need_xe=False, batch_size=cfg.batch_size) if use_cascade else None
     canon = _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
@@ -232,7 +157,7 @@ def dream(
         if scorer is None or bound is None:
             return evaluator(ids, lengths)
         first = scorer(ids, lengths)
-        go = (first.scores > bound).nonzero().squeeze(1)
+        go = (first.scores.double() > bound).nonzero().squeeze(1)
         xe = torch.full_like(first.scores, torch.inf)
         stats["finished"] += len(go)
         if len(go):
@@ -241,7 +166,7 @@ def dream(
 
     def evaluate(seqs: list[torch.Tensor], source: list[str], bound: float | None = None):
         nonlocal front
-        ids, lengths = pad_right(seqs, tokenizer.pad_token_id, dev)
+        ids, lengths = pad_right(seqs, pad_id, dev)
         out = run(ids, lengths, bound)
         bad = torch.isnan(out.scores) | torch.isposinf(out.scores)
         if cfg.needs_xe:
@@ -378,21 +303,22 @@ def _finish(
     model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_
 ) -> DreamResult:
     """Re-score the best prompt (and buffer) from their decoded strings with the reference path."""
-    texts = [tokenizer.decode(e.ids.tolist()) for e in buffer.entries]
-    best_text = tokenizer.decode(best.ids.tolist())
-    ref = reference_evaluate(model, tokenizer, objective, [best_text] + texts)
-    n_best = len(tokenizer(best_text, add_special_tokens=False)["input_ids"])
+    entries = [best] + [e for e in buffer.entries if e is not best]
+    texts = [tokenizer.decode(e.ids.tolist()) for e in entries]
+    ref = reference_evaluate(model, tokenizer, objective, texts)
+    # The reported best is chosen on the reference values, so feasibility cannot flip between the paths.
+    ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
+    i_best = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, cfg.xe_max)))
+    best, best_text = entries[i_best], texts[i_best]
+    best_ids = tokenizer(best_text, add_special_tokens=False)["input_ids"]
     best_p = _prompt(
         tokenizer,
-        tokenizer(best_text, add_special_tokens=False)["input_ids"],
-        ref.scores[0],
-        ref.xe[0],
-        ref.token_acts[0, :n_best].tolist(),
+        best_ids,
+        ref.scores[i_best],
+        ref.xe[i_best],
+        ref.token_acts[i_best, : len(best_ids)].tolist(),
     )
-    buf_p = [
-        _prompt(tokenizer, e.ids.tolist(), ref.scores[i + 1], ref.xe[i + 1])
-        for i, e in enumerate(buffer.entries)
-    ]
+    buf_p = [_prompt(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i]) for i, e in enumerate(entries)]
     fast_xe = best.xe if cfg.needs_xe else float("nan")
     err = abs(best.score - best_p.activation)
     tol = 1e-3 * max(1.0, abs(best_p.activation)) + (
@@ -412,13 +338,11 @@ def _finish(
             cfg.xe_max,
             best_p.xe,
         )
-    frontier = [
-        {
-            "activation": s,
-            "xe": x,
-            "text": tokenizer.decode(front_ids[(s, x)]) if (s, x) in front_ids else None,
-        }
-        for s, x in front.tolist()
+    front_texts = [tokenizer.decode(front_ids[k]) for k in map(tuple, front.tolist()) if k in front_ids]
+    front_ref = reference_evaluate(model, tokenizer, objective, front_texts) if front_texts else None
+    frontier = [  # re-scored from the text by the reference path, like the best prompt
+        {"activation": float(front_ref.scores[i]), "xe": float(front_ref.xe[i]), "text": t}
+        for i, t in enumerate(front_texts)
     ]
     sae = getattr(objective, "sae", None)
     dmax = objective.dataset_max() if hasattr(objective, "dataset_max") else None

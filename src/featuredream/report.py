@@ -9,9 +9,7 @@ scripts. Every string that came from a tokenizer, a corpus or a result file goes
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -20,9 +18,22 @@ from typing import Any
 
 from torch import nn
 
+from .figures import frontier_figure, histogram_figure, png_data_uri, trajectory_figure
+from .html_parts import (
+    _ACT_RGB,
+    _CSS,
+    _NEG_RGB,
+    _chip,
+    _fmt,
+    _logit_table,
+    _multiple,
+    _scored,
+    _show,
+    token_spans,
+)
 from .inspect import Example, encode_prompts
 from .models import model_name
-from .results import DreamResult, Prompt, write_atomic
+from .results import DreamResult, write_atomic
 from .saes import CHECK_TEXTS, BoundSAE, FeatureStats, site_fvu
 from .tracing import RESIDUAL_KINDS, logit_effects, steering
 
@@ -30,106 +41,6 @@ log = logging.getLogger(__name__)
 
 STEER_PROMPT = "My favourite thing to talk about is"
 STEER_SCALES = (0.0, 2.0, 4.0, 8.0)
-_ACT_RGB, _NEG_RGB = "234,88,12", "37,99,235"
-_ACT_HEX = "#ea580c"
-_DOT = "\u00b7"
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def _fig(w: float = 6.0, h: float = 3.2):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=110)
-    ax = fig.add_subplot()
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(alpha=0.25, linewidth=0.6)
-    return fig, ax
-
-
-def _legend(ax, handles: list, labels: list[str]) -> None:
-    """A legend under the axes, where it never hides data."""
-    ax.legend(
-        handles, labels, fontsize=7, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2)
-    )
-
-
-def png_data_uri(fig) -> str:
-    """A matplotlib figure as a ``data:image/png;base64,...`` URI."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def histogram_figure(
-    generic: list[float], examples: list[float], dataset_max: float | None, dream: float | None
-):
-    """Per-token activations on generic text and in the top-example windows, with the maxima marked."""
-    fig, ax = _fig()
-    vals = [v for v in generic + examples if math.isfinite(v)]
-    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    for m in (dataset_max, dream):
-        if m is not None and math.isfinite(m):
-            lo, hi = min(lo, m), max(hi, m)
-    bins = [lo + (hi - lo + 1e-9) * i / 40 for i in range(41)]
-    if generic:
-        ax.hist(generic, bins=bins, color="#94a3b8", alpha=0.8, label="generic text (all tokens)")
-    if examples:
-        ax.hist(examples, bins=bins, color=_ACT_HEX, alpha=0.65, label="top-example windows (all tokens)")
-    if dataset_max is not None:
-        ax.axvline(
-            dataset_max, color="#111827", linestyle="--", lw=1.2, label=f"dataset max {dataset_max:.2f}"
-        )
-    if dream is not None:
-        ax.axvline(dream, color="#7c3aed", lw=2, label=f"dream {dream:.2f}")
-    ax.set_yscale("log")
-    ax.set_xlabel("activation (encoder pre-activation)")
-    ax.set_ylabel("tokens")
-    _legend(ax, *ax.get_legend_handles_labels())
-    return fig
-
-
-def trajectory_figure(history: list[dict[str, Any]]):
-    """Best activation (and its XE) per iteration, with each iteration's best child."""
-    fig, ax = _fig()
-    it = [h["iter"] for h in history]
-    child = [(h["iter"], h["child_activation"]) for h in history if h.get("child_activation") is not None]
-    if child:
-        ax.scatter(*zip(*child), s=7, color="#cbd5e1", label="best child of the iteration", zorder=1)
-    ax.plot(it, [h["best_activation"] for h in history], color=_ACT_HEX, lw=2, label="best activation")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("activation")
-    handles, labels = ax.get_legend_handles_labels()
-    xe = [h.get("best_xe") for h in history]
-    if any(x is not None and math.isfinite(x) for x in xe):
-        ax2 = ax.twinx()
-        ax2.plot(it, [math.nan if x is None else x for x in xe], color="#2563eb", lw=1.2, label="XE of best")
-        ax2.set_ylabel("XE (nats/token)", color="#2563eb")
-        ax2.spines[["top"]].set_visible(False)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    _legend(ax, handles, labels)
-    return fig
-
-
-def frontier_figure(frontier: list[dict[str, Any]], best: Prompt | None):
-    """The activation-vs-XE Pareto frontier, with the reported best prompt."""
-    fig, ax = _fig()
-    pts = sorted((p["xe"], p["activation"]) for p in frontier)
-    ax.step([x for x, _ in pts], [a for _, a in pts], where="post", color=_ACT_HEX, lw=1.5)
-    ax.scatter([x for x, _ in pts], [a for _, a in pts], s=14, color=_ACT_HEX, label="Pareto frontier")
-    if best is not None and math.isfinite(best.xe):
-        ax.scatter(
-            [best.xe], [best.activation], s=70, marker="*", color="#7c3aed", label="best prompt", zorder=3
-        )
-    ax.set_xlabel("XE (nats/token, lower = more fluent)")
-    ax.set_ylabel("activation")
-    _legend(ax, *ax.get_legend_handles_labels())
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -287,89 +198,6 @@ def card_data(
 
 
 # ---------------------------------------------------------------------------------------------- HTML
-
-_CSS = """
-*{box-sizing:border-box}body{margin:0;background:#f8fafc;color:#0f172a;font:14px/1.5 system-ui,-apple-system,
-"Segoe UI",Roboto,"DejaVu Sans",sans-serif}main{max-width:1080px;margin:0 auto;padding:24px}
-header{background:#0f172a;color:#f8fafc;border-radius:12px;padding:20px 24px;margin-bottom:18px}
-h1{margin:0 0 4px;font-size:26px}h2{font-size:17px;margin:0 0 10px}.sub{color:#cbd5e1}.sub code{color:#fde68a}
-.chips{display:flex;flex-wrap:wrap;gap:8px;margin-top:14px}.chip{background:#1e293b;border-radius:8px;padding:6px 12px}
-.chip b{display:block;font-size:17px;color:#fff}.chip span{font-size:11px;color:#94a3b8;text-transform:uppercase}
-section{background:#fff;border:1px solid #e2e8f0;border-radius:12px;padding:16px 20px;margin-bottom:16px}
-.row{display:flex;gap:12px;align-items:baseline;padding:6px 0;border-bottom:1px solid #f1f5f9}
-.row:last-child{border-bottom:0}.val{flex:0 0 86px;text-align:right;font:600 13px ui-monospace,"DejaVu Sans Mono",monospace}
-.lbl{flex:0 0 86px;color:#64748b;font-size:12px}.text{flex:1;font:13px/1.9 ui-monospace,"DejaVu Sans Mono",monospace;
-white-space:pre-wrap;word-break:break-word}.tok{border-radius:3px;padding:1px 0}.peak{outline:2px solid #9a3412;
-outline-offset:0}.ctl{color:#64748b}.peak .ctl{color:#111827;font-weight:700}.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:14px}
-figure{margin:0}figure img{width:100%;height:auto;border:1px solid #f1f5f9;border-radius:8px}
-figcaption{font-weight:600;margin-bottom:4px}.note{color:#64748b;font-size:12px}.cols{display:grid;
-grid-template-columns:1fr 1fr;gap:20px}table{border-collapse:collapse;width:100%}td{padding:3px 6px;
-border-bottom:1px solid #f1f5f9;font:13px ui-monospace,"DejaVu Sans Mono",monospace}td.num{text-align:right;width:80px}
-.bar{height:10px;border-radius:5px}.steer td:first-child{width:130px;
-text-align:right;font-weight:600;white-space:nowrap}.steer small{display:block;font-weight:400;color:#64748b}
-footer{color:#94a3b8;font-size:12px;text-align:center;padding:8px}
-"""
-
-
-def _show(token: str) -> str:
-    """A token as escaped HTML, with newlines, tabs and other control characters made visible."""
-    out = []
-    for ch in token:
-        if ch == "\n":
-            out.append('<span class="ctl">\u21b5</span>')
-        elif ch == "\t":
-            out.append('<span class="ctl">\u2192</span>')
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f'<span class="ctl">\\x{ord(ch):02x}</span>')
-        else:
-            out.append(html.escape(ch))
-    return "".join(out) or '<span class="ctl">\u2205</span>'
-
-
-def token_spans(tokens: list[str], acts: list[float], vmax: float, peak: int | None = None) -> str:
-    """Tokens as ``<span>`` highlighted by activation (orange, full at ``vmax``); the value is in the tooltip."""
-    parts = []
-    for i, (t, a) in enumerate(zip(tokens, acts)):
-        a = float(a) if math.isfinite(a) else 0.0
-        alpha = max(0.0, min(a / vmax, 1.0))  # negative pre-activations do not fire: no colour
-        cls = "tok peak" if i == peak else "tok"
-        title = html.escape(f"{t!r}: {a:.3f}", quote=True)
-        visible = t.strip(" ") or (i != peak and alpha < 0.15)  # a highlighted run of spaces shows as dots
-        shown = _show(t) if visible else f'<span class="ctl">{_DOT * len(t)}</span>'
-        style = f"background:rgba({_ACT_RGB},{alpha:.2f})"
-        parts.append(f'<span class="{cls}" style="{style}" title="{title}">{shown}</span>')
-    return "".join(parts)
-
-
-def _multiple(alpha: float, dataset_max: float | None) -> str:
-    if not alpha or not dataset_max or dataset_max <= 0:
-        return ""
-    return f"<small>{alpha / dataset_max:.2g} \u00d7 dataset max</small>"
-
-
-def _chip(label: str, value: str) -> str:
-    return f'<div class="chip"><span>{html.escape(label)}</span><b>{html.escape(value)}</b></div>'
-
-
-def _fmt(v: float | None, spec: str = ".3f") -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
-
-
-def _logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
-    top = max((abs(v) for _, v in rows), default=1.0) or 1.0
-    body = "".join(
-        f'<tr><td>{_show(t)}</td><td class="num">{v:+.3g}</td><td style="width:40%"><div class="bar" '
-        f'style="width:{100 * abs(v) / top:.0f}%;background:rgb({rgb})"></div></td></tr>'
-        for t, v in rows
-    )
-    return f"<table>{body}</table>"
-
-
-def _scored(acts: list[float], value: float) -> int | None:
-    """Index of the token whose activation is the prompt's score (the last one for ``last``)."""
-    if not acts or not math.isfinite(value):
-        return None
-    return min(reversed(range(len(acts))), key=lambda i: abs(acts[i] - value))
 
 
 def render_card(d: CardData) -> str:

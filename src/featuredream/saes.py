@@ -297,7 +297,9 @@ def site_fvu(
     return float(err / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
 
 
-def check_site(model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0.5, margin: float = 0.05) -> float:
+def check_site(
+    model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0.5, margin: float = 0.05
+) -> float:
     """Measure the SAE's reconstruction at its declared site and at the adjacent residual sites.
 
     ValueError if the declared site reconstructs poorly (FVU > ``max_fvu``) or an adjacent site does

@@ -14,8 +14,9 @@ attn_k/attn_v  key / value projection (before rotary for k)                 ``[b
 attn_z         per-head attention output, input of the output projection    ``[b, s, H, d_head]``
 =============  ==========================================================  ====================
 
-With ``head`` set, head sites give ``[b, s, d_head]`` for that (query) head; for k / v the query head is
-mapped to its key/value group (grouped-query attention).
+Without ``head``, head sites are flattened to ``[b, s, H * d_head]`` (the width sae-lens SAEs on a whole
+attention layer read). With ``head`` set, they give ``[b, s, d_head]`` for that (query) head; for k / v
+the query head is mapped to its key/value group (grouped-query attention).
 """
 
 from __future__ import annotations
@@ -175,58 +176,62 @@ def capture(
         if site.head is not None:
             h = kv_head(model, site.head) if site.kind in ("attn_k", "attn_v") else site.head
             value = value[:, :, h]
+        elif site.kind in HEAD_KINDS:
+            value = value.flatten(-2)
         store[site] = value
         if stop_early and len(store) == len(sites):
             raise _StopForward
 
-    for site in sites:
-        layer = layers[site.layer]
-        if site.kind == "resid_pre":
+    try:  # registered inside try: a failure while registering still removes what was added
+        for site in sites:
+            layer = layers[site.layer]
+            if site.kind == "resid_pre":
 
-            def hook(mod, args, kwargs, site=site):
-                put(site, args[0] if args else kwargs["hidden_states"])
+                def hook(mod, args, kwargs, site=site):
+                    put(site, args[0] if args else kwargs["hidden_states"])
 
-            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-        elif site.kind == "resid_post":
-            handles.append(layer.register_forward_hook(lambda m, a, o, site=site: put(site, _first(o))))
-        elif site.kind == "mlp_out":
-            handles.append(_mlp(layer).register_forward_hook(lambda m, a, o, site=site: put(site, _first(o))))
-        elif site.kind == "attn_z":
-            attn = _attention(layer)
+                handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            elif site.kind == "resid_post":
+                handles.append(layer.register_forward_hook(lambda m, a, o, site=site: put(site, _first(o))))
+            elif site.kind == "mlp_out":
+                handles.append(
+                    _mlp(layer).register_forward_hook(lambda m, a, o, site=site: put(site, _first(o)))
+                )
+            elif site.kind == "attn_z":
+                attn = _attention(layer)
 
-            def zhook(mod, args, site=site):
-                z = args[0]
-                put(site, z.view(*z.shape[:-1], -1, d_head))
+                def zhook(mod, args, site=site):
+                    z = args[0]
+                    put(site, z.view(*z.shape[:-1], -1, d_head))
 
-            handles.append(attn.o_proj.register_forward_pre_hook(zhook))
-        elif site.kind == "attn_q_rot":
-            attn = _attention(layer)
-            rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-            if rope is None:
-                raise ValueError(f"{type(attn).__name__}: no apply_rotary_pos_emb found for site {site}")
-            state: dict = {}
+                handles.append(attn.o_proj.register_forward_pre_hook(zhook))
+            elif site.kind == "attn_q_rot":
+                attn = _attention(layer)
+                rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+                if rope is None:
+                    raise ValueError(f"{type(attn).__name__}: no apply_rotary_pos_emb found for site {site}")
+                state: dict = {}
 
-            def pre(mod, args, kwargs, state=state):
-                state["pe"] = kwargs.get("position_embeddings")
+                def pre(mod, args, kwargs, state=state):
+                    state["pe"] = kwargs.get("position_embeddings")
 
-            def qhook(mod, args, out, site=site, state=state, rope=rope):
-                q = out.view(*out.shape[:-1], -1, d_head).transpose(1, 2)
-                cos, sin = state["pe"]
-                q_rot, _ = rope(q, q, cos, sin)
-                put(site, q_rot.transpose(1, 2))
+                def qhook(mod, args, out, site=site, state=state, rope=rope):
+                    q = out.view(*out.shape[:-1], -1, d_head).transpose(1, 2)
+                    cos, sin = state["pe"]
+                    q_rot, _ = rope(q, q, cos, sin)
+                    put(site, q_rot.transpose(1, 2))
 
-            handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(attn.q_proj.register_forward_hook(qhook))
-        else:
-            proj = getattr(
-                _attention(layer), {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj"}[site.kind]
-            )
+                handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(attn.q_proj.register_forward_hook(qhook))
+            else:
+                proj = getattr(
+                    _attention(layer), {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj"}[site.kind]
+                )
 
-            def phook(mod, args, out, site=site):
-                put(site, out.view(*out.shape[:-1], -1, d_head))
+                def phook(mod, args, out, site=site):
+                    put(site, out.view(*out.shape[:-1], -1, d_head))
 
-            handles.append(proj.register_forward_hook(phook))
-    try:
+                handles.append(proj.register_forward_hook(phook))
         yield store
     finally:
         for h in handles:

@@ -1,0 +1,101 @@
+"""The buffer of prompts, the ranking rule, and the activation-vs-XE Pareto frontier.
+
+Ranking (per penalty lambda): feasible prompts (XE <= ``xe_max``) by ``-activation + lambda * XE``;
+infeasible prompts after all feasible ones, by how far their XE exceeds ``xe_max`` (seed bug 9); non-finite
+scores never ranked in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+_INFEASIBLE = 1e6
+
+
+def rank_loss(scores: torch.Tensor, xe: torch.Tensor, lam: float, xe_max: float | None) -> torch.Tensor:
+    """Loss to minimize ``[n]`` (float64): see module doc. ``xe`` may be NaN when not computed."""
+    s, x = scores.double(), torch.nan_to_num(xe.double(), nan=0.0)
+    loss = -s + lam * x
+    if xe_max is not None:
+        loss = torch.where(x > xe_max, _INFEASIBLE + 1e3 * (x - xe_max) - 1e-6 * s, loss)
+    return torch.where(torch.isfinite(s), loss, torch.inf)
+
+
+@dataclass
+class _Entry:
+    ids: torch.Tensor  # [L] on the model's device
+    score: float
+    xe: float
+    source: str
+
+    def key(self) -> tuple[int, ...]:
+        return tuple(self.ids.tolist())
+
+
+class _Buffer:
+    """The union over penalties of the best ``per_penalty`` distinct prompts under each penalty."""
+
+    def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: float | None):
+        self.penalties, self.per, self.xe_max = penalties, per_penalty, xe_max
+        self.entries: list[_Entry] = []
+
+    def merge(self, cands: list[_Entry]) -> None:
+        pool = {e.key(): e for e in self.entries + cands}
+        pool_l = list(pool.values())
+        scores = torch.tensor([e.score for e in pool_l])
+        xe = torch.tensor([e.xe for e in pool_l])
+        keep: dict[tuple, _Entry] = {}
+        for lam, per in zip(self.penalties, self.per):
+            order = torch.argsort(rank_loss(scores, xe, lam, self.xe_max), stable=True)
+            for i in order[:per].tolist():
+                if math.isfinite(pool_l[i].score):
+                    keep.setdefault(pool_l[i].key(), pool_l[i])
+        primary = rank_loss(
+            torch.tensor([e.score for e in keep.values()]),
+            torch.tensor([e.xe for e in keep.values()]),
+            self.penalties[0],
+            self.xe_max,
+        )
+        vals = list(keep.values())
+        self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
+
+    def entry_bound(self) -> float | None:
+        """Activation a new prompt must exceed to enter under some penalty (None: anything may enter).
+
+        Since XE >= 0, ``-act + lam * xe < worst_loss`` implies ``act > -worst_loss``.
+        """
+        bounds = []
+        for lam, per in zip(self.penalties, self.per):
+            losses = rank_loss(
+                torch.tensor([e.score for e in self.entries]),
+                torch.tensor([e.xe for e in self.entries]),
+                lam,
+                self.xe_max,
+            )
+            if len(losses) < per:
+                return None
+            worst = float(torch.sort(losses).values[per - 1])
+            if worst >= _INFEASIBLE / 2 or not math.isfinite(worst):
+                return None
+            bounds.append(-worst)
+        return min(bounds)
+
+    def loss(self, e: _Entry) -> float:
+        return float(rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.xe_max))
+
+
+def _frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
+    """Non-dominated (max score, min XE) rows of ``[n, 2]`` (score, xe) points, sorted by XE."""
+    pts = torch.cat([front, torch.stack([scores.float().cpu(), xe.float().cpu()], dim=1)])
+    pts = pts[torch.isfinite(pts).all(dim=1)]
+    if len(pts) == 0:
+        return pts
+    pts = pts[torch.argsort(pts[:, 0], descending=True, stable=True)]
+    pts = pts[torch.argsort(pts[:, 1], stable=True)]
+    best = torch.cummax(pts[:, 0], dim=0).values
+    keep = torch.ones(len(pts), dtype=torch.bool)
+    keep[1:] = pts[1:, 0] > best[:-1]
+    return pts[keep]

@@ -1,0 +1,96 @@
+"""HTML building blocks of the feature card: CSS, escaped token spans, chips and tables.
+
+Every string that may come from a tokenizer, a corpus or a result file goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+_ACT_RGB, _NEG_RGB = "234,88,12", "37,99,235"
+_DOT = "\u00b7"
+
+
+_CSS = """
+*{box-sizing:border-box}body{margin:0;background:#f8fafc;color:#0f172a;font:14px/1.5 system-ui,-apple-system,
+"Segoe UI",Roboto,"DejaVu Sans",sans-serif}main{max-width:1080px;margin:0 auto;padding:24px}
+header{background:#0f172a;color:#f8fafc;border-radius:12px;padding:20px 24px;margin-bottom:18px}
+h1{margin:0 0 4px;font-size:26px}h2{font-size:17px;margin:0 0 10px}.sub{color:#cbd5e1}.sub code{color:#fde68a}
+.chips{display:flex;flex-wrap:wrap;gap:8px;margin-top:14px}.chip{background:#1e293b;border-radius:8px;padding:6px 12px}
+.chip b{display:block;font-size:17px;color:#fff}.chip span{font-size:11px;color:#94a3b8;text-transform:uppercase}
+section{background:#fff;border:1px solid #e2e8f0;border-radius:12px;padding:16px 20px;margin-bottom:16px}
+.row{display:flex;gap:12px;align-items:baseline;padding:6px 0;border-bottom:1px solid #f1f5f9}
+.row:last-child{border-bottom:0}.val{flex:0 0 86px;text-align:right;font:600 13px ui-monospace,"DejaVu Sans Mono",monospace}
+.lbl{flex:0 0 86px;color:#64748b;font-size:12px}.text{flex:1;font:13px/1.9 ui-monospace,"DejaVu Sans Mono",monospace;
+white-space:pre-wrap;word-break:break-word}.tok{border-radius:3px;padding:1px 0}.peak{outline:2px solid #9a3412;
+outline-offset:0}.ctl{color:#64748b}.peak .ctl{color:#111827;font-weight:700}.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:14px}
+figure{margin:0}figure img{width:100%;height:auto;border:1px solid #f1f5f9;border-radius:8px}
+figcaption{font-weight:600;margin-bottom:4px}.note{color:#64748b;font-size:12px}.cols{display:grid;
+grid-template-columns:1fr 1fr;gap:20px}table{border-collapse:collapse;width:100%}td{padding:3px 6px;
+border-bottom:1px solid #f1f5f9;font:13px ui-monospace,"DejaVu Sans Mono",monospace}td.num{text-align:right;width:80px}
+.bar{height:10px;border-radius:5px}.steer td:first-child{width:130px;
+text-align:right;font-weight:600;white-space:nowrap}.steer small{display:block;font-weight:400;color:#64748b}
+footer{color:#94a3b8;font-size:12px;text-align:center;padding:8px}
+"""
+
+
+def _show(token: str) -> str:
+    """A token as escaped HTML, with newlines, tabs and other control characters made visible."""
+    out = []
+    for ch in token:
+        if ch == "\n":
+            out.append('<span class="ctl">\u21b5</span>')
+        elif ch == "\t":
+            out.append('<span class="ctl">\u2192</span>')
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f'<span class="ctl">\\x{ord(ch):02x}</span>')
+        else:
+            out.append(html.escape(ch))
+    return "".join(out) or '<span class="ctl">\u2205</span>'
+
+
+def token_spans(tokens: list[str], acts: list[float], vmax: float, peak: int | None = None) -> str:
+    """Tokens as ``<span>`` highlighted by activation (orange, full at ``vmax``); the value is in the tooltip."""
+    parts = []
+    for i, (t, a) in enumerate(zip(tokens, acts)):
+        a = float(a) if math.isfinite(a) else 0.0
+        alpha = max(0.0, min(a / vmax, 1.0))  # negative pre-activations do not fire: no colour
+        cls = "tok peak" if i == peak else "tok"
+        title = html.escape(f"{t!r}: {a:.3f}", quote=True)
+        visible = t.strip(" ") or (i != peak and alpha < 0.15)  # a highlighted run of spaces shows as dots
+        shown = _show(t) if visible else f'<span class="ctl">{_DOT * len(t)}</span>'
+        style = f"background:rgba({_ACT_RGB},{alpha:.2f})"
+        parts.append(f'<span class="{cls}" style="{style}" title="{title}">{shown}</span>')
+    return "".join(parts)
+
+
+def _multiple(alpha: float, dataset_max: float | None) -> str:
+    if not alpha or not dataset_max or dataset_max <= 0:
+        return ""
+    return f"<small>{alpha / dataset_max:.2g} \u00d7 dataset max</small>"
+
+
+def _chip(label: str, value: str) -> str:
+    return f'<div class="chip"><span>{html.escape(label)}</span><b>{html.escape(value)}</b></div>'
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
+    top = max((abs(v) for _, v in rows), default=1.0) or 1.0
+    body = "".join(
+        f'<tr><td>{_show(t)}</td><td class="num">{v:+.3g}</td><td style="width:40%"><div class="bar" '
+        f'style="width:{100 * abs(v) / top:.0f}%;background:rgb({rgb})"></div></td></tr>'
+        for t, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _scored(acts: list[float], value: float) -> int | None:
+    """Index of the token whose activation is the prompt's score (the last one for ``last``)."""
+    if not acts or not math.isfinite(value):
+        return None
+    return min(reversed(range(len(acts))), key=lambda i: abs(acts[i] - value))

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import _TEXT, write_sae_dir
+from conftest import _TEXT, identity_sae_dir, write_sae_dir
 
 from featuredream.examples import corpus_stats
 from featuredream.inspect import (
@@ -290,41 +290,6 @@ def test_bad_input_gives_one_line_errors(tiny_llama, tiny_tokenizer, tiny_sae, t
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-
-
-def identity_sae_dir(path, d_in: int = 64):
-    """A ReLU SAE with W_enc = [I, -I] (reconstructs exactly, so the CLI's site check passes)."""
-    import json
-
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
-    eye = torch.eye(d_in)
-    cfg = {
-        "architecture": "standard",
-        "d_in": d_in,
-        "d_sae": 2 * d_in,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "metadata": {
-            "sae_lens_version": "6.0.0",
-            "model_name": "tiny",
-            "hook_name": "blocks.1.hook_resid_post",
-        },
-    }
-    (path / "cfg.json").write_text(json.dumps(cfg))
-    save_file(
-        {
-            "W_enc": torch.cat([eye, -eye], 1).contiguous(),
-            "b_enc": torch.zeros(2 * d_in),
-            "W_dec": torch.cat([eye, -eye], 0).contiguous(),
-            "b_dec": torch.zeros(d_in),
-        },
-        str(path / "sae_weights.safetensors"),
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

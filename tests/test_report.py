@@ -253,7 +253,7 @@ def test_neuronpedia_export(tiny_llama, tiny_tokenizer, setup):
 
 
 def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
-    from test_inspect import identity_sae_dir
+    from conftest import identity_sae_dir
 
     from featuredream.cli import main
 

@@ -286,21 +286,36 @@ def dream(
         history,
         front,
         front_ids,
-        locals_=dict(
-            t0=t0,
-            start=start_source,
-            interrupted=interrupted,
-            stop_reason=stop_reason,
-            evaluator=evaluator,
-            scorer=scorer,
-            canon=canon,
-            stats=stats,
-        ),
+        counts={
+            # each candidate once: the cascade's finished children went through both evaluators
+            "evaluated": evaluator.n_evaluated + (scorer.n_evaluated - stats["finished"] if scorer else 0),
+            "nonfinite": stats["nonfinite"],
+            "dropped": canon.dropped,
+            "capped": stats["capped"],
+        },
+        t0=t0,
+        start=start_source,
+        interrupted=interrupted,
+        stop_reason=stop_reason,
     )
 
 
 def _finish(
-    model, tokenizer, objective, cfg, best, buffer, history, front, front_ids, locals_
+    model,
+    tokenizer,
+    objective,
+    cfg,
+    best,
+    buffer,
+    history,
+    front,
+    front_ids,
+    *,
+    counts,
+    t0,
+    start,
+    interrupted,
+    stop_reason,
 ) -> DreamResult:
     """Re-score the best prompt (and buffer) from their decoded strings with the reference path."""
     entries = [best] + [e for e in buffer.entries if e is not best]
@@ -358,17 +373,15 @@ def _finish(
         sae=sae.name if sae is not None else None,
         feature=getattr(objective, "latent", None),
         seed=cfg.seed,
-        wall_time=time.time() - locals_["t0"],
-        start=locals_["start"],
+        wall_time=time.time() - t0,
+        start=start,
         feasible=feasible,
-        interrupted=locals_["interrupted"],
-        stop_reason=locals_["stop_reason"],
-        n_evaluated=locals_["evaluator"].n_evaluated
-        + (locals_["scorer"].n_evaluated if locals_["scorer"] else 0)
-        - (locals_["stats"]["finished"] if locals_["scorer"] else 0),
-        n_nonfinite=locals_["stats"]["nonfinite"],
-        n_dropped_retokenization=locals_["canon"].dropped,
-        n_capped_positions=locals_["stats"]["capped"],
+        interrupted=interrupted,
+        stop_reason=stop_reason,
+        n_evaluated=counts["evaluated"],
+        n_nonfinite=counts["nonfinite"],
+        n_dropped_retokenization=counts["dropped"],
+        n_capped_positions=counts["capped"],
         dataset_max=dmax,
         verification={"fast_activation": best.score, "fast_xe": fast_xe, "abs_error": err, "tolerance": tol},
         environment={

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
+from featuredream.buffer import _frontier_update, rank_loss
 from featuredream.config import DreamConfig, log_penalties
 from featuredream.evaluate import reference_evaluate
 from featuredream.objectives import SAEEncoder
-from featuredream.optimizer import _frontier_update, dream, rank_loss
+from featuredream.optimizer import dream
 from featuredream.results import DreamResult
 
 FAST = dict(

@@ -1,0 +1,134 @@
+"""Closing a dream: re-score the best prompt, the buffer and the frontier from their decoded strings with
+the reference path, choose the reported best on those values, and build the :class:`DreamResult`."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+
+from .buffer import rank_loss
+from .evaluate import reference_evaluate
+from .models import model_name
+from .results import DreamResult, Prompt
+
+log = logging.getLogger(__name__)
+
+
+def prompt_record(tokenizer, ids: list[int], score: float, xe: float, token_acts=None) -> Prompt:
+    return Prompt(
+        text=tokenizer.decode(ids),
+        ids=list(ids),
+        activation=float(score),
+        xe=float(xe),
+        tokens=[tokenizer.decode([i]) for i in ids],
+        token_acts=[float(a) for a in (token_acts if token_acts is not None else [])],
+    )
+
+
+def finish_result(
+    model,
+    tokenizer,
+    objective,
+    cfg,
+    best,
+    buffer,
+    history,
+    front,
+    front_ids,
+    *,
+    counts,
+    t0,
+    start,
+    interrupted,
+    stop_reason,
+) -> DreamResult:
+    """Re-score the best prompt (and buffer) from their decoded strings with the reference path."""
+    entries = [best] + [e for e in buffer.entries if e is not best]
+    texts = [tokenizer.decode(e.ids.tolist()) for e in entries]
+    ref = reference_evaluate(model, tokenizer, objective, texts)
+    # The reported best is chosen on the reference values, so feasibility cannot flip between the paths.
+    ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
+    i_best = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, cfg.xe_max)))
+    best, best_text = entries[i_best], texts[i_best]
+    best_ids = tokenizer(best_text, add_special_tokens=False)["input_ids"]
+    best_p = prompt_record(
+        tokenizer,
+        best_ids,
+        ref.scores[i_best],
+        ref.xe[i_best],
+        ref.token_acts[i_best, : len(best_ids)].tolist(),
+    )
+    buf_p = [
+        prompt_record(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i]) for i, e in enumerate(entries)
+    ]
+    fast_xe = best.xe if cfg.needs_xe else float("nan")
+    err = abs(best.score - best_p.activation)
+    tol = 1e-3 * max(1.0, abs(best_p.activation)) + (
+        5e-2 if next(model.parameters()).dtype != torch.float32 else 0
+    )
+    if err > tol:
+        log.warning(
+            "fast-path score %.4f differs from the reference %.4f by more than %.4g",
+            best.score,
+            best_p.activation,
+            tol,
+        )
+    feasible = cfg.xe_max is None or best_p.xe <= cfg.xe_max
+    if not feasible:
+        log.warning(
+            "no candidate satisfied xe_max=%g; reporting the best infeasible prompt (XE %.2f)",
+            cfg.xe_max,
+            best_p.xe,
+        )
+    front_texts = [tokenizer.decode(front_ids[k]) for k in map(tuple, front.tolist()) if k in front_ids]
+    front_ref = reference_evaluate(model, tokenizer, objective, front_texts) if front_texts else None
+    frontier = [  # re-scored from the text by the reference path, like the best prompt
+        {"activation": float(front_ref.scores[i]), "xe": float(front_ref.xe[i]), "text": t}
+        for i, t in enumerate(front_texts)
+    ]
+    sae = getattr(objective, "sae", None)
+    dmax = objective.dataset_max() if hasattr(objective, "dataset_max") else None
+    p0 = next(model.parameters())
+    return DreamResult(
+        best=best_p,
+        buffer=buf_p,
+        history=history,
+        frontier=frontier,
+        config=asdict(cfg),
+        objective=objective.name,
+        model=model_name(model),
+        sae=sae.name if sae is not None else None,
+        feature=getattr(objective, "latent", None),
+        seed=cfg.seed,
+        wall_time=time.time() - t0,
+        start=start,
+        feasible=feasible,
+        interrupted=interrupted,
+        stop_reason=stop_reason,
+        n_evaluated=counts["evaluated"],
+        n_nonfinite=counts["nonfinite"],
+        n_dropped_retokenization=counts["dropped"],
+        n_capped_positions=counts["capped"],
+        dataset_max=dmax,
+        verification={"fast_activation": best.score, "fast_xe": fast_xe, "abs_error": err, "tolerance": tol},
+        environment={
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(p0.device),
+            "dtype": str(p0.dtype).replace("torch.", ""),
+            "featuredream": _version(),
+        },
+    )
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("featuredream")
+    except Exception:
+        return "unknown"

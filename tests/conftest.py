@@ -132,7 +132,7 @@ def tiny_sae(tmp_path, tiny_llama):
     return load_sae(write_sae_dir(tmp_path / "sae"), model=tiny_llama)
 
 
-def identity_sae_dir(path, d_in=64, hook="blocks.1.hook_resid_post"):
+def identity_sae_dir(path, d_in=64, hook="blocks.1.hook_resid_post", head=None):
     """A 'standard' ReLU SAE with W_enc = [I, -I]: reconstructs any input exactly (FVU 0)."""
     path.mkdir(parents=True, exist_ok=True)
     eye = torch.eye(d_in)
@@ -144,7 +144,12 @@ def identity_sae_dir(path, d_in=64, hook="blocks.1.hook_resid_post"):
         "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
-        "metadata": {"sae_lens_version": "6.0.0", "model_name": "tiny", "hook_name": hook},
+        "metadata": {
+            "sae_lens_version": "6.0.0",
+            "model_name": "tiny",
+            "hook_name": hook,
+            "hook_head_index": head,
+        },
     }
     (path / "cfg.json").write_text(json.dumps(cfg))
     save_file(
@@ -169,5 +174,7 @@ def tiny_dirs(tmp_path_factory, tiny_llama, tiny_tokenizer):
         "sae": str(identity_sae_dir(root / "sae")),
         "wide": str(identity_sae_dir(root / "wide", d_in=32)),
         "deep": str(identity_sae_dir(root / "deep", hook="blocks.7.hook_resid_post")),
+        "query": str(identity_sae_dir(root / "query", d_in=16, hook="blocks.1.attn.hook_q", head=2)),
+        "query9": str(identity_sae_dir(root / "query9", d_in=16, hook="blocks.1.attn.hook_q", head=9)),
         "root": root,
     }

@@ -114,3 +114,52 @@ def test_rotary_query_differs_but_keeps_norm(tiny_llama):
     torch.testing.assert_close(q[:, 0], qr[:, 0])  # position 0: rotation by angle 0
     assert not torch.allclose(q[:, 1:], qr[:, 1:])
     torch.testing.assert_close(q.norm(dim=-1), qr.norm(dim=-1))  # rotation preserves norm
+
+
+def test_rotary_query_equals_hand_computation(tiny_model):
+    """Post-rotary query = q * cos + rotate_half(q) * sin, with the angles computed by hand from rope_theta."""
+    ids = torch.randint(1, 300, (2, 7))
+    _, q = _layer_input_q(tiny_model, ids, 2)  # [b, s, H, d_head], pre-rotary
+    d = q.shape[-1]
+    theta = tiny_model.config.rope_parameters["rope_theta"]
+    inv_freq = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
+    ang = torch.arange(ids.shape[1]).float()[:, None] * inv_freq[None]  # [s, d/2]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    half = torch.cat([-q[..., d // 2 :], q[..., : d // 2]], -1)
+    expect = q * cos[None, :, None] + half * sin[None, :, None]
+    acts, _ = run_sites(tiny_model, [Site("attn_q_rot", 2, 3), Site("attn_q_rot", 2)], input_ids=ids)
+    torch.testing.assert_close(acts[Site("attn_q_rot", 2, 3)], expect[:, :, 3], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(acts[Site("attn_q_rot", 2)], expect.flatten(-2), atol=1e-5, rtol=1e-4)
+
+
+def test_value_and_z_heads(tiny_llama):
+    """v of query head h is its key/value group's value; z of head h is o_proj's input slice for h."""
+    ids = torch.randint(1, 300, (1, 5))
+    blk = tiny_llama.model.layers[0]
+    hs = tiny_llama(ids, output_hidden_states=True).hidden_states[0]
+    v = blk.self_attn.v_proj(blk.input_layernorm(hs)).view(1, 5, 2, 16)
+    z_in = {}
+    h = blk.self_attn.o_proj.register_forward_pre_hook(lambda m, a: z_in.setdefault("z", a[0]))
+    try:
+        tiny_llama(ids)
+    finally:
+        h.remove()
+    acts, _ = run_sites(
+        tiny_llama, [Site("attn_v", 0, 1), Site("attn_v", 0, 2), Site("attn_z", 0, 3)], input_ids=ids
+    )
+    torch.testing.assert_close(acts[Site("attn_v", 0, 1)], v[:, :, 0])
+    torch.testing.assert_close(acts[Site("attn_v", 0, 2)], v[:, :, 1])
+    torch.testing.assert_close(acts[Site("attn_z", 0, 3)], z_in["z"].view(1, 5, 4, 16)[:, :, 3])
+
+
+def test_key_vector_is_the_groups_key(tiny_llama, tiny_tokenizer):
+    from featuredream.sites import key_vector
+
+    text = "The capital of France"
+    ids = torch.tensor([tiny_tokenizer(text, add_special_tokens=False)["input_ids"]])
+    acts, _ = run_sites(tiny_llama, [Site("attn_k", 1, 2)], input_ids=ids)
+    torch.testing.assert_close(
+        key_vector(tiny_llama, tiny_tokenizer, 1, 3, text), acts[Site("attn_k", 1, 2)][0, -1]
+    )
+    with pytest.raises(ValueError, match="head index 4 out of range: valid heads are 0..3"):
+        key_vector(tiny_llama, tiny_tokenizer, 1, 4, text)

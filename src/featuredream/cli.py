@@ -109,32 +109,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument(
         "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
     )
-    common.add_argument(
-        "--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id"
+    base.add_argument(
+        "--sae",
+        default="default",
+        help="SAE: fixture name (default, smollm2-q18h6, ...), sae-lens directory, or release:sae_id",
     )
-    common.add_argument("--feature", type=_parse_feature, required=True, help="latent index")
-    common.add_argument(
+    base.add_argument(
         "--objective", default="encoder", help="encoder (pre-activation) or decoder (projection)"
     )
-    common.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
-    common.add_argument(
+    base.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
+    base.add_argument(
         "--no-norm-guard", action="store_true", help="do not exclude massive-activation positions"
     )
-    common.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
-    common.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+    base.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    base.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
+    common.add_argument("--feature", type=_parse_feature, required=True, help="latent index")
+    # dream / score: an SAE latent (--feature) or a raw direction at a site (--site with --direction / --key-text)
+    target = argparse.ArgumentParser(add_help=False)
+    target.add_argument("--feature", type=_parse_feature, default=None, help="latent index of --sae")
+    target.add_argument(
+        "--site",
+        default=None,
+        help="site of a raw direction, e.g. attn_q:18:6 (layer 18, head 6's query) or resid_post:12",
+    )
+    target.add_argument(
+        "--direction",
+        default=None,
+        metavar="FILE",
+        help="raw direction to project --site on: a .json list of numbers or a .safetensors file with one tensor",
+    )
+    target.add_argument(
+        "--key-text",
+        default=None,
+        metavar="TEXT",
+        help="for a query --site: use the head's key at the last token of TEXT as the direction "
+        "(which prompt makes the head look for it?)",
+    )
 
-    d = sub.add_parser("dream", parents=[common], help="dream a prompt that maximizes a feature")
+    d = sub.add_parser("dream", parents=[base, target], help="dream a prompt that maximizes a feature")
     d.add_argument("--out", default="dream.json", help="result JSON path (default: dream.json)")
     d.add_argument(
         "--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)"
     )
     add_config_options(d, DreamConfig)
 
-    s = sub.add_parser("score", parents=[common], help="score texts on a feature with the reference path")
+    s = sub.add_parser(
+        "score", parents=[base, target], help="score texts on a feature with the reference path"
+    )
     s.add_argument("texts", nargs="+", help="texts to score")
 
     t = sub.add_parser(
@@ -157,6 +183,16 @@ def _setup(args):
     from .saes import check_site, load_sae
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    if getattr(args, "direction", None) is not None or getattr(args, "key_text", None) is not None:
+        from .cli_direction import direction_objective
+
+        return model, tok, None, direction_objective(args, model, tok)
+    if getattr(args, "site", None) is not None:
+        raise ValueError("--site needs --direction FILE or --key-text TEXT (an SAE brings its own site)")
+    if args.feature is None:
+        raise ValueError(
+            "no target: valid is --feature N (a latent of --sae) or --site with --direction / --key-text"
+        )
     sae = load_sae(args.sae, model=model)
     fvu = check_site(model, tok, sae)
     log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
@@ -192,7 +228,9 @@ def _cmd_dream(args) -> int:
         f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}"
     )
     print(f"wrote {out}")
-    if args.html:
+    if args.html and sae is None:
+        print("no HTML card: cards describe an SAE latent, not a raw direction")
+    elif args.html:
         from .report import feature_card
 
         feature_card(model, tok, sae, args.feature, result, out.with_suffix(".html"))

@@ -215,9 +215,73 @@ class WeightedSum:
         return ObjectiveOutput(scores, token_acts, valid)
 
 
+QUERY_KINDS = ("attn_q", "attn_q_rot")
+
+
+def _query_site(site: Site) -> Site:
+    if site.kind not in QUERY_KINDS or site.head is None:
+        raise ValueError(
+            f"site {site} is not one attention head's query: valid are attn_q / attn_q_rot with a head "
+            "(e.g. 'attn_q:18:6', or a sae-lens SAE on blocks.L.attn.hook_q with hook_head_index)"
+        )
+    return site
+
+
+class QueryFeature(SAEEncoder):
+    """A query-SAE latent's pre-activation on one head: "what is this head looking for?".
+
+    The SAE reads ``[b, s, d_head]`` at ``attn_q`` (before rotary, TransformerLens' ``hook_q``) or
+    ``attn_q_rot`` (after rotary, what the attention scores really use) for one head.
+    """
+
+    def __init__(self, sae: BoundSAE, latent: int, reduce: str = "last", norm_guard: bool | float = True):
+        _query_site(sae.site)
+        super().__init__(sae, latent, reduce, norm_guard)
+        self.name = f"{sae.name}/{self.latent}/query[L{sae.site.layer} H{sae.site.head}]"
+
+
+class QueryDirection(DirectionObjective):
+    """Projection of one head's query on a user direction ``[d_head]``, e.g. a key the head could match.
+
+    ``q . k`` is the head's attention logit for a key ``k`` (up to the 1/sqrt(d_head) scale), so the
+    dream answers "which prompt makes this head look for ``k``?". With ``rotary=False`` (the default)
+    the pre-rotary query is used: position-independent, comparable to a pre-rotary key such as
+    :func:`featuredream.sites.key_vector` returns. The direction is normalized to unit length.
+    """
+
+    def __init__(
+        self,
+        layer: int,
+        head: int,
+        direction: torch.Tensor,
+        reduce: str = "last",
+        rotary: bool = False,
+        model: torch.nn.Module | None = None,
+    ):
+        site = Site("attn_q_rot" if rotary else "attn_q", layer, head)
+        if model is not None:
+            from .saes import site_width
+
+            site.validate(model)
+            width = site_width(model, site)
+            n = torch.as_tensor(direction).numel()
+            if torch.as_tensor(direction).ndim != 1 or n != width:
+                raise ValueError(
+                    f"direction has shape {tuple(torch.as_tensor(direction).shape)} but {site} has width "
+                    f"{width}: valid is a vector of {width} numbers"
+                )
+        super().__init__(site, direction, reduce)
+        self.name = f"query-direction@L{layer} H{head}" + (" (rotary)" if rotary else "")
+
+
 def make_objective(sae: BoundSAE, latent: int, kind: str = "encoder", reduce: str = "last", norm_guard=True):
-    """``kind``: ``encoder`` (pre-activation) or ``decoder`` (decoder-direction projection)."""
+    """``kind``: ``encoder`` (pre-activation) or ``decoder`` (decoder-direction projection).
+
+    An encoder objective on a one-head query SAE is a :class:`QueryFeature`.
+    """
     if kind == "encoder":
+        if sae.site.kind in QUERY_KINDS and sae.site.head is not None:
+            return QueryFeature(sae, latent, reduce, norm_guard)
         return SAEEncoder(sae, latent, reduce, norm_guard)
     if kind == "decoder":
         return DecoderProjection(sae, latent, reduce, norm_guard)

@@ -51,6 +51,8 @@ class DreamResult:
     n_dropped_retokenization: int = 0
     n_capped_positions: int = 0
     dataset_max: float | None = None
+    site: str | None = None
+    """The site(s) the objective reads, e.g. ``blocks.18.attn.hook_q[head 6]``."""
     verification: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 

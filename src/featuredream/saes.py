@@ -148,7 +148,8 @@ class BoundSAE:
         return self.sae.decode(self.sae.encode(x.to(self.sae.W_enc.dtype)))
 
 
-def _site_width(model: nn.Module, site: Site) -> int:
+def site_width(model: nn.Module, site: Site) -> int:
+    """The last dimension of ``site``'s captured activation in ``model`` (see :mod:`featuredream.sites`)."""
     cfg = text_config(model)
     if site.kind not in HEAD_KINDS:
         return cfg.hidden_size
@@ -242,7 +243,7 @@ def load_sae(
     bound = BoundSAE(sae.eval().requires_grad_(False), site, name, stats)
     if model is not None:
         site.validate(model)
-        width = _site_width(model, site)
+        width = site_width(model, site)
         if bound.d_in != width:
             raise ValueError(
                 f"SAE {spec_s!r} has input width {bound.d_in} but the model's {site} has width {width}: "
@@ -262,34 +263,57 @@ CHECK_TEXTS = (
 )
 
 
-def _adjacent(site: Site, n_layers: int) -> list[Site]:
+def _adjacent(site: Site, model: nn.Module) -> list[Site]:
+    """Sites an SAE could wrongly be read at instead of ``site``: the classic mix-ups.
+
+    Residual: resid_pre vs resid_post of the same layer and the next layer. One head's query / key /
+    value / z: every other head of the layer, the same head one layer up and down, and pre- vs
+    post-rotary for queries.
+    """
+    cfg = text_config(model)
+    n_layers = cfg.num_hidden_layers
     if site.kind == "resid_post":
         cands = [Site("resid_pre", site.layer), Site("resid_post", site.layer + 1)]
     elif site.kind == "resid_pre":
         cands = [Site("resid_post", site.layer), Site("resid_pre", site.layer - 1) if site.layer else None]
+    elif site.head is not None:
+        n_heads = cfg.num_attention_heads
+        if site.kind in ("attn_k", "attn_v"):  # heads of the same key/value group read the same vector
+            from .sites import kv_head
+
+            heads = [h for h in range(n_heads) if kv_head(model, h) != kv_head(model, site.head)]
+            first: dict[int, int] = {}
+            for h in heads:
+                first.setdefault(kv_head(model, h), h)
+            heads = list(first.values())
+        else:
+            heads = [h for h in range(n_heads) if h != site.head]
+        cands = [Site(site.kind, site.layer, h) for h in heads]
+        cands += [Site(site.kind, site.layer + d, site.head) for d in (-1, 1) if site.layer + d >= 0]
+        if site.kind in ("attn_q", "attn_q_rot"):
+            cands.append(Site("attn_q_rot" if site.kind == "attn_q" else "attn_q", site.layer, site.head))
     else:
         cands = []
     return [c for c in cands if c is not None and c.layer < n_layers]
 
 
 @torch.no_grad()
-def site_fvu(
-    model: nn.Module, tokenizer, sae: BoundSAE, texts=CHECK_TEXTS, site: Site | None = None
-) -> float:
-    """Fraction of variance unexplained by ``sae`` on ``texts`` read at ``site`` (default: its own).
-
-    Positions above the SAE's norm cap (or 3x the median norm when it has none) are left out.
-    """
+def _site_acts(model: nn.Module, tokenizer, sites: list[Site], texts) -> dict[Site, torch.Tensor]:
+    """``{site: [n_tokens, width]}`` over all ``texts`` (float32), captured in one pass per text."""
     from .sites import run_sites
 
-    site = site or sae.site
     dev = next(model.parameters()).device
-    xs = []
+    out: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
     for t in texts:
         ids = torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"]], device=dev)
-        acts, _ = run_sites(model, [site], input_ids=ids)
-        xs.append(acts[site][0].reshape(ids.shape[1], -1).float())
-    x = torch.cat(xs)
+        acts, _ = run_sites(model, sites, input_ids=ids)
+        for s in sites:
+            out[s].append(acts[s][0].reshape(ids.shape[1], -1).float())
+    return {s: torch.cat(v) for s, v in out.items()}
+
+
+@torch.no_grad()
+def _fvu(sae: BoundSAE, x: torch.Tensor) -> float:
     norms = x.norm(dim=-1)
     cap = sae.stats.norm_cap if sae.stats is not None and sae.stats.norm_cap else 3 * float(norms.median())
     x = x[norms <= cap]
@@ -297,23 +321,36 @@ def site_fvu(
     return float(err / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
 
 
+def site_fvu(
+    model: nn.Module, tokenizer, sae: BoundSAE, texts=CHECK_TEXTS, site: Site | None = None
+) -> float:
+    """Fraction of variance unexplained by ``sae`` on ``texts`` read at ``site`` (default: its own).
+
+    Positions above the SAE's norm cap (or 3x the median norm when it has none) are left out.
+    """
+    site = site or sae.site
+    return _fvu(sae, _site_acts(model, tokenizer, [site], texts)[site])
+
+
 def check_site(
     model: nn.Module, tokenizer, sae: BoundSAE, *, max_fvu: float = 0.5, margin: float = 0.05
 ) -> float:
-    """Measure the SAE's reconstruction at its declared site and at the adjacent residual sites.
+    """Measure the SAE's reconstruction at its declared site and at the sites it is easily confused with.
 
     ValueError if the declared site reconstructs poorly (FVU > ``max_fvu``) or an adjacent site does
     better by more than ``margin`` (relative): the seed-003 off-by-one (a resid_post SAE read at
-    resid_pre) is caught even when the residual stream changes little between layers. Returns the FVU.
+    resid_pre) is caught even when the residual stream changes little between layers, and so is a query SAE
+    bound to the wrong head or read after rotary when trained before it (see ``_adjacent``). Returns the FVU.
     """
-    fvu = site_fvu(model, tokenizer, sae)
-    n_layers = text_config(model).num_hidden_layers
-    others = {s: site_fvu(model, tokenizer, sae, site=s) for s in _adjacent(sae.site, n_layers)}
+    alt = _adjacent(sae.site, model)
+    acts = _site_acts(model, tokenizer, [sae.site, *alt], CHECK_TEXTS)
+    fvu = _fvu(sae, acts[sae.site])
+    others = {s: _fvu(sae, acts[s]) for s in alt}
     better = min(others.items(), key=lambda kv: kv[1], default=None)
     if better is not None and better[1] < fvu * (1 - margin):
         raise ValueError(
-            f"SAE {sae.name!r} declared at {sae.site.hook_name} reconstructs better at {better[0].hook_name} "
-            f"(FVU {better[1]:.3f} vs {fvu:.3f}): is its hook_name right for this model?"
+            f"SAE {sae.name!r} declared at {sae.site} reconstructs better at {better[0]} "
+            f"(FVU {better[1]:.3f} vs {fvu:.3f}): are its hook_name / hook_head_index right for this model?"
         )
     if fvu > max_fvu:
         raise ValueError(

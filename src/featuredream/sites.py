@@ -267,3 +267,20 @@ def run_sites(
     if missing:
         raise RuntimeError(f"sites not captured: {missing}")
     return dict(store), (out.logits if out is not None and logits else None)
+
+
+@torch.no_grad()
+def key_vector(model: nn.Module, tokenizer, layer: int, head: int, text: str) -> torch.Tensor:
+    """The pre-rotary key ``[d_head]`` that query ``head`` of ``layer`` sees at the last token of ``text``.
+
+    Under grouped-query attention this is the key of the head's key/value group. Use it as a
+    :class:`~featuredream.objectives.QueryDirection` to ask which prompt makes the head look for it.
+    """
+    site = Site("attn_k", layer, head)
+    site.validate(model)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"key text {text!r} has no tokens: valid is a non-empty text")
+    dev = next(model.parameters()).device
+    acts, _ = run_sites(model, [site], input_ids=torch.tensor([ids], device=dev))
+    return acts[site][0, -1].float().cpu()

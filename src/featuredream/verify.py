@@ -103,6 +103,7 @@ def finish_result(
         model=model_name(model),
         sae=sae.name if sae is not None else None,
         feature=getattr(objective, "latent", None),
+        site=", ".join(str(s) for s in objective.sites),
         seed=cfg.seed,
         wall_time=time.time() - t0,
         start=start,

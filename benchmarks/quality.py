@@ -1,8 +1,9 @@
 """Quality benchmark: dreamed activation / dataset maximum, per latent, at a fixed wall budget.
 
-    python benchmarks/quality.py [--n-latents 20] [--budget 60] [--seed 0] [--out benchmarks/quality.json]
+    python benchmarks/quality.py [--sae default] [--n-latents 20] [--budget 60] [--seed 0] [--out benchmarks/quality.json]
+    python benchmarks/quality.py --sae smollm2-q18h6 --out benchmarks/quality_query.json   # query latents
 
-For a fixed-seed sample of live latents of the default SAE, dream each latent for the same wall budget
+For a fixed-seed sample of live latents of a shipped SAE (residual or one head's queries), dream each latent for the same wall budget
 under two fluency settings: a loose ``xe_max`` and one equal to the 90th percentile XE of the corpus' own
 16-token windows. Prints per-latent rows, then the fraction of latents with ratio >= 1 per setting.
 """
@@ -21,11 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import corpus_xe_quantile, live_sample  # noqa: E402
 
-from featuredream import DreamConfig, SAEEncoder, dream, load_model, load_sae  # noqa: E402
+from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
+from featuredream.objectives import make_objective  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--sae", default="default", help="shipped SAE with statistics (default, smollm2-q18h6)")
     ap.add_argument("--n-latents", type=int, default=20)
     ap.add_argument("--budget", type=float, default=60.0, help="wall seconds per latent and setting")
     ap.add_argument("--seed", type=int, default=0)
@@ -37,15 +40,15 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
     model, tok = load_model(None, device="cpu")
-    sae = load_sae("default", model=model)
+    sae = load_sae(args.sae, model=model)
     p90 = corpus_xe_quantile(model, tok, length=16)
     xe_of = {"loose": args.loose_xe, "p90": p90}
     latents = live_sample(sae, args.n_latents, args.seed)
-    print(f"p90 XE of 16-token corpus windows: {p90:.3f}; latents: {latents}")
+    print(f"SAE {sae.name} at {sae.site}; p90 XE of 16-token corpus windows: {p90:.3f}; latents: {latents}")
     rows = []
     for setting in args.settings.split(","):
         for lat in latents:
-            obj = SAEEncoder(sae, lat)
+            obj = make_objective(sae, lat)  # a QueryFeature for a one-head query SAE
             cfg = DreamConfig(
                 iters=100_000,
                 time_budget=args.budget,
@@ -57,6 +60,7 @@ def main() -> None:
             )
             r = dream(model, tok, obj, cfg)
             row = dict(
+                sae=sae.name,
                 setting=setting,
                 latent=lat,
                 activation=r.best.activation,

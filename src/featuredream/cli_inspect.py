@@ -93,7 +93,12 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         "steer", parents=[base, feat], help="greedy continuations with the feature's direction added"
     )
     a.add_argument("prompt")
-    a.add_argument("--alphas", type=_floats, default=(0.0, 4.0, 8.0), help="comma-separated (default: 0,4,8)")
+    a.add_argument(
+        "--alphas",
+        type=_floats,
+        default=None,
+        help="comma-separated (default: 0,2,4,8 x the feature's dataset max, or 0,4,8 without statistics)",
+    )
     a.add_argument("--max-new-tokens", type=_int, default=20, help="tokens to generate (default: 20)")
 
     c = sub.add_parser("card", parents=[common], help="write a self-contained HTML feature card")
@@ -197,9 +202,18 @@ def cmd_inspect(args) -> int:
             )
         )
     elif a == "steer":
-        for s in tracing.steering(
-            model, tok, sae, args.feature, args.prompt, args.alphas, args.max_new_tokens
-        ):
+        alphas = args.alphas
+        if alphas is None:  # the direction's natural scale: a few times the feature's dataset maximum
+            from .report import STEER_SCALES
+
+            st = sae.stats
+            ok = st is not None and st.has("max_activation") and float(st.max_activation[args.feature]) > 0
+            alphas = (
+                tuple(round(x * float(st.max_activation[args.feature]), 1) for x in STEER_SCALES)
+                if ok
+                else (0.0, 4.0, 8.0)
+            )
+        for s in tracing.steering(model, tok, sae, args.feature, args.prompt, alphas, args.max_new_tokens):
             print(f"alpha {s.alpha:8.2f}  {args.prompt}\u2502{s.text!r}")
     return 0
 

@@ -36,7 +36,7 @@ class TrainConfig:
     """Every knob of the SAE recipe."""
 
     site: str = "blocks.12.hook_resid_post"
-    """Hook name of the site to train on (see ``sites.parse_hook_name``)."""
+    """Site to train on (see ``sites.parse_hook_name``); one head as ``attn_q:LAYER:HEAD``."""
     d_sae: int = 2304
     """Number of latents."""
     k: int = 64

@@ -1,0 +1,161 @@
+"""Multi-feature dreaming: the batched pieces equal their single-feature counterparts, and a K-feature run
+equals K single runs with the same seeds (same prompts, scores within float tolerance)."""
+
+import pytest
+import torch
+
+from featuredream.config import DreamConfig
+from featuredream.evaluate import Evaluator, pad_right
+from featuredream.multi import FeatureError, dream_features, dream_many
+from featuredream.multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
+from featuredream.mutations import parent_signals
+from featuredream.objectives import make_objective
+from featuredream.optimizer import dream
+
+FAST = dict(
+    iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls: one thread is ~100x faster than two when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+PROMPTS = ["The quick brown fox jumps", "To be, or not to be, that is", "Once upon a time"]
+
+
+def _ids(tok, text):
+    return torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("kind,reduce", [("encoder", "last"), ("encoder", "max"), ("decoder", "mean")])
+def test_multi_objective_scores_every_latent_like_single_objectives(
+    tiny_llama, tiny_tokenizer, tiny_sae, kind, reduce
+):
+    latents = [5, 0, 77, 12]
+    multi = MultiLatentObjective(tiny_sae, latents, kind, reduce)
+    ids, lengths = pad_right([_ids(tiny_tokenizer, t) for t in PROMPTS], 0)
+    ev = Evaluator(tiny_llama, multi.singles[0], need_xe=False)
+    from featuredream.evaluate import length_mask
+    from featuredream.sites import run_sites
+
+    acts, _ = run_sites(tiny_llama, multi.sites, input_ids=ids)
+    mask = length_mask(lengths, ids.shape[1])
+    all_k = multi(acts, mask)
+    assert all_k.scores.shape == (3, 4) and all_k.token_acts.shape == (*ids.shape, 4)
+    for k, lat in enumerate(latents):
+        single = make_objective(tiny_sae, lat, kind, reduce)(acts, mask)
+        torch.testing.assert_close(all_k.scores[:, k], single.scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(all_k.token_acts[..., k], single.token_acts, atol=1e-5, rtol=1e-5)
+    owner = torch.tensor([2, 0, 3])
+    own = multi(acts, mask, owner=owner)
+    torch.testing.assert_close(own.scores, all_k.scores[torch.arange(3), owner])
+    # the owned evaluator (rows sorted by length, chunked) gives each row its own latent's score
+    out = OwnedEvaluator(tiny_llama, multi, need_xe=True, batch_size=2)(ids, lengths, owner)
+    for i, k in enumerate(owner.tolist()):
+        ref = Evaluator(tiny_llama, multi.singles[k], need_xe=True)(
+            ids[i : i + 1, : lengths[i]], lengths[i : i + 1]
+        )
+        assert abs(float(out.scores[i]) - float(ref.scores[0])) < 1e-4
+        assert abs(float(out.xe[i]) - float(ref.xe[0])) < 1e-5
+    del ev
+
+
+def test_batched_parent_signals_equal_single_passes(tiny_model, tiny_tokenizer, tiny_sae):
+    multi = MultiLatentObjective(tiny_sae, [3, 9, 40])
+    parents = [_ids(tiny_tokenizer, t) for t in PROMPTS]
+    owner, weights = [1, 2, 0], [0.0, 1.0, 10.0]
+    batched = batched_parent_signals(tiny_model, multi, parents, owner, weights)
+    for p, k, w, b in zip(parents, owner, weights, batched):
+        s = parent_signals(tiny_model, multi.singles[k], p, w)
+        assert b.grad.shape == s.grad.shape == (len(p), s.grad.shape[1])
+        torch.testing.assert_close(b.grad, s.grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b.logprobs, s.logprobs, atol=1e-5, rtol=1e-5)
+        assert abs(b.score - s.score) < 1e-4 and abs(b.xe - s.xe) < 1e-5
+
+
+def _assert_same_run(m, s):
+    assert m.best.text == s.best.text
+    assert abs(m.best.activation - s.best.activation) <= 1e-4 and abs(m.best.xe - s.best.xe) <= 1e-5
+    assert [b.text for b in m.buffer] == [b.text for b in s.buffer]
+    assert [h["operator"] for h in m.history] == [h["operator"] for h in s.history]
+    for hm, hs in zip(m.history, s.history):
+        assert hm["candidates"] == hs["candidates"]
+        assert abs(hm["best_loss"] - hs["best_loss"]) <= 1e-4 * max(1.0, abs(hs["best_loss"]))
+    assert (m.n_evaluated, m.n_nonfinite, m.n_dropped_retokenization, m.n_capped_positions) == (
+        s.n_evaluated,
+        s.n_nonfinite,
+        s.n_dropped_retokenization,
+        s.n_capped_positions,
+    )
+    assert (m.start, m.stop_reason, m.feasible, m.feature, m.seed) == (
+        s.start,
+        s.stop_reason,
+        s.feasible,
+        s.feature,
+        s.seed,
+    )
+    assert len(m.frontier) == len(s.frontier)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(start="prompt", init_prompt="The quick brown fox"),  # no XE: early exit only
+        dict(start="auto", init_prompt="Once upon a time", xe_max=9.0),  # cascade, model samples
+        dict(start="samples", xe_max=8.0, pareto=(0.1, 1.0), patience=2, restarts=1),  # frontier, restarts
+    ],
+    ids=["score-only", "cascade", "pareto-restarts"],
+)
+def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extra):
+    latents, seeds = [11, 2, 63], [3, 3, 7]
+    cfg = DreamConfig(**{**FAST, **extra})
+    multi = dream_many(tiny_model, tiny_tokenizer, MultiLatentObjective(tiny_sae, latents), cfg, seeds=seeds)
+    assert [r.feature for r in multi] == latents
+    for lat, seed, m in zip(latents, seeds, multi):
+        single = dream(
+            tiny_model,
+            tiny_tokenizer,
+            make_objective(tiny_sae, lat),
+            DreamConfig(**{**FAST, **extra}, seed=seed),
+        )
+        _assert_same_run(m, single)
+        assert m.environment["multi"]["features"] == 3
+        assert m.verification["abs_error"] <= m.verification["tolerance"]
+
+
+def test_dream_features_groups_and_errors(tiny_llama, tiny_tokenizer, tiny_sae):
+    cfg = DreamConfig(**{**FAST, "iters": 2}, start="prompt", init_prompt="The quick brown fox")
+    out = dream_features(tiny_llama, tiny_tokenizer, tiny_sae, [1, 2, 3], cfg, group_size=2)
+    assert [r.feature for r in out] == [1, 2, 3]
+    assert out[0].environment["multi"]["features"] == 2 and out[2].environment["multi"]["features"] == 1
+    # a norm cap below every position's norm: every start scores -inf
+    bad = MultiLatentObjective(tiny_sae, [1, 2], norm_guard=1e-6)
+    with pytest.raises(ValueError, match="^feature 1: every start prompt scored non-finite"):
+        dream_many(tiny_llama, tiny_tokenizer, bad, cfg)
+    rec = dream_many(tiny_llama, tiny_tokenizer, bad, cfg, errors="record")
+    assert all(isinstance(r, FeatureError) for r in rec) and [r.feature for r in rec] == [1, 2]
+
+
+def test_multi_bad_input(tiny_llama, tiny_tokenizer, tiny_sae):
+    with pytest.raises(ValueError, match="no latents"):
+        MultiLatentObjective(tiny_sae, [])
+    with pytest.raises(ValueError, match=r"latents \[4\] given more than once"):
+        MultiLatentObjective(tiny_sae, [4, 5, 4])
+    with pytest.raises(ValueError, match="out of range.*0..127"):
+        MultiLatentObjective(tiny_sae, [4, 128])
+    with pytest.raises(ValueError, match="2 seeds for 3 latents"):
+        dream_many(
+            tiny_llama,
+            tiny_tokenizer,
+            MultiLatentObjective(tiny_sae, [1, 2, 3]),
+            DreamConfig(**FAST),
+            seeds=[0, 1],
+        )
+    with pytest.raises(ValueError, match="group_size=0"):
+        dream_features(tiny_llama, tiny_tokenizer, tiny_sae, [1], DreamConfig(**FAST), group_size=0)

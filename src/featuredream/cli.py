@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)"
     )
     add_config_options(d, DreamConfig)
+    from .cli_sweep import add_dream_features_option
+    from .cli_sweep import register as register_sweep
+
+    add_dream_features_option(d)  # dream --features 3,17,42: several features in one run
 
     s = sub.add_parser(
         "score", parents=[base, target], help="score texts on a feature with the reference path"
@@ -174,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_inspect import register
 
     register(sub, common)  # inspect <action>, card
+    register_sweep(sub)  # sweep, sweep-summary
     return p
 
 
@@ -205,6 +210,10 @@ def _setup(args):
 def _cmd_dream(args) -> int:
     from .config import DreamConfig
 
+    if args.features is not None:
+        from .cli_sweep import cmd_dream_features
+
+        return cmd_dream_features(args)
     cfg = _config_from(args, DreamConfig)
     out = _check_out_path(args.out)
     model, tok, sae, objective = _setup(args)
@@ -281,8 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     from .cli_inspect import COMMANDS
+    from .cli_sweep import COMMANDS as SWEEP_COMMANDS
 
-    cmd = {"dream": _cmd_dream, "score": _cmd_score, "train-sae": _cmd_train_sae, **COMMANDS}[args.command]
+    cmd = {
+        "dream": _cmd_dream,
+        "score": _cmd_score,
+        "train-sae": _cmd_train_sae,
+        **COMMANDS,
+        **SWEEP_COMMANDS,
+    }[args.command]
     try:
         return cmd(args)
     except ValueError as e:

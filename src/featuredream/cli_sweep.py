@@ -1,0 +1,228 @@
+"""``featuredream sweep``, ``featuredream sweep-summary`` and ``featuredream dream --features``.
+
+``register(subparsers)`` adds the two sweep commands to the main parser; ``COMMANDS`` maps them to their
+handlers; :func:`cmd_dream_features` is what ``dream`` runs when given ``--features``. Handlers raise
+``ValueError`` for bad input (``featuredream.cli.main`` prints one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is invalid: valid is an integer >= 1")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is invalid: valid is an integer >= 0")
+    return v
+
+
+def register(sub) -> None:
+    """Add ``sweep`` and ``sweep-summary`` to the ``sub`` subparsers of the main parser."""
+    from .cli import add_config_options
+    from .config import DreamConfig
+    from .sweep import BACKENDS
+
+    s = sub.add_parser(
+        "sweep",
+        help="dream every feature of a range into a resumable store (one record per feature)",
+        description="Dream every feature of a range, K at a time, into DIR/sweep.sqlite; --resume continues "
+        "a killed or extended sweep; 'featuredream sweep-summary DIR' reports on it.",
+    )
+    s.add_argument("--features", required=True, help="features: 3,17,42 or 0-2303 or a mix (0-9,20-29)")
+    s.add_argument("--out", required=True, help="sweep directory (created; holds sweep.sqlite)")
+    s.add_argument(
+        "--resume", action="store_true", help="continue the sweep in --out, skipping finished features"
+    )
+    s.add_argument("--backend", default="local", choices=BACKENDS, help="local (default) or ray")
+    s.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (auto, ray://head:10001); default: a local cluster",
+    )
+    s.add_argument(
+        "--workers", type=_positive, default=None, help="CPUs of a local Ray cluster (default: all)"
+    )
+    s.add_argument(
+        "--group-size", type=_positive, default=32, help="features dreamed together in one run (default: 32)"
+    )
+    s.add_argument(
+        "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
+    )
+    s.add_argument(
+        "--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id"
+    )
+    s.add_argument("--objective", default="encoder", help="encoder (pre-activation) or decoder (projection)")
+    s.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
+    s.add_argument("--no-norm-guard", action="store_true", help="do not exclude massive-activation positions")
+    s.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    s.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+    add_config_options(s, DreamConfig)
+
+    m = sub.add_parser(
+        "sweep-summary", help="summarize a sweep: ratio distribution, worst features, HTML index"
+    )
+    m.add_argument("dir", help="a 'featuredream sweep' --out directory")
+    m.add_argument("--worst", type=_count, default=20, help="worst features to list (default: 20)")
+    m.add_argument(
+        "--cards", type=_count, default=0, help="write feature cards for the N worst features (default: 0)"
+    )
+    m.add_argument("--no-plot", action="store_true", help="no ratios.png and no histogram in index.html")
+
+
+def add_dream_features_option(parser: argparse.ArgumentParser) -> None:
+    """``dream --features``: several features in one multi-feature run (``--out`` is then a directory)."""
+    parser.add_argument(
+        "--features",
+        default=None,
+        help="several features at once (3,17,42 or 0-31): one run sharing batched forward passes; "
+        "--out is then a directory (default: dreams/) of feature_N.json",
+    )
+    parser.add_argument(
+        "--group-size", type=_positive, default=32, help="with --features: features per run (default: 32)"
+    )
+
+
+def _spec(args):
+    from .cli import _config_from
+    from .config import DreamConfig
+    from .sweep import SweepSpec
+
+    return SweepSpec(
+        model=args.model,
+        sae=args.sae,
+        kind=args.objective,
+        reduce=args.reduce,
+        norm_guard=not args.no_norm_guard,
+        device=args.device,
+        dtype=args.dtype,
+        config=_config_from(args, DreamConfig),
+        group_size=args.group_size,
+    )
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import STORE_FILE, parse_features, run_sweep
+
+    features = parse_features(args.features)
+    spec = _spec(args)
+    try:
+        o = run_sweep(
+            spec,
+            features,
+            args.out,
+            resume=args.resume,
+            backend=args.backend,
+            address=args.ray_address,
+            workers=args.workers,
+            progress=spec.config.progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"featuredream: interrupted: finished features are in {args.out}; rerun with --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"sweep: {o.requested} features, {o.skipped} already done, {o.written} written now "
+        f"({o.errors} could not start) in {o.seconds:.1f} s; store {Path(args.out) / STORE_FILE}"
+    )
+    if o.failed:
+        n = sum(len(g) for g, _ in o.failed)
+        print(
+            f"featuredream: error: {n} features in {len(o.failed)} groups failed after retries "
+            f"(first: {o.failed[0][1]}); rerun with --resume to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"summary: featuredream sweep-summary {args.out}")
+    return 0
+
+
+def cmd_sweep_summary(args) -> int:
+    from .sweep_report import format_summary, summarize, write_cards, write_index, write_plot
+
+    s = summarize(args.dir)
+    print(format_summary(s, args.worst))
+    if args.cards:
+        paths = write_cards(args.dir, [r["feature"] for r in s.worst(args.cards)])
+        print(f"wrote {len(paths)} feature cards in {Path(args.dir) / 'cards'}")
+    if not args.no_plot and s.ratios:
+        print(f"wrote {write_plot(args.dir, s)}")
+    print(f"wrote {write_index(args.dir, s, plot=not args.no_plot)}")
+    return 0
+
+
+def cmd_dream_features(args) -> int:
+    """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``."""
+    from .cli import _config_from
+    from .config import DreamConfig
+    from .multi import FeatureError, dream_features
+    from .saes import check_site, load_sae
+    from .sweep import parse_features
+
+    if args.feature is not None or args.site is not None:
+        raise ValueError("--features cannot be combined with --feature or --site: give one target")
+    cfg = _config_from(args, DreamConfig)
+    out = Path("dreams" if args.out == "dream.json" else args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"with --features, --out is a directory; {str(out)!r} is a file")
+    if not out.parent.is_dir():
+        raise ValueError(f"parent of output directory {str(out)!r} does not exist: create it first")
+    features = parse_features(args.features)
+    from .models import load_model
+
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    sae = load_sae(args.sae, model=model)
+    features = parse_features(args.features, sae.d_sae)
+    check_site(model, tok, sae)
+    out.mkdir(exist_ok=True)
+    results = dream_features(
+        model,
+        tok,
+        sae,
+        features,
+        cfg,
+        kind=args.objective,
+        reduce=args.reduce,
+        norm_guard=not args.no_norm_guard,
+        group_size=args.group_size,
+        errors="record",
+    )
+    interrupted = False
+    print(f"{'feature':>8} {'activation':>10} {'ratio':>6} {'XE':>6}  best prompt")
+    for f, r in zip(features, results):
+        if isinstance(r, FeatureError):
+            print(f"{f:8d} failed: {r.message}")
+            continue
+        interrupted |= r.interrupted
+        path = r.save(out / f"feature_{f}.json")
+        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
+        print(f"{f:8d} {r.best.activation:10.3f} {ratio} {r.best.xe:6.2f}  {r.best.text!r}")
+        if args.html:
+            from .report import feature_card
+
+            feature_card(model, tok, sae, f, r, path.with_suffix(".html"))
+    print(f"wrote {len(features)} results in {out}")
+    return 130 if interrupted else 0
+
+
+COMMANDS = {"sweep": cmd_sweep, "sweep-summary": cmd_sweep_summary}

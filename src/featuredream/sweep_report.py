@@ -1,0 +1,223 @@
+"""Sweep summary: the dreamed / dataset-max ratio distribution, the worst features, the fraction that beat
+the dataset maximum; printed, plotted (matplotlib, as :mod:`featuredream.figures`) and written as an HTML
+index that links each feature to its card (``cards/feature_N.html``) when one exists.
+
+Every string in the index that came from a record (dreamed texts, error messages, names) goes through
+:func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .figures import _fig, png_data_uri
+from .results import write_atomic
+from .sweep import SweepStore
+
+log = logging.getLogger(__name__)
+
+CARDS_DIR = "cards"
+
+
+@dataclass
+class SweepSummary:
+    """Counts and the ratio distribution of one store. ``rows``: every record's summary columns."""
+
+    rows: list[dict[str, Any]]
+    fingerprint: dict[str, Any]
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "ok"]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "error"]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r["ratio"] for r in self.ok if r["ratio"] is not None and math.isfinite(r["ratio"])]
+
+    @property
+    def beat_fraction(self) -> float | None:
+        """Share of features with a ratio whose feasible dream reached their dataset maximum."""
+        rows = [r for r in self.ok if r["ratio"] is not None]
+        if not rows:
+            return None
+        return sum(1 for r in rows if r["ratio"] >= 1 and r["feasible"]) / len(rows)
+
+    def worst(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` features with the lowest ratio (infeasible ones count as ratio 0 for ranking)."""
+        rows = [r for r in self.ok if r["ratio"] is not None]
+        return sorted(rows, key=lambda r: (r["ratio"] if r["feasible"] else -math.inf, r["feature"]))[:n]
+
+
+def summarize(out_dir: str | Path) -> SweepSummary:
+    store = SweepStore.read(out_dir)
+    try:
+        return SweepSummary(store.rows(), store.meta("fingerprint"))
+    finally:
+        store.close()
+
+
+def _quantiles(v: list[float]) -> str:
+    if len(v) < 2:
+        return ", ".join(f"{x:.2f}" for x in v)
+    q = statistics.quantiles(v, n=10, method="inclusive")
+    return f"p10 {q[0]:.2f}  median {statistics.median(v):.2f}  p90 {q[-1]:.2f}"
+
+
+def text_histogram(ratios: list[float], bins: int = 10, width: int = 40) -> list[str]:
+    """A text histogram of ratios, one line per bin from 0 to max(2, max ratio)."""
+    if not ratios:
+        return []
+    hi = max(2.0, max(ratios))
+    lo = min(0.0, min(ratios))
+    step = (hi - lo) / bins
+    counts = [0] * bins
+    for r in ratios:
+        counts[min(bins - 1, int((r - lo) / step))] += 1
+    top = max(counts)
+    return [
+        f"  {lo + i * step:5.2f}-{lo + (i + 1) * step:5.2f} {c:6d} {'#' * round(width * c / top)}"
+        for i, c in enumerate(counts)
+    ]
+
+
+def format_summary(s: SweepSummary, n_worst: int = 20) -> str:
+    """The printed summary."""
+    fp = s.fingerprint
+    lines = [
+        f"sweep of {fp['sae']} on {fp['model']} ({fp['objective']}, reduce={fp['reduce']}, "
+        f"xe_max={fp['config'].get('xe_max')})",
+        f"features: {len(s.rows)} stored, {len(s.ok)} dreamed, {len(s.errors)} failed",
+    ]
+    r = s.ratios
+    if r:
+        beat = s.beat_fraction
+        lines += [
+            f"dreamed / dataset max: {_quantiles(r)}  (over {len(r)} features with statistics)",
+            f"beat the dataset maximum (ratio >= 1, feasible): {100 * beat:.1f}%",
+            "ratio distribution:",
+            *text_histogram(r),
+        ]
+        worst = s.worst(n_worst)
+        if worst:
+            lines.append(f"worst {len(worst)} features:")
+            for w in worst:
+                lines.append(
+                    f"  {w['feature']:7d}  ratio {w['ratio']:6.2f}  XE {w['xe']:6.2f}"
+                    f"{'' if w['feasible'] else ' (infeasible)'}  {w['text']!r}"
+                )
+    else:
+        lines.append("no ratios: the SAE ships no dataset statistics")
+    for e in s.errors[:n_worst]:
+        lines.append(f"  failed {e['feature']}: {e['error']}")
+    return "\n".join(lines)
+
+
+def ratio_figure(ratios: list[float]):
+    """Histogram of dreamed / dataset-max ratios with the 1.0 line."""
+    fig, ax = _fig()
+    if ratios:
+        ax.hist(ratios, bins=40, color="#ea580c", alpha=0.8)
+    ax.axvline(1.0, color="#111827", linestyle="--", lw=1.2)
+    ax.set_xlabel("dreamed activation / dataset maximum")
+    ax.set_ylabel("features")
+    return fig
+
+
+def write_plot(out_dir: str | Path, s: SweepSummary) -> Path:
+    """``out_dir/ratios.png``: the ratio histogram."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ratio_figure(s.ratios)
+    FigureCanvasAgg(fig)
+    path = Path(out_dir) / "ratios.png"
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def card_path(out_dir: Path, feature: int) -> Path:
+    return out_dir / CARDS_DIR / f"feature_{feature}.html"
+
+
+def write_cards(out_dir: str | Path, features: list[int], loaded=None) -> list[Path]:
+    """Write :func:`featuredream.report.feature_card` for ``features`` (their stored dream shown)."""
+    from .report import feature_card
+    from .sweep import load_spec
+
+    out_dir = Path(out_dir)
+    store = SweepStore.read(out_dir)
+    try:
+        model, tok, sae = loaded or load_spec(store.spec(), check=False)
+        (out_dir / CARDS_DIR).mkdir(exist_ok=True)
+        paths = []
+        for f in features:
+            result = store.result(f)
+            if result is None:
+                continue
+            feature_card(model, tok, sae, f, result, card_path(out_dir, f))
+            paths.append(card_path(out_dir, f))
+        return paths
+    finally:
+        store.close()
+
+
+_CSS = (
+    "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#111827}"
+    "table{border-collapse:collapse;width:100%}td,th{padding:3px 8px;border-bottom:1px solid #e5e7eb;"
+    "text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    "code{white-space:pre-wrap;word-break:break-all}.bad{color:#b91c1c}img{max-width:100%}"
+)
+
+
+def write_index(out_dir: str | Path, s: SweepSummary, plot: bool = True) -> Path:
+    """``out_dir/index.html``: the summary, the ratio histogram and one row per feature (see module doc)."""
+    out_dir = Path(out_dir)
+    e = html.escape
+    fp = s.fingerprint
+    beat = s.beat_fraction
+    head = [
+        f"<h1>Sweep: {e(str(fp['sae']))}</h1>",
+        f"<p>model {e(str(fp['model']))} \u00b7 objective {e(str(fp['objective']))} \u00b7 reduce "
+        f"{e(str(fp['reduce']))} \u00b7 xe_max {e(str(fp['config'].get('xe_max')))}</p>",
+        f"<p>{len(s.rows)} features stored, {len(s.ok)} dreamed, {len(s.errors)} failed",
+    ]
+    if s.ratios:
+        head[-1] += (
+            f"; dreamed / dataset max: {e(_quantiles(s.ratios))}; beat the dataset maximum: "
+            f"{100 * beat:.1f}%</p>"
+        )
+        if plot:
+            head.append(f'<img alt="ratio histogram" src="{png_data_uri(ratio_figure(s.ratios))}">')
+    else:
+        head[-1] += "</p>"
+    rows = []
+    for r in sorted(s.rows, key=lambda r: r["feature"]):
+        f = r["feature"]
+        card = card_path(out_dir, f)
+        name = f'<a href="{CARDS_DIR}/{card.name}">{f}</a>' if card.exists() else str(f)
+        if r["status"] == "error":
+            rows.append(
+                f'<tr><td>{name}</td><td colspan="3" class="bad">failed: {e(str(r["error"]))}</td></tr>'
+            )
+            continue
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        cls = "" if r["feasible"] else ' class="bad" title="infeasible"'
+        rows.append(
+            f'<tr><td>{name}</td><td class="n">{ratio}</td><td class="n"{cls}>{r["xe"]:.2f}</td>'
+            f"<td><code>{e(str(r['text']))}</code></td></tr>"
+        )
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sweep {e(str(fp["sae"]))}</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(head)}<table><tr><th>feature</th><th>ratio</th>"
+        f"<th>XE</th><th>dreamed prompt</th></tr>{''.join(rows)}</table></body></html>"
+    )
+    return write_atomic(out_dir / "index.html", page)

@@ -1,0 +1,332 @@
+"""Sweeps: feature ranges, the durable store (fingerprint, idempotent writes), resume after a kill at any
+moment (a real SIGKILL of a running sweep and one inside an open transaction), the summary and the CLI."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import identity_sae_dir
+from safetensors.torch import save_file
+
+from featuredream.cli import main
+from featuredream.config import DreamConfig
+from featuredream.multi import FeatureError
+from featuredream.sweep import STORE_FILE, SweepSpec, SweepStore, parse_features, run_sweep
+from featuredream.sweep_report import format_summary, summarize, write_cards, write_index
+
+FAST = dict(
+    iters=3,
+    n_children=8,
+    min_tokens=3,
+    max_tokens=10,
+    start="prompt",
+    init_prompt="The quick brown fox",
+    gcg_topk=16,
+    progress=False,
+)
+FAST_ARGS = [
+    "--iters", "3", "--n-children", "8", "--min-tokens", "3", "--max-tokens", "10", "--start", "prompt",
+    "--init-prompt", "The quick brown fox", "--gcg-topk", "16", "--no-progress", "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls: one thread is ~100x faster than two when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def sweep_dirs(tiny_dirs, tmp_path_factory):
+    """The tiny model on disk and an identity SAE with per-latent dataset maxima (so ratios exist)."""
+    root = tmp_path_factory.mktemp("sweep")
+    sae = identity_sae_dir(root / "sae")
+    stats = {
+        "max_activation": torch.linspace(0.5, 2.0, 128),
+        "fire_rate": torch.full((128,), 0.1),
+        "top_tokens": torch.full((128, 1, 4), -1),  # no top examples (top_pos -1)
+        "top_acts": torch.zeros(128, 1, 4),
+        "top_pos": torch.full((128, 1), -1),
+        "top_values": torch.zeros(128, 1),
+    }
+    save_file(stats, str(sae / "features.safetensors"))
+    return {"model": tiny_dirs["model"], "sae": str(sae), "root": root}
+
+
+def _spec(d, **cfg):
+    return SweepSpec(
+        model=d["model"], sae=d["sae"], device="cpu", config=DreamConfig(**{**FAST, **cfg}), group_size=2
+    )
+
+
+def _records(out):
+    con = sqlite3.connect(str(Path(out) / STORE_FILE))
+    rows = con.execute(
+        "SELECT feature, status, text, activation, xe FROM results ORDER BY feature"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def _same_records(a, b):
+    assert [r[:3] for r in a] == [r[:3] for r in b]  # same features, statuses, dreamed texts
+    for x, y in zip(a, b):
+        assert abs(x[3] - y[3]) <= 1e-4 and abs(x[4] - y[4]) <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------- ranges
+
+
+def test_parse_features():
+    assert parse_features("3,17,42") == [3, 17, 42]
+    assert parse_features("0-3") == [0, 1, 2, 3]
+    assert parse_features("20-21, 5 ,0-1", 30) == [0, 1, 5, 20, 21]
+    assert parse_features("7") == [7]
+
+
+@pytest.mark.parametrize(
+    "text,n,match",
+    [
+        ("0-10,5-20", None, r"feature ranges '0-10' and '5-20' overlap at 5"),
+        ("3,3", None, "overlap at 3"),
+        ("9-3", None, r"'9-3' is empty \(3 < 9\)"),
+        ("", None, "empty feature list"),
+        (" , ", None, "empty feature list"),
+        ("1,x", None, "'x' is not N or A-B"),
+        ("-3", None, "is not N or A-B"),
+        ("0-2304", 2304, r"feature 2304 \('0-2304'\) is out of range: valid are 0..2303"),
+    ],
+)
+def test_parse_features_bad_input(text, n, match):
+    with pytest.raises(ValueError, match=match) as e:
+        parse_features(text, n)
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+def test_store_is_idempotent_and_refuses_to_mix(sweep_dirs, tmp_path):
+    out = tmp_path / "s"
+    spec = _spec(sweep_dirs)
+    store = SweepStore.open(out, spec)
+    assert store.put([(4, FeatureError(4, "no start"))]) == 1
+    assert store.put([(4, FeatureError(4, "again")), (5, FeatureError(5, "x"))]) == 1  # 4 kept as it was
+    assert store.done() == {4, 5} and [r["error"] for r in store.rows()] == ["no start", "x"]
+    store.close()
+    with pytest.raises(ValueError, match="already holds a sweep with 2 finished features: pass --resume"):
+        SweepStore.open(out, spec)
+    SweepStore.open(out, spec, resume=True).close()
+    with pytest.raises(
+        ValueError, match=r"config.xe_max=None, this run has config.xe_max=5.0: refusing to mix"
+    ):
+        SweepStore.open(out, _spec(sweep_dirs, xe_max=5.0), resume=True)
+    other = identity_sae_dir(tmp_path / "other", d_in=64)
+    with pytest.raises(ValueError, match="holds a sweep with sae='dir:.*refusing to mix"):
+        SweepStore.open(
+            out, SweepSpec(model=spec.model, sae=str(other), device="cpu", config=spec.config), resume=True
+        )
+    with pytest.raises(
+        ValueError, match="holds a sweep with objective='encoder', this run has objective='decoder'"
+    ):
+        SweepStore.open(
+            out, SweepSpec(model=spec.model, sae=spec.sae, kind="decoder", config=spec.config), resume=True
+        )
+    # speed-only knobs (batch size, progress) may change between runs
+    SweepStore.open(out, _spec(sweep_dirs, batch_size=7, progress=True), resume=True).close()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / STORE_FILE).write_text("not a database" * 100)
+    with pytest.raises(ValueError, match="is not a featuredream sweep store"):
+        SweepStore.open(tmp_path / "junk", spec)
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp_path):
+    """A real sweep process killed with SIGKILL mid-run, then resumed: every feature exactly once, and the
+    records equal an uninterrupted sweep's (different grouping: equal up to float)."""
+    features = "0-5"
+    ref = tmp_path / "ref"
+    o = run_sweep(_spec(sweep_dirs), parse_features(features), ref, progress=False)
+    assert (o.requested, o.skipped, o.written, o.errors) == (6, 0, 6, 0)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "featuredream.cli", "sweep", "--features", features, "--out", str(out),
+           "--model", sweep_dirs["model"], "--sae", sweep_dirs["sae"], "--group-size", "1", *FAST_ARGS]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (out / STORE_FILE).exists():
+                try:
+                    if 1 <= len(_records(out)) < 6:
+                        break
+                except sqlite3.OperationalError:  # tables not created yet / locked
+                    pass
+            time.sleep(0.05)
+        assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read()[-500:]!r}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    before = _records(out)
+    assert 1 <= len(before) < 6
+    o = run_sweep(_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False)
+    assert o.skipped == len(before) and o.written == 6 - len(before)
+    after = _records(out)
+    assert [r[0] for r in after] == list(range(6))  # all, once (feature is the primary key)
+    assert after[: len(before)] == before  # finished records untouched
+    _same_records(after, _records(ref))
+    # resuming a complete sweep does nothing
+    assert (
+        run_sweep(_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False).written == 0
+    )
+
+
+def test_kill_inside_a_transaction_leaves_no_trace(sweep_dirs, tmp_path):
+    """SIGKILL after the INSERT and before the COMMIT: the next open rolls the half-write back."""
+    out = tmp_path / "s"
+    SweepStore.open(out, _spec(sweep_dirs)).close()
+    code = (
+        "import os, signal, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1]); con.execute('PRAGMA synchronous=FULL')\n"
+        "con.execute('BEGIN')\n"
+        "con.execute(\"INSERT INTO results (feature, status, error) VALUES (1, 'error', 'half')\")\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(out / STORE_FILE)], capture_output=True)
+    assert r.returncode == -signal.SIGKILL
+    store = SweepStore.open(out, _spec(sweep_dirs), resume=True)
+    assert store.done() == set()
+    store.close()
+    o = run_sweep(_spec(sweep_dirs), [1], out, resume=True, progress=False)
+    assert o.written == 1 and [r[:2] for r in _records(out)] == [(1, "ok")]
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def test_summary_index_and_cards(sweep_dirs, tmp_path):
+    out = tmp_path / "s"
+    run_sweep(_spec(sweep_dirs), [0, 1, 2, 70], out, progress=False)
+    store = SweepStore.open(out, _spec(sweep_dirs), resume=True)
+    store.put([(9, FeatureError(9, "<script>alert(1)</script> no start"))])
+    store.close()
+    s = summarize(out)
+    assert len(s.rows) == 5 and len(s.ok) == 4 and len(s.errors) == 1
+    assert len(s.ratios) == 4 and all(r > -10 for r in s.ratios)
+    assert s.beat_fraction == sum(r["ratio"] >= 1 and r["feasible"] for r in s.ok) / 4
+    text = format_summary(s, 2)
+    assert "beat the dataset maximum" in text and "worst 2 features" in text and "failed 9" in text
+    worst = s.worst(1)[0]["feature"]
+    assert write_cards(out, [worst]) == [out / "cards" / f"feature_{worst}.html"]
+    page = write_index(out, s).read_text()
+    assert f'href="cards/feature_{worst}.html"' in page and page.count("href=") == 1
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert 'src="data:image/png;base64,' in page
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_sweep_resume_and_summary(sweep_dirs, tmp_path, capsys):
+    out = tmp_path / "s"
+    base = [
+        "sweep",
+        "--model",
+        sweep_dirs["model"],
+        "--sae",
+        sweep_dirs["sae"],
+        "--out",
+        str(out),
+        *FAST_ARGS,
+    ]
+    code, text, _ = _cli(capsys, *base, "--features", "0-2")
+    assert code == 0 and "3 features, 0 already done, 3 written now" in text
+    code, _, err = _cli(capsys, *base, "--features", "0-3")
+    assert code == 2 and "pass --resume" in err and len(err.strip().splitlines()) == 1
+    code, text, _ = _cli(capsys, *base, "--features", "0-3", "--resume")
+    assert code == 0 and "4 features, 3 already done, 1 written now" in text
+    code, _, err = _cli(capsys, *base, "--features", "0-3", "--resume", "--xe-max", "4")
+    assert code == 2 and "refusing to mix" in err and "config.xe_max=None" in err
+    assert len(err.strip().splitlines()) == 1
+    code, text, _ = _cli(capsys, "sweep-summary", str(out), "--worst", "2")
+    assert code == 0 and "4 stored, 4 dreamed" in text and (out / "index.html").exists()
+    assert (out / "ratios.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--features", "0-10,5-20"], "overlap at 5"),
+        (["--features", "4-2"], "is empty"),
+        (["--features", "0-128"], r"feature 128 is out of range for SAE .*: valid are 0..127"),
+        (["--features", "0", "--group-size", "0"], "valid is an integer >= 1"),
+    ],
+)
+def test_cli_sweep_bad_input(sweep_dirs, tmp_path, capsys, extra, match):
+    code, _, err = _cli(
+        capsys,
+        "sweep",
+        "--model",
+        sweep_dirs["model"],
+        "--sae",
+        sweep_dirs["sae"],
+        "--out",
+        str(tmp_path / "o"),
+        *extra,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(match, err), err
+
+
+def test_cli_sweep_without_ray_installed(sweep_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now raises ImportError
+    code, _, err = _cli(
+        capsys, "sweep", "--features", "0-3", "--out", str(tmp_path / "o"), "--backend", "ray",
+        "--model", sweep_dirs["model"], "--sae", sweep_dirs["sae"],
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--backend ray needs Ray, which is not installed: pip install 'featuredream[ray]'" in err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_cli_summary_of_no_sweep(tmp_path, capsys):
+    code, _, err = _cli(capsys, "sweep-summary", str(tmp_path))
+    assert code == 2 and "no sweep in" in err
+
+
+def test_cli_dream_features(sweep_dirs, tmp_path, capsys):
+    out = tmp_path / "many"
+    code, text, _ = _cli(
+        capsys, "dream", "--features", "3,17", "--out", str(out), "--model", sweep_dirs["model"],
+        "--sae", sweep_dirs["sae"], *FAST_ARGS,
+    )  # fmt: skip
+    assert code == 0 and "wrote 2 results" in text
+    for f in (3, 17):
+        rec = json.loads((out / f"feature_{f}.json").read_text())
+        assert rec["feature"] == f and rec["environment"]["multi"]["features"] == 2
+    code, _, err = _cli(
+        capsys, "dream", "--features", "3,3", "--out", str(out), "--model", sweep_dirs["model"],
+        "--sae", sweep_dirs["sae"],
+    )  # fmt: skip
+    assert code == 2 and "overlap at 3" in err

@@ -57,6 +57,9 @@ class DreamConfig:
     cascade: bool = True
     """Score children up to the objective's layer first and finish the forward pass (for XE) only for
     those whose activation could enter the buffer (exact: XE >= 0 bounds the loss)."""
+    prefix_cache: bool = True
+    """Run each parent once with a key/value cache and each child only from its first token that differs
+    from the parent (same scores and XE to ~1e-6; benchmarks/prefix_cache.py)."""
     batch_size: int = 256
     """Candidates per forward pass (halves automatically on out-of-memory)."""
     n_start_samples: int = 8

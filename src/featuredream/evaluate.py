@@ -12,6 +12,7 @@ forward, no padding at all. Every reported score is recomputed with it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -19,6 +20,14 @@ from torch import nn
 
 from .fluency import sequence_xe
 from .objectives import Objective
+from .prefix_cache import (
+    BUCKET_OVERHEAD,
+    plan_buckets,
+    run_parent,
+    run_tail,
+    shared_prefix,
+    supports_prefix,
+)
 from .sites import run_sites
 
 log = logging.getLogger(__name__)
@@ -59,35 +68,51 @@ class Evaluator:
         objective: what to score.
         need_xe: compute XE (full forward); otherwise stop at the objective's last site.
         batch_size: candidates per forward pass; halves on out-of-memory.
+        prefix_cache: when called with ``parent=``, run the parent once with a key/value cache and run
+            each child only from its first position that differs from the parent (see :mod:`.prefix_cache`).
     """
 
     def __init__(
-        self, model: nn.Module, objective: Objective, *, need_xe: bool = True, batch_size: int = 256
+        self,
+        model: nn.Module,
+        objective: Objective,
+        *,
+        need_xe: bool = True,
+        batch_size: int = 256,
+        prefix_cache: bool = False,
     ):
         self.model, self.objective, self.need_xe, self.batch_size = model, objective, need_xe, batch_size
+        self.prefix_cache = prefix_cache
+        self.bucket_overhead = BUCKET_OVERHEAD["cuda" if next(model.parameters()).is_cuda else "cpu"]
+        """Cost of one extra forward pass, in child tokens, when grouping children by shared prefix."""
         self.n_evaluated = 0
         self.n_oom = 0
+        self.n_cached_tokens = 0
+        """Child tokens not recomputed thanks to the prefix cache (summed over calls)."""
 
-    @torch.no_grad()
-    def _run(self, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
-        mask = length_mask(lengths, ids.shape[1])
-        acts, logits = run_sites(self.model, self.objective.sites, input_ids=ids, logits=self.need_xe)
-        out = self.objective(acts, mask)
-        if self.need_xe:
-            xe = sequence_xe(logits, ids, mask)
-        else:
+    def finish(
+        self, acts: dict, ids: torch.Tensor, lengths: torch.Tensor, xe: torch.Tensor | None
+    ) -> EvalOutput:
+        """Objective on captured ``acts`` (``[b, s, ...]`` per site) of ``ids [b, s]``; XE NaN when None."""
+        out = self.objective(acts, length_mask(lengths, ids.shape[1]))
+        if xe is None:
             xe = torch.full_like(out.scores, torch.nan)
         return EvalOutput(out.scores.float(), xe.float(), out.token_acts, out.valid)
 
-    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
-        """Evaluate ``ids [b, s]`` (right-padded; pad values are ignored) with ``lengths [b]``."""
+    @torch.no_grad()
+    def _run(self, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
+        acts, logits = run_sites(self.model, self.objective.sites, input_ids=ids, logits=self.need_xe)
+        xe = sequence_xe(logits, ids, length_mask(lengths, ids.shape[1])) if self.need_xe else None
+        return self.finish(acts, ids, lengths, xe)
+
+    def chunked(self, n: int, fn: Callable[[int, int], EvalOutput]) -> list[EvalOutput]:
+        """``fn(i, j)`` over ``[0, n)`` in chunks of ``batch_size``; on out-of-memory halve and retry."""
         parts: list[EvalOutput] = []
         i = 0
-        while i < len(ids):
-            n = self.batch_size
-            chunk_len = int(lengths[i : i + n].max())
+        while i < n:
+            k = self.batch_size
             try:
-                parts.append(self._run(ids[i : i + n, :chunk_len], lengths[i : i + n]))
+                parts.append(fn(i, min(n, i + k)))
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _is_oom(e) or self.batch_size == 1:
                     raise
@@ -97,15 +122,63 @@ class Evaluator:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            i += n
+            i += k
+        return parts
+
+    def __call__(
+        self, ids: torch.Tensor, lengths: torch.Tensor, parent: torch.Tensor | None = None
+    ) -> EvalOutput:
+        """Evaluate ``ids [b, s]`` (right-padded; pad values are ignored) with ``lengths [b]``.
+
+        ``parent [L]``: the ids the candidates were mutated from; used (and only a speed-up) when the
+        evaluator was built with ``prefix_cache=True`` and the objective reads per-position sites.
+        """
+        if parent is not None and self.prefix_cache and len(ids) > 1 and supports_prefix(self.objective):
+            out = self._children(parent, ids, lengths)
+        else:
+
+            def run(i: int, j: int) -> EvalOutput:
+                return self._run(ids[i:j, : int(lengths[i:j].max())], lengths[i:j])
+
+            out = cat_outputs(self.chunked(len(ids), run), ids.shape[1])
         self.n_evaluated += len(ids)
-        seq = ids.shape[1]
-        return EvalOutput(
-            torch.cat([p.scores for p in parts]),
-            torch.cat([p.xe for p in parts]),
-            torch.cat([nn.functional.pad(p.token_acts, (0, seq - p.token_acts.shape[1])) for p in parts]),
-            torch.cat([nn.functional.pad(p.valid, (0, seq - p.valid.shape[1])) for p in parts]),
-        )
+        return out
+
+    @torch.no_grad()
+    def _children(self, parent: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
+        """Prefix-cache path: ``parent [L]``, children ``ids [b, s]``, ``lengths [b]`` -> :class:`EvalOutput`."""
+        sites = self.objective.sites
+        prefix = shared_prefix(parent, ids, lengths)
+        buckets = plan_buckets(prefix, lengths, self.bucket_overhead, parent_len=len(parent))
+        par = run_parent(self.model, sites, parent, logits=self.need_xe) if buckets[-1][0] > 0 else None
+        parts: list[EvalOutput] = []
+        order: list[torch.Tensor] = []
+        for p, idx in buckets:
+            b_ids, b_len = ids[idx, : int(lengths[idx].max())], lengths[idx]
+
+            def run(i: int, j: int, p=p, b_ids=b_ids, b_len=b_len) -> EvalOutput:
+                c_ids, c_len = b_ids[i:j, : int(b_len[i:j].max())], b_len[i:j]
+                if p == 0 or par is None:
+                    return self._run(c_ids, c_len)
+                acts, xe = run_tail(self.model, sites, par, p, c_ids, c_len, logits=self.need_xe)
+                return self.finish(acts, c_ids, c_len, xe)
+
+            parts.extend(self.chunked(len(idx), run))
+            order.append(idx)
+            self.n_cached_tokens += p * len(idx)
+        out = cat_outputs(parts, ids.shape[1])
+        inv = torch.argsort(torch.cat(order))
+        return EvalOutput(*(t[inv] for t in out))
+
+
+def cat_outputs(parts: list[EvalOutput], seq: int) -> EvalOutput:
+    """Concatenate outputs along the batch, right-padding ``token_acts`` / ``valid`` to ``seq``."""
+    return EvalOutput(
+        torch.cat([p.scores for p in parts]),
+        torch.cat([p.xe for p in parts]),
+        torch.cat([nn.functional.pad(p.token_acts, (0, seq - p.token_acts.shape[1])) for p in parts]),
+        torch.cat([nn.functional.pad(p.valid, (0, seq - p.valid.shape[1])) for p in parts]),
+    )
 
 
 @torch.no_grad()
@@ -124,10 +197,5 @@ def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts:
         xes.append(sequence_xe(logits, ids, mask).float())
         acts.append(out.token_acts[0])
         valids.append(out.valid[0])
-    seq = max(len(a) for a in acts)
-    return EvalOutput(
-        torch.cat(scores),
-        torch.cat(xes),
-        torch.stack([nn.functional.pad(a, (0, seq - len(a))) for a in acts]),
-        torch.stack([nn.functional.pad(v, (0, seq - len(v))) for v in valids]),
-    )
+    parts = [EvalOutput(s, x, a[None], v[None]) for s, x, a, v in zip(scores, xes, acts, valids)]
+    return cat_outputs(parts, max(len(a) for a in acts))

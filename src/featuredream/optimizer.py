@@ -127,10 +127,11 @@ def dream(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad values are never read
     _check_devices(objective, dev)
     banned = _banned_ids(tokenizer, vocab).to(dev)
-    evaluator = Evaluator(model, objective, need_xe=cfg.needs_xe, batch_size=cfg.batch_size)
+    fast = dict(batch_size=cfg.batch_size, prefix_cache=cfg.prefix_cache)
+    evaluator = Evaluator(model, objective, need_xe=cfg.needs_xe, **fast)
     # The cascade skips XE for children that cannot enter the buffer; a Pareto frontier needs every point.
     use_cascade = cfg.needs_xe and cfg.cascade and cfg.pareto is None
-    scorer = Evaluator(model, objective, need_xe=False, batch_size=cfg.batch_size) if use_cascade else None
+    scorer = Evaluator(model, objective, need_xe=False, **fast) if use_cascade else None
     canon = _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
@@ -140,22 +141,22 @@ def dream(
     front_ids: dict[tuple[float, float], list[int]] = {}
     stats = {"nonfinite": 0, "capped": 0, "finished": 0}
 
-    def run(ids: torch.Tensor, lengths: torch.Tensor, bound: float | None):
+    def run(ids: torch.Tensor, lengths: torch.Tensor, bound: float | None, parent: torch.Tensor | None):
         """Fast path, with the cascade when a buffer bound exists (XE = +inf for children cut off)."""
         if scorer is None or bound is None:
-            return evaluator(ids, lengths)
-        first = scorer(ids, lengths)
+            return evaluator(ids, lengths, parent=parent)
+        first = scorer(ids, lengths, parent=parent)
         go = (first.scores.double() > bound).nonzero().squeeze(1)
         xe = torch.full_like(first.scores, torch.inf)
         stats["finished"] += len(go)
         if len(go):
-            xe[go] = evaluator(ids[go], lengths[go]).xe
+            xe[go] = evaluator(ids[go], lengths[go], parent=parent).xe
         return first._replace(xe=xe)
 
-    def evaluate(seqs: list[torch.Tensor], source: list[str], bound: float | None = None):
+    def evaluate(seqs: list[torch.Tensor], source: list[str], bound: float | None = None, parent=None):
         nonlocal front
         ids, lengths = pad_right(seqs, pad_id, dev)
-        out = run(ids, lengths, bound)
+        out = run(ids, lengths, bound, parent)
         bad = torch.isnan(out.scores) | torch.isposinf(out.scores)
         if cfg.needs_xe:
             bad |= torch.isnan(out.xe)
@@ -223,7 +224,9 @@ def dream(
                     seen.add(key)
                     fresh.append(k)
                     op_of.append(op)
-            entries, _, _ = evaluate(fresh, op_of, buffer.entry_bound()) if fresh else ([], None, None)
+            entries, _, _ = (
+                evaluate(fresh, op_of, buffer.entry_bound(), parent.ids) if fresh else ([], None, None)
+            )
             buffer.merge(entries)
             top = min(entries, key=buffer.loss) if entries else None
             if buffer.loss(buffer.entries[0]) < buffer.loss(best):
@@ -241,6 +244,7 @@ def dream(
                     "best_loss": buffer.loss(best),
                     "candidates": len(fresh),
                     "seconds": time.time() - t_it,
+                    "elapsed": time.time() - t0,
                 }
             )
             bar.update()

@@ -1,0 +1,177 @@
+"""Prefix key/value cache: children of one parent reuse the parent's forward pass for their shared prefix.
+
+Every mutation operator keeps the parent's tokens up to the edited position, and in a causal model the
+activations, keys and values at a position depend only on the tokens up to it. So the parent is run once
+with a key/value cache (to the objective's layer, or through the head when XE is needed), and a child
+whose first ``p`` tokens equal the parent's is run only from position ``p``, on the parent's cache cut
+to ``p`` positions. Its activations at positions ``< p`` are the parent's; its XE is the parent's
+per-token loss on positions ``< p - 1``, plus the loss of its own token ``p`` under the parent's logits at
+``p - 1``, plus the losses on its tail.
+
+Children are grouped in buckets of nearby ``p`` (each bucket is one forward pass from the bucket's
+smallest ``p``); :func:`plan_buckets` chooses them by dynamic programming on a cost of child tokens run
+plus a fixed cost per forward pass (``BUCKET_OVERHEAD``, in child tokens).
+
+Only objectives whose sites are per-position activations ``[b, s, ...]`` can use this
+(:func:`supports_prefix`); the evaluator falls back to the plain path for anything else.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .fluency import token_xe
+from .sites import Site, _StopForward, capture
+
+PER_POSITION_KINDS = (
+    "resid_pre",
+    "resid_post",
+    "mlp_out",
+    "attn_q",
+    "attn_q_rot",
+    "attn_k",
+    "attn_v",
+    "attn_z",
+)
+"""Site kinds captured as ``[b, s, ...]`` with position ``t`` depending only on tokens ``<= t``."""
+
+BUCKET_OVERHEAD = {"cpu": 32, "cuda": 2048}
+"""Fixed cost of one more forward pass, in child tokens. CPU (SmolLM2-135M to layer 12, one thread):
+~70 ms per pass against ~2.5 ms per token (benchmarks/prefix_cache.py). GPU: not measured; a small pass
+is bound by kernel launches, so this is set high enough that 128 x 16 batches run without the cache
+unless a benchmark on the GPU says otherwise."""
+
+
+def supports_prefix(objective) -> bool:
+    """True when every site the objective reads is a per-position activation."""
+    return all(s.kind in PER_POSITION_KINDS for s in objective.sites)
+
+
+def shared_prefix(parent: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Positions each child shares with the parent from the start, capped so one token is left to run.
+
+    ``parent [L]``, ``ids [b, s]`` (right-padded), ``lengths [b]`` -> ``prefix [b]`` in ``0..lengths-1``.
+    """
+    m = min(len(parent), ids.shape[1])
+    pos = torch.arange(m, device=ids.device)
+    same = (ids[:, :m] == parent[None, :m].to(ids.device)) & (pos[None, :] < lengths[:, None])
+    return torch.minimum(same.long().cumprod(dim=1).sum(dim=1), lengths - 1)
+
+
+def plan_buckets(
+    prefix: torch.Tensor, lengths: torch.Tensor, overhead: float, parent_len: int | None = None
+) -> list[tuple[int, torch.Tensor]]:
+    """Group children into forward passes: a list of ``(p, indices)``, each bucket run from position ``p``.
+
+    ``prefix [b]``, ``lengths [b]``. Minimizes ``sum(n_bucket * (max_len_bucket - p) + overhead)`` over
+    contiguous groups of sorted prefix values; returns one bucket with ``p = 0`` (no cache) when that is
+    cheaper than the best plan plus a parent pass of ``parent_len`` tokens.
+    """
+    pre, lens = prefix.tolist(), lengths.tolist()
+    ps = sorted(set(pre))
+    cnt = dict.fromkeys(ps, 0)
+    mx = dict.fromkeys(ps, 0)
+    for p, n in zip(pre, lens):
+        cnt[p] += 1
+        mx[p] = max(mx[p], n)
+    m = len(ps)
+    best, cut = [0.0] + [float("inf")] * m, [0] * (m + 1)
+    for j in range(1, m + 1):
+        n = smax = 0
+        for i in range(j - 1, -1, -1):  # bucket = groups i .. j-1, run from ps[i]
+            n, smax = n + cnt[ps[i]], max(smax, mx[ps[i]])
+            c = best[i] + n * (smax - ps[i]) + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    plain = len(pre) * max(lens) + overhead
+    if parent_len is not None and ps[-1] > 0 and best[m] + parent_len + overhead >= plain:
+        return [(0, torch.arange(len(pre), device=prefix.device))]
+    groups: list[tuple[int, int]] = []
+    j = m
+    while j > 0:
+        groups.append((cut[j], j))
+        j = cut[j]
+    out = []
+    for i, j in reversed(groups):
+        members = torch.tensor(
+            [k for k, p in enumerate(pre) if ps[i] <= p <= ps[j - 1]], device=prefix.device
+        )
+        out.append((ps[i], members))
+    return out
+
+
+class ParentRun(NamedTuple):
+    """The parent's pass: ``acts`` (``[1, L, ...]`` per site), ``kv`` (per layer run, ``[1, H_kv, L, d]``
+    keys and values), and when XE is needed ``logprobs [L, V]`` and ``nll_before [L]`` (``nll_before[k]``:
+    summed loss of parent tokens ``1..k``, i.e. of predictions made at positions ``< k``)."""
+
+    acts: dict[Site, torch.Tensor]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    logprobs: torch.Tensor | None
+    nll_before: torch.Tensor | None
+
+
+def _forward(model: nn.Module, sites, logits: bool, **kwargs) -> tuple[dict, torch.Tensor | None, object]:
+    """One cached forward pass; stops after the last site unless ``logits``. Returns acts, logits, cache."""
+    out = None
+    with capture(model, sites, stop_early=not logits) as store:
+        try:
+            out = model(use_cache=True, **kwargs)
+        except _StopForward:
+            pass
+    return dict(store), (out.logits if out is not None and logits else None), kwargs["past_key_values"]
+
+
+@torch.no_grad()
+def run_parent(model: nn.Module, sites, parent: torch.Tensor, *, logits: bool) -> ParentRun:
+    """Run ``parent [L]`` once with a key/value cache (through the head only when ``logits``)."""
+    from transformers import DynamicCache
+
+    ids = parent[None]
+    acts, lg, cache = _forward(model, sites, logits, input_ids=ids, past_key_values=DynamicCache())
+    kv = [(item[0], item[1]) for item in cache]  # layers that ran: (keys, values) [1, H_kv, L, d_head]
+    if lg is None:
+        return ParentRun(acts, kv, None, None)
+    logprobs = torch.log_softmax(lg[0].float(), dim=-1)
+    nll = -logprobs[:-1].gather(1, parent[1:, None]).squeeze(1)  # [L-1]
+    return ParentRun(acts, kv, logprobs, torch.cat([nll.new_zeros(1), nll.cumsum(0)]))
+
+
+@torch.no_grad()
+def run_tail(
+    model: nn.Module,
+    sites,
+    parent: ParentRun,
+    p: int,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    logits: bool,
+) -> tuple[dict[Site, torch.Tensor], torch.Tensor | None]:
+    """Children ``ids [n, s]`` (``lengths [n] > p``) sharing the parent's first ``p >= 1`` tokens.
+
+    Runs positions ``p..s-1`` on the parent's cache and returns the full-length acts (``[n, s, ...]``
+    per site, the first ``p`` positions copied from the parent) and, when ``logits``, ``xe [n]``.
+    """
+    from transformers import DynamicCache
+
+    n = len(ids)
+    cache = DynamicCache(
+        [(k[:, :, :p].expand(n, -1, -1, -1), v[:, :, :p].expand(n, -1, -1, -1)) for k, v in parent.kv]
+    )
+    tail = ids[:, p:]
+    acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache)
+    full = {}
+    for site, a in acts.items():
+        head = parent.acts[site][:, :p]
+        full[site] = torch.cat([head.expand(n, *head.shape[1:]).to(a.dtype), a], dim=1)
+    if lg is None:
+        return full, None
+    tail_mask = torch.arange(tail.shape[1], device=ids.device)[None, :] < (lengths - p)[:, None]
+    xe_tail, _ = token_xe(lg, tail, tail_mask)  # [n, s-p-1], 0 where not counted
+    boundary = -parent.logprobs[p - 1].gather(0, ids[:, p])  # child token p under the parent's logits
+    total = parent.nll_before[p - 1] + boundary + xe_tail.sum(dim=1)
+    return full, total / (lengths - 1).clamp_min(1)

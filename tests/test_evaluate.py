@@ -61,3 +61,82 @@ def test_oom_halves_batch_and_continues(tiny_llama, tiny_sae, monkeypatch):
     assert ev.batch_size == 2 and ev.n_oom == 2
     ref = Evaluator(tiny_llama, obj)(ids, torch.full((6,), 5))
     torch.testing.assert_close(out.scores, ref.scores)
+
+
+def _bf16_copy(model):
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def test_bfloat16_close_to_float32_and_prefix_cache_in_bfloat16(tiny_model, tiny_sae):
+    """The GPU dtype, run on CPU: bf16 scores / XE within bf16 tolerance of fp32 (2% of the score range,
+    0.05 nats), and the prefix cache in bf16 equal to the plain bf16 path within the same tolerance."""
+    from featuredream.mutations import gcg_swap
+
+    g = torch.Generator().manual_seed(0)
+    parent = torch.randint(1, 300, (10,), generator=g)
+    kids, _ = gcg_swap(parent, torch.randn(10, 300, generator=g), 12, 16, g)
+    lengths = torch.full((12,), 10)
+    obj = SAEEncoder(tiny_sae, 4, reduce="mean")
+    ref = Evaluator(tiny_model, obj, need_xe=True)(kids, lengths)
+    half = _bf16_copy(tiny_model)
+    low = Evaluator(half, obj, need_xe=True)(kids, lengths)
+    ev = Evaluator(half, obj, need_xe=True, prefix_cache=True)
+    ev.bucket_overhead = 0
+    cached = ev(kids, lengths, parent=parent)
+    assert ev.n_cached_tokens > 0
+    atol = 0.02 * float(ref.scores.max() - ref.scores.min()) + 1e-3
+    for out in (low, cached):
+        assert out.scores.dtype == torch.float32 and out.xe.dtype == torch.float32
+        torch.testing.assert_close(out.scores, ref.scores, atol=atol, rtol=0.02)
+        torch.testing.assert_close(out.xe, ref.xe, atol=0.05, rtol=0.01)
+
+
+def test_load_model_bfloat16_on_cpu(tiny_dirs, tiny_sae):
+    from featuredream.models import load_model
+
+    model, tok = load_model(tiny_dirs["model"], device="cpu", dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    ids = torch.randint(1, 300, (3, 6))
+    out = Evaluator(model, SAEEncoder(tiny_sae, 1))(ids, torch.full((3,), 6))
+    assert torch.isfinite(out.scores).all() and torch.isfinite(out.xe).all()
+
+
+def test_device_choice_prefers_cuda_when_available(monkeypatch):
+    from featuredream.models import parse_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parse_device(None).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_device(None).type == "cuda" and parse_device("cuda:0").index == 0
+
+
+def test_oom_as_runtime_error_frees_cuda_cache_and_other_errors_propagate(tiny_llama, tiny_sae, monkeypatch):
+    """Older torch / some kernels raise ``RuntimeError('CUDA out of memory ...')``: halve, free, retry."""
+    import pytest
+
+    obj = SAEEncoder(tiny_sae, 4)
+    ev = Evaluator(tiny_llama, obj, batch_size=4)
+    real = ev._run
+    freed = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
+
+    def flaky(ids, lengths):
+        if len(ids) > 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real(ids, lengths)
+
+    monkeypatch.setattr(ev, "_run", flaky)
+    ids = torch.randint(1, 300, (3, 5))
+    out = ev(ids, torch.full((3,), 5))
+    assert ev.batch_size == 1 and ev.n_oom == 2 and len(freed) == 2
+    torch.testing.assert_close(out.scores, Evaluator(tiny_llama, obj)(ids, torch.full((3,), 5)).scores)
+
+    def broken(ids, lengths):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(ev, "_run", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        ev(ids, torch.full((3,), 5))

@@ -147,7 +147,7 @@ class Evaluator:
     @torch.no_grad()
     def _children(self, parent: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
         """Prefix-cache path: ``parent [L]``, children ``ids [b, s]``, ``lengths [b]`` -> :class:`EvalOutput`."""
-        sites = self.objective.sites
+        sites, parent = self.objective.sites, parent.to(ids.device)
         prefix = shared_prefix(parent, ids, lengths)
         buckets = plan_buckets(prefix, lengths, self.bucket_overhead, parent_len=len(parent))
         par = run_parent(self.model, sites, parent, logits=self.need_xe) if buckets[-1][0] > 0 else None

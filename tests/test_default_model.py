@@ -119,3 +119,31 @@ def test_cli_bad_feature_one_line(tmp_path):
     assert lines == [lines[-1]] and "valid are 0..2303" in lines[-1]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_shipped_query_sae_binds_to_the_induction_head(default):
+    from featuredream.config import DreamConfig
+    from featuredream.evaluate import reference_evaluate
+    from featuredream.objectives import QueryFeature, make_objective
+    from featuredream.optimizer import dream
+
+    model, tok = default
+    sae = load_sae("query", model=model)
+    assert sae.name == "smollm2-q18h6" and sae.site == Site("attn_q", 18, 6) and sae.d_in == 64
+    info = sae.stats.info
+    assert info["fvu_heldout"] <= 0.15 and info["dead_fraction"] <= 0.01
+    # declared head vs the 8 other heads, layers 17 / 19 and the post-rotary query: the declared one wins
+    fvu = check_site(model, tok, sae)
+    assert fvu <= 0.2
+    assert site_fvu(model, tok, sae, site=Site("attn_q_rot", 18, 6)) > 1.5 * fvu
+    assert site_fvu(model, tok, sae, site=Site("attn_q", 18, 7)) > 2 * fvu
+    st = sae.stats
+    torch.testing.assert_close(st.max_activation, st.top_values[:, 0])
+    obj = make_objective(sae, 4)
+    assert isinstance(obj, QueryFeature)
+    start = "And what do you think of it, my lord?"
+    cfg = DreamConfig(iters=3, n_children=16, progress=False, init_prompt=start, start="prompt", seed=0)
+    r = dream(model, tok, obj, cfg)
+    before = float(reference_evaluate(model, tok, obj, [start]).scores[0])
+    assert r.best.activation >= before and r.site == "blocks.18.attn.hook_q[head 6]"
+    assert abs(float(reference_evaluate(model, tok, obj, [r.best.text]).scores[0]) - r.best.activation) < 1e-3

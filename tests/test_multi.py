@@ -79,6 +79,37 @@ def test_batched_parent_signals_equal_single_passes(tiny_model, tiny_tokenizer, 
         assert abs(b.score - s.score) < 1e-4 and abs(b.xe - s.xe) < 1e-5
 
 
+def test_owned_prefix_cache_equals_plain_path(tiny_model, tiny_tokenizer, tiny_sae):
+    """Children of three parents, mutated at every position, scored with and without the parents' cache."""
+    multi = MultiLatentObjective(tiny_sae, [3, 9, 40], reduce="max")
+    parents = {k: _ids(tiny_tokenizer, t) for k, t in enumerate(PROMPTS)}
+    g = torch.Generator().manual_seed(0)
+    kids, owner = [], []
+    for k, par in parents.items():
+        for pos in range(len(par)):
+            for _ in range(3):
+                kid = par.clone()
+                kid[pos] = int(torch.randint(1, 300, (1,), generator=g))
+                kids.append(kid if pos % 3 else torch.cat([kid, torch.tensor([17])]))  # some longer
+                owner.append(k)
+        kids.append(par[:-1])  # a delete at the end: shares everything but is shorter
+        owner.append(k)
+    ids, lengths = pad_right(kids, 0)
+    owner = torch.tensor(owner)
+    for need_xe in (False, True):
+        plain = OwnedEvaluator(tiny_model, multi, need_xe=need_xe)(ids, lengths, owner)
+        ev = OwnedEvaluator(tiny_model, multi, need_xe=need_xe, prefix_cache=True, batch_size=16)
+        ev.bucket_overhead = 1  # many buckets: exercise the bucketed path on tiny batches
+        cached = ev(ids, lengths, owner, parents)
+        assert ev.n_cached_tokens > 0
+        torch.testing.assert_close(cached.scores, plain.scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cached.valid, plain.valid)
+        real = plain.valid
+        torch.testing.assert_close(cached.token_acts[real], plain.token_acts[real], atol=1e-5, rtol=1e-5)
+        if need_xe:
+            torch.testing.assert_close(cached.xe, plain.xe, atol=1e-5, rtol=1e-5)
+
+
 def _assert_same_run(m, s):
     assert m.best.text == s.best.text
     assert abs(m.best.activation - s.best.activation) <= 1e-4 and abs(m.best.xe - s.best.xe) <= 1e-5
@@ -109,10 +140,17 @@ def _assert_same_run(m, s):
         dict(start="prompt", init_prompt="The quick brown fox"),  # no XE: early exit only
         dict(start="auto", init_prompt="Once upon a time", xe_max=9.0),  # cascade, model samples
         dict(start="samples", xe_max=8.0, pareto=(0.1, 1.0), patience=2, restarts=1),  # frontier, restarts
+        dict(start="prompt", init_prompt="The quick brown fox", xe_max=9.0, prefix_cache=False),
+        dict(start="prompt", init_prompt="The quick brown fox", xe_max=9.0, bucket_overhead=1),
     ],
-    ids=["score-only", "cascade", "pareto-restarts"],
+    ids=["score-only", "cascade", "pareto-restarts", "no-prefix-cache", "cached-buckets"],
 )
-def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extra):
+def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extra, monkeypatch):
+    extra, cached = dict(extra), "bucket_overhead" in extra
+    if cached:  # cheap passes: both paths really split children into cached buckets
+        from featuredream.prefix_cache import BUCKET_OVERHEAD
+
+        monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", extra.pop("bucket_overhead"))
     latents, seeds = [11, 2, 63], [3, 3, 7]
     cfg = DreamConfig(**{**FAST, **extra})
     multi = dream_many(tiny_model, tiny_tokenizer, MultiLatentObjective(tiny_sae, latents), cfg, seeds=seeds)
@@ -126,6 +164,7 @@ def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extr
         )
         _assert_same_run(m, single)
         assert m.environment["multi"]["features"] == 3
+        assert m.environment["multi"]["cached_tokens"] > 0 or not cached
         assert m.verification["abs_error"] <= m.verification["tolerance"]
 
 

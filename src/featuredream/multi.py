@@ -9,7 +9,9 @@ patience and restarts); what is shared is the compute:
   length, and one SAE matmul scores the K latents (:class:`MultiLatentObjective`); each child is scored on
   its own feature and merged into its own feature's buffer only;
 * the cascade (score to the objective's layer, finish XE only for children that could enter the buffer)
-  uses each feature's own buffer bound.
+  uses each feature's own buffer bound;
+* with ``prefix_cache`` the K parents run once with a key/value cache and each child runs only from its
+  first token that differs from its own parent, in passes shared across features (:mod:`.multi_prefix`).
 
 **Relation to K single runs.** Every random draw comes from the feature's own generator in the same
 order as in ``dream``, so a feature's trajectory equals its single run with the same seed and config
@@ -109,9 +111,10 @@ def dream_many(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     _check_devices(objective, dev)
     banned = _banned_ids(tokenizer, vocab).to(dev)
-    full = OwnedEvaluator(model, objective, need_xe=cfg.needs_xe, batch_size=cfg.batch_size)
+    fast = dict(batch_size=cfg.batch_size, prefix_cache=cfg.prefix_cache)
+    full = OwnedEvaluator(model, objective, need_xe=cfg.needs_xe, **fast)
     use_cascade = cfg.needs_xe and cfg.cascade and cfg.pareto is None
-    scorer = OwnedEvaluator(model, objective, need_xe=False, batch_size=cfg.batch_size)
+    scorer = OwnedEvaluator(model, objective, need_xe=False, **fast)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
     runs = []
@@ -129,8 +132,10 @@ def dream_many(
             )
         )
 
-    def evaluate(jobs: list[tuple[_Run, list[torch.Tensor], list[str], float | None]]) -> dict[int, list]:
-        """All jobs' candidates in one batch; per run, the entries that may enter its buffer."""
+    def evaluate(jobs: list[tuple[_Run, list[torch.Tensor], list[str], float | None]], parents=None) -> dict:
+        """All jobs' candidates in one batch; per run, the entries that may enter its buffer.
+
+        ``parents``: ``{k: parent ids}`` the jobs' candidates were mutated from (for the prefix cache)."""
         seqs = [s for _, ss, _, _ in jobs for s in ss]
         if not seqs:
             return {}
@@ -147,20 +152,20 @@ def dream_many(
             casc = (~direct).nonzero().squeeze(1)
             if len(casc):
                 c = casc.to(dev)
-                first = scorer(ids[c], lengths[c], owner[c])
+                first = scorer(ids[c], lengths[c], owner[c], parents)
                 scores[casc], valid[c] = first.scores.cpu(), first.valid
                 go[casc] = first.scores.double().cpu() > bound[casc]
             xe = torch.full((len(seqs),), torch.inf)
             fin = go.nonzero().squeeze(1)
             if len(fin):
                 f = fin.to(dev)
-                out = full(ids[f], lengths[f], owner[f])
+                out = full(ids[f], lengths[f], owner[f], parents)
                 xe[fin] = out.xe.cpu()
                 d = direct[fin]
                 scores[fin[d]] = out.scores.cpu()[d]
                 valid[f[d.to(dev)]] = out.valid[d.to(dev)]
         else:
-            out = full(ids, lengths, owner)
+            out = full(ids, lengths, owner, parents)
             scores, xe, valid = out.scores.cpu(), out.xe.cpu(), out.valid
         entries: dict[int, list] = {}
         i = 0
@@ -268,7 +273,12 @@ def dream_many(
     for res in results:
         if isinstance(res, DreamResult):
             res.wall_time = total / K
-            res.environment["multi"] = {"features": K, "group_wall_time": total, "loop_seconds": loop_seconds}
+            res.environment["multi"] = {
+                "features": K,
+                "group_wall_time": total,
+                "loop_seconds": loop_seconds,
+                "cached_tokens": scorer.n_cached_tokens + full.n_cached_tokens,
+            }
     return results
 
 
@@ -321,7 +331,7 @@ def _iteration(model, objective, active: list[_Run], it: int, cfg: DreamConfig, 
         n_fresh[r.k] = len(fresh)
         if fresh:
             jobs.append((r, fresh, op_of, r.buffer.entry_bound()))
-    entries = evaluate(jobs)
+    entries = evaluate(jobs, {r.k: p.ids for r, p in zip(active, parents)})
     for r in active:
         new = entries.get(r.k, [])
         r.buffer.merge(new)

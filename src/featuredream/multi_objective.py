@@ -21,8 +21,10 @@ from torch import nn
 from .evaluate import EvalOutput, length_mask, pad_right
 from .fluency import sequence_xe
 from .models import embed_scale
+from .multi_prefix import run_parents, run_tails, shared_prefixes
 from .mutations import ParentSignals
 from .objectives import ObjectiveOutput, make_objective, reduce_positions
+from .prefix_cache import BUCKET_OVERHEAD, plan_buckets, supports_prefix
 from .saes import BoundSAE
 from .sites import run_sites
 
@@ -132,7 +134,9 @@ def batched_parent_signals(
     for k, n in enumerate(lengths.tolist()):
         grad = g_emb[k, :n] @ W.T  # [L_k, V]
         logprobs = torch.log_softmax(logits[k, :n].detach().float(), dim=-1)
-        result.append(ParentSignals(grad.detach(), logprobs, float(out.scores[k]), float(xe[k])))
+        result.append(
+            ParentSignals(grad.detach(), logprobs, float(out.scores[k].detach()), float(xe[k].detach()))
+        )
     return result
 
 
@@ -148,34 +152,43 @@ class OwnedEvaluator:
         objective: the :class:`MultiLatentObjective`.
         need_xe: compute XE (full forward); otherwise stop after the objective's site.
         batch_size: rows per forward pass; halves on out-of-memory.
+        prefix_cache: when called with ``parents``, run the parents once with a key/value cache and each
+            child only from its first token that differs from its own parent (:mod:`.multi_prefix`).
     """
 
     def __init__(
-        self, model: nn.Module, objective: MultiLatentObjective, *, need_xe: bool, batch_size: int = 256
+        self,
+        model: nn.Module,
+        objective: MultiLatentObjective,
+        *,
+        need_xe: bool,
+        batch_size: int = 256,
+        prefix_cache: bool = False,
     ):
         self.model, self.objective, self.need_xe, self.batch_size = model, objective, need_xe, batch_size
+        self.prefix_cache = prefix_cache and supports_prefix(objective)
+        self.bucket_overhead = BUCKET_OVERHEAD["cuda" if next(model.parameters()).is_cuda else "cpu"]
         self.n_evaluated = 0
+        self.n_cached_tokens = 0
+
+    def _finish(self, acts, ids, lengths, owner, xe) -> EvalOutput:
+        out = self.objective(acts, length_mask(lengths, ids.shape[1]), owner=owner)
+        xe = torch.full_like(out.scores, torch.nan) if xe is None else xe
+        return EvalOutput(out.scores.float(), xe.float(), out.token_acts, out.valid)
 
     @torch.no_grad()
     def _run(self, ids: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor) -> EvalOutput:
-        mask = length_mask(lengths, ids.shape[1])
         acts, logits = run_sites(self.model, self.objective.sites, input_ids=ids, logits=self.need_xe)
-        out = self.objective(acts, mask, owner=owner)
-        xe = sequence_xe(logits, ids, mask) if self.need_xe else torch.full_like(out.scores, torch.nan)
-        return EvalOutput(out.scores.float(), xe.float(), out.token_acts, out.valid)
+        xe = sequence_xe(logits, ids, length_mask(lengths, ids.shape[1])) if self.need_xe else None
+        return self._finish(acts, ids, lengths, owner, xe)
 
-    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor) -> EvalOutput:
-        """``ids [b, s]`` right-padded, ``lengths [b]``, ``owner [b]`` -> each row's own scores ``[b]``."""
-        order = torch.argsort(lengths, stable=True)  # similar lengths share a chunk: little padding
-        seq = ids.shape[1]
-        parts: list[EvalOutput] = []
-        i = 0
-        while i < len(ids):
+    def _chunked(self, idx: torch.Tensor, fn) -> list[tuple[torch.Tensor, EvalOutput]]:
+        """``fn(rows)`` over ``idx`` in chunks of ``batch_size``; on out-of-memory halve and retry."""
+        parts, i = [], 0
+        while i < len(idx):
             n = self.batch_size
-            idx = order[i : i + n]
             try:
-                width = int(lengths[idx].max())
-                parts.append(self._run(ids[idx, :width], lengths[idx], owner[idx]))
+                parts.append((idx[i : i + n], fn(idx[i : i + n])))
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _is_oom(e) or self.batch_size == 1:
                     raise
@@ -185,13 +198,63 @@ class OwnedEvaluator:
                     torch.cuda.empty_cache()
                 continue
             i += n
+        return parts
+
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        owner: torch.Tensor,
+        parents: dict[int, torch.Tensor] | None = None,
+    ) -> EvalOutput:
+        """``ids [b, s]`` right-padded, ``lengths [b]``, ``owner [b]`` -> each row's own scores ``[b]``.
+
+        ``parents[k]`` (``[L]``): the ids feature ``k``'s rows were mutated from; only a speed-up, used with
+        ``prefix_cache``.
+        """
+        seq = ids.shape[1]
+
+        def plain(rows: torch.Tensor) -> EvalOutput:
+            return self._run(ids[rows, : int(lengths[rows].max())], lengths[rows], owner[rows])
+
+        if parents is not None and self.prefix_cache and len(ids) > 1:
+            parts = self._cached(ids, lengths, owner, parents, plain)
+        else:  # similar lengths share a chunk: little padding
+            parts = self._chunked(torch.argsort(lengths, stable=True), plain)
         self.n_evaluated += len(ids)
         pad = nn.functional.pad
         out = EvalOutput(
-            torch.cat([p.scores for p in parts]),
-            torch.cat([p.xe for p in parts]),
-            torch.cat([pad(p.token_acts, (0, seq - p.token_acts.shape[1])) for p in parts]),
-            torch.cat([pad(p.valid, (0, seq - p.valid.shape[1])) for p in parts]),
+            torch.cat([p.scores for _, p in parts]),
+            torch.cat([p.xe for _, p in parts]),
+            torch.cat([pad(p.token_acts, (0, seq - p.token_acts.shape[1])) for _, p in parts]),
+            torch.cat([pad(p.valid, (0, seq - p.valid.shape[1])) for _, p in parts]),
         )
-        inv = torch.argsort(order)
+        inv = torch.argsort(torch.cat([rows for rows, _ in parts]))
         return EvalOutput(*(t[inv] for t in out))
+
+    @torch.no_grad()
+    def _cached(self, ids, lengths, owner, parents, plain) -> list[tuple[torch.Tensor, EvalOutput]]:
+        used = sorted(set(owner.tolist()))
+        local = torch.full((max(used) + 1,), -1, dtype=torch.long)
+        local[used] = torch.arange(len(used))
+        rows = local[owner.cpu()].to(ids.device)  # each child's parent row
+        par_ids, par_len = pad_right([parents[k].to(ids.device) for k in used], 0, ids.device)
+        prefix = shared_prefixes(par_ids, par_len, rows, ids, lengths)
+        buckets = plan_buckets(prefix, lengths, self.bucket_overhead, parent_len=int(par_len.sum()))
+        if buckets[-1][0] == 0:
+            return self._chunked(torch.argsort(lengths, stable=True), plain)
+        sites = self.objective.sites
+        par = run_parents(self.model, sites, [parents[k] for k in used], logits=self.need_xe)
+        parts = []
+        for p, idx in buckets:
+
+            def tail(sel: torch.Tensor, p=p) -> EvalOutput:
+                c_ids, c_len = ids[sel, : int(lengths[sel].max())], lengths[sel]
+                if p == 0:
+                    return self._run(c_ids, c_len, owner[sel])
+                acts, xe = run_tails(self.model, sites, par, rows[sel], p, c_ids, c_len, logits=self.need_xe)
+                return self._finish(acts, c_ids, c_len, owner[sel], xe)
+
+            parts += self._chunked(idx[torch.argsort(lengths[idx], stable=True)], tail)
+            self.n_cached_tokens += p * len(idx)
+        return parts

@@ -216,6 +216,27 @@ def test_kill_inside_a_transaction_leaves_no_trace(sweep_dirs, tmp_path):
     assert o.written == 1 and [r[:2] for r in _records(out)] == [(1, "ok")]
 
 
+def test_ctrl_c_keeps_finished_groups_and_resume_completes(sweep_dirs, tmp_path, monkeypatch):
+    import featuredream.multi as multi
+
+    real, calls = multi.batched_parent_signals, {"n": 0}
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # group 2 (features 2, 3), its second iteration
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(multi, "batched_parent_signals", interrupting)
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_spec(sweep_dirs), [0, 1, 2, 3], out, progress=False)
+    assert [r[0] for r in _records(out)] == [0, 1]  # the interrupted group left nothing half-done
+    monkeypatch.setattr(multi, "batched_parent_signals", real)
+    o = run_sweep(_spec(sweep_dirs), [0, 1, 2, 3], out, resume=True, progress=False)
+    assert (o.skipped, o.written) == (2, 2) and [r[0] for r in _records(out)] == [0, 1, 2, 3]
+
+
 # ---------------------------------------------------------------------------------------------- summary
 
 

@@ -88,15 +88,19 @@ def dream_many(
     *,
     seeds: Sequence[int] | None = None,
     errors: str = "raise",
+    on_interrupt: str = "finish",
 ) -> list[DreamResult | FeatureError]:
     """Dream each latent of ``objective`` (see module doc); one :class:`DreamResult` per latent, in order.
 
     ``seeds[k]`` (default: ``config.seed`` for all) is feature k's seed. ``errors='raise'``: a feature that
     cannot start raises ``ValueError`` naming it; ``'record'``: it yields a :class:`FeatureError` instead.
-    Ctrl-C stops the loop and returns the best so far of every feature (``interrupted=True``).
+    Ctrl-C: ``on_interrupt='finish'`` stops the loop and returns the best so far of every feature
+    (``interrupted=True``); ``'raise'`` re-raises at once (a sweep discards unfinished features anyway).
     """
     if errors not in ("raise", "record"):
         raise ValueError(f"errors={errors!r}: valid are 'raise', 'record'")
+    if on_interrupt not in ("finish", "raise"):
+        raise ValueError(f"on_interrupt={on_interrupt!r}: valid are 'finish', 'raise'")
     cfg = config or DreamConfig()
     K = len(objective)
     seeds = [cfg.seed] * K if seeds is None else list(seeds)
@@ -235,6 +239,8 @@ def dream_many(
                         r.active, r.stop_reason = False, "time budget"
                 break
     except KeyboardInterrupt:
+        if on_interrupt == "raise":
+            raise
         interrupted = True
         for r in runs:
             if r.active:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .figures import _fig, png_data_uri
 from .results import write_atomic
-from .sweep import SweepStore
+from .sweep_store import SweepStore
 
 log = logging.getLogger(__name__)
 

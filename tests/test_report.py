@@ -323,3 +323,17 @@ def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_card_with_statistics_but_no_examples(setup, tiny_llama, tiny_tokenizer):
+    """Statistics holding only maxima and fire rates (no top examples) give a card without examples."""
+    from featuredream.report import card_data
+    from featuredream.saes import FeatureStats
+
+    st = setup["stats"]
+    bare = FeatureStats({k: st.tensors[k] for k in ("max_activation", "fire_rate")}, {})
+    assert bare.examples(setup["feature"]) == []
+    d = card_data(tiny_llama, tiny_tokenizer, setup["sae"], setup["feature"], stats=bare, max_new_tokens=3)
+    assert d.examples == [] and render_card(d).startswith("<!DOCTYPE html>")
+    nj = neuronpedia_json(tiny_llama, tiny_tokenizer, setup["sae"], setup["feature"], None, stats=bare)
+    assert nj["activations"] == []

@@ -2,10 +2,13 @@
 
 from .config import DreamConfig
 from .models import load_model
+from .multi import dream_many
 from .objectives import (
     DecoderProjection,
     DirectionObjective,
     FunctionObjective,
+    QueryDirection,
+    QueryFeature,
     SAEEncoder,
     WeightedSum,
     make_objective,
@@ -26,7 +29,10 @@ __all__ = [
     "SAEEncoder",
     "Site",
     "WeightedSum",
+    "QueryDirection",
+    "QueryFeature",
     "dream",
+    "dream_many",
     "load_model",
     "load_sae",
     "make_objective",

@@ -344,7 +344,9 @@ def neuronpedia_json(
         "index": f,
         "hookName": sae.site.hook_name,
         "activations": acts,
-        "maxActApprox": float(stats.max_activation[f]) if stats is not None else None,
+        "maxActApprox": float(stats.max_activation[f])
+        if stats is not None and "max_activation" in stats.tensors
+        else None,
         "frac_nonzero": float(stats.fire_rate[f])
         if stats is not None and "fire_rate" in stats.tensors
         else None,

@@ -60,7 +60,11 @@ class FeatureStats:
         return (self.tensors["fire_rate"] > 0).nonzero().squeeze(1)
 
     def examples(self, latent: int) -> list[tuple[list[int], int, list[float], float]]:
-        """Top examples of ``latent``: (token ids, activating index, per-token activations, value)."""
+        """Top examples of ``latent``: (token ids, activating index, per-token activations, value).
+
+        Empty when the statistics carry no examples (e.g. only maxima and fire rates)."""
+        if not all(self.has(k) for k in ("top_tokens", "top_pos", "top_acts", "top_values")):
+            return []
         out = []
         for k in range(self.top_tokens.shape[1]):
             pos = int(self.top_pos[latent, k])

@@ -112,6 +112,29 @@ def test_device_choice_prefers_cuda_when_available(monkeypatch):
     assert parse_device(None).type == "cuda" and parse_device("cuda:0").index == 0
 
 
+def test_runtime_defaults_bf16_and_flash_attention_only_on_cuda(monkeypatch):
+    """The CUDA-only choices, exercised on CPU with faked capabilities."""
+    import importlib.util
+
+    from featuredream.models import runtime_defaults
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert runtime_defaults(cpu, None) == (torch.float32, "sdpa")
+    assert runtime_defaults(cpu, torch.bfloat16) == (torch.bfloat16, "sdpa")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "flash_attn" else real(n, *a))
+    assert runtime_defaults(gpu, None) == (torch.bfloat16, "sdpa")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "flash_attn" else real(n, *a)
+    )
+    assert runtime_defaults(gpu, None) == (torch.bfloat16, "flash_attention_2")
+    assert runtime_defaults(gpu, torch.float32) == (torch.float32, "sdpa")  # flash-attn needs 16-bit
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runtime_defaults(gpu, None) == (torch.float32, "sdpa")  # e.g. a V100
+
+
 def test_oom_as_runtime_error_frees_cuda_cache_and_other_errors_propagate(tiny_llama, tiny_sae, monkeypatch):
     """Older torch / some kernels raise ``RuntimeError('CUDA out of memory ...')``: halve, free, retry."""
     import pytest

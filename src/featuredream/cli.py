@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-norm-guard", action="store_true", help="do not exclude massive-activation positions"
     )
     base.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
-    base.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+    base.add_argument(
+        "--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on cpu, bfloat16 on cuda)"
+    )
     common = argparse.ArgumentParser(add_help=False, parents=[base])
     common.add_argument("--feature", type=_parse_feature, required=True, help="latent index")
     # dream / score: an SAE latent (--feature) or a raw direction at a site (--site with --direction / --key-text)

@@ -49,6 +49,25 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+def runtime_defaults(dev: torch.device, dtype: torch.dtype | None) -> tuple[torch.dtype, str]:
+    """The dtype (when none is given) and attention implementation for ``dev``.
+
+    CPU: float32 (bf16 matmuls measured 8x slower than fp32 on this project's AVX-512 CPU) and SDPA.
+    CUDA: bfloat16 where the GPU supports it, else float32; flash-attn 2 when the ``flash_attn`` package
+    is installed and the dtype is 16-bit (optional, never required), else SDPA.
+    """
+    if dtype is None:
+        bf16 = dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    attn = "sdpa"
+    if dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            attn = "flash_attention_2"
+    return dtype, attn
+
+
 def parse_device(device: str | torch.device | None) -> torch.device:
     """None -> cuda if available else cpu; ValueError for a device this machine does not have."""
     if device is None:
@@ -145,22 +164,23 @@ def load_model(
         name_or_path: None / ``"default"`` for the embedded SmolLM2-135M-Instruct, a local transformers
             directory, or a hub name already in the local Hugging Face cache (or reachable online).
         device: ``"cpu"``, ``"cuda"``; None picks cuda when available.
-        dtype: ``"float32"`` (default on CPU), ``"bfloat16"``, ``"float16"``.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; None: see :func:`runtime_defaults`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = parse_device(device)
-    dt = parse_dtype(dtype) or torch.float32
+    dt, attn = runtime_defaults(dev, parse_dtype(dtype))
     if dt == torch.float16 and dev.type == "cpu":
         raise ValueError("dtype 'float16' is not supported on cpu: valid are 'float32', 'bfloat16'")
     path = resolve_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation="sdpa")
-        except ValueError as e:  # architectures without an SDPA path (e.g. Gemma-2's softcapping)
-            if "scaled_dot_product_attention" not in str(e):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation=attn)
+        except (ValueError, ImportError) as e:  # no SDPA / flash path (e.g. Gemma-2's softcapping)
+            if attn == "sdpa" and "scaled_dot_product_attention" not in str(e):
                 raise
+            log.info("attention %s unavailable for %s (%s); using the model's default", attn, path, e)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(

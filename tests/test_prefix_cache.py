@@ -89,6 +89,21 @@ def test_prefix_cache_gemma2_sliding_window_shorter_than_prompt(tiny_sae):
     _compare(model, obj, parent, _children(parent, 300, seed=6), need_xe=True)
 
 
+@pytest.mark.parametrize("site", [Site("resid_pre", 0), Site("resid_post", 1)])
+def test_prefix_cache_absolute_positions(site):
+    """GPT-2 adds learned position embeddings: a child's tail must run at positions p.., also when the
+    objective reads the first layer's input and the parent's pass stopped before any layer ran."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    model = AutoModelForCausalLM.from_config(cfg).eval().requires_grad_(False)
+    parent = torch.randint(1, 300, (10,), generator=torch.Generator().manual_seed(13))
+    obj = DirectionObjective(site, torch.randn(64, generator=torch.Generator().manual_seed(14)), "mean")
+    for need_xe in (False, True):
+        _compare(model, obj, parent, _children(parent, 300, seed=15), need_xe)
+
+
 def test_prefix_cache_with_default_bucketing_and_small_batches(tiny_llama, tiny_sae):
     parent = torch.randint(1, 300, (14,), generator=torch.Generator().manual_seed(7))
     obj = SAEEncoder(tiny_sae, 3, reduce="last")

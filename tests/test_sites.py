@@ -163,3 +163,42 @@ def test_key_vector_is_the_groups_key(tiny_llama, tiny_tokenizer):
     )
     with pytest.raises(ValueError, match="head index 4 out of range: valid heads are 0..3"):
         key_vector(tiny_llama, tiny_tokenizer, 1, 4, text)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "olmo2"])
+def test_rotary_query_applies_the_query_norm(arch):
+    """Models with a query norm (per head in Qwen3, over the whole projection in OLMo-2): attn_q_rot is
+    norm -> rotary, i.e. what the attention scores use; attn_q stays the raw projection (TL hook_q)."""
+    from transformers import AutoModelForCausalLM, Olmo2Config, Qwen3Config
+
+    torch.manual_seed(0)
+    kw = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    cfg = Qwen3Config(**kw, head_dim=16) if arch == "qwen3" else Olmo2Config(**kw)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # non-trivial norm gains, so a missing norm would show
+        model.model.layers[1].self_attn.q_norm.weight.uniform_(0.5, 2.0)
+    ids = torch.randint(1, 300, (1, 6))
+    blk = model.model.layers[1]
+    with torch.no_grad():
+        hs = model(ids, output_hidden_states=True).hidden_states[1]
+        raw = blk.self_attn.q_proj(blk.input_layernorm(hs) if hasattr(blk, "input_layernorm") else hs)
+        if arch == "qwen3":
+            q = blk.self_attn.q_norm(raw.view(1, 6, 4, 16))
+        else:
+            q = blk.self_attn.q_norm(raw).view(1, 6, 4, 16)
+        ang = torch.arange(6).float()[:, None] * (
+            1.0 / cfg.rope_parameters["rope_theta"] ** (torch.arange(0, 16, 2).float() / 16)
+        )
+        cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+        expect = q * cos[None, :, None] + torch.cat([-q[..., 8:], q[..., :8]], -1) * sin[None, :, None]
+        acts, _ = run_sites(model, [Site("attn_q_rot", 1, 2), Site("attn_q", 1, 2)], input_ids=ids)
+    torch.testing.assert_close(acts[Site("attn_q_rot", 1, 2)], expect[:, :, 2], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(acts[Site("attn_q", 1, 2)], raw.view(1, 6, 4, 16)[:, :, 2])

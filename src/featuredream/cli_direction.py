@@ -1,9 +1,9 @@
 """The CLI's raw-direction target: ``--site`` with ``--direction FILE`` or ``--key-text TEXT``.
 
 A direction file is JSON (a list of numbers) or safetensors holding exactly one 1-D tensor: nothing
-loaded executes code. ``--key-text`` takes, for one head's query site, the key that head's key/value
-group computes at the last token of the text, so the dream answers "which prompt makes this head look
-for that?".
+loaded executes code. ``--key-text`` takes, for one head's query site, the (pre-rotary) key that head's
+key/value group computes at the last token of the text, so the dream answers "which prompt makes this
+head look for that?" (exactly the attention logit at relative offset 0; rotary rotates it with distance).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def direction_objective(args, model: torch.nn.Module, tokenizer):
         if site.kind != "attn_q" or site.head is None:
             raise ValueError(
                 f"--key-text needs a pre-rotary query site of one head (attn_q:L:H), got {args.site!r}: "
-                "a key is compared with the query before rotary"
+                "the key of key_vector is taken before rotary, so it is compared with the pre-rotary query"
             )
         vec = key_vector(model, tokenizer, site.layer, site.head, args.key_text)
     else:

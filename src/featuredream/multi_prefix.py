@@ -91,7 +91,10 @@ def run_tails(
 
     cache = DynamicCache([(k[rows, :, :p], v[rows, :, :p]) for k, v in par.kv])
     tail = ids[:, p:]
-    acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache)
+    # explicit positions p..: models with absolute position embeddings (GPT-2) need them even when the
+    # parent's pass stopped before any layer ran (an empty cache would restart them at 0)
+    pos = torch.arange(p, ids.shape[1], device=ids.device)[None].expand(len(ids), -1)
+    acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache, position_ids=pos)
     full = {site: torch.cat([par.acts[site][rows, :p].to(a.dtype), a], dim=1) for site, a in acts.items()}
     if lg is None:
         return full, None

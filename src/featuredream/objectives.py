@@ -231,7 +231,7 @@ class QueryFeature(SAEEncoder):
     """A query-SAE latent's pre-activation on one head: "what is this head looking for?".
 
     The SAE reads ``[b, s, d_head]`` at ``attn_q`` (before rotary, TransformerLens' ``hook_q``) or
-    ``attn_q_rot`` (after rotary, what the attention scores really use) for one head.
+    ``attn_q_rot`` (after the query norm, if any, and rotary: what the attention scores use) for one head.
     """
 
     def __init__(self, sae: BoundSAE, latent: int, reduce: str = "last", norm_guard: bool | float = True):
@@ -243,10 +243,13 @@ class QueryFeature(SAEEncoder):
 class QueryDirection(DirectionObjective):
     """Projection of one head's query on a user direction ``[d_head]``, e.g. a key the head could match.
 
-    ``q . k`` is the head's attention logit for a key ``k`` (up to the 1/sqrt(d_head) scale), so the
-    dream answers "which prompt makes this head look for ``k``?". With ``rotary=False`` (the default)
-    the pre-rotary query is used: position-independent, comparable to a pre-rotary key such as
-    :func:`featuredream.sites.key_vector` returns. The direction is normalized to unit length.
+    The score is the query's similarity to ``k`` (the direction normalized to unit length), so the dream
+    answers "which prompt makes this head look for ``k``?". It equals the head's attention logit for a
+    key ``k`` (up to the 1/sqrt(d_head) scale) at relative offset 0 only: rotary embedding rotates query
+    and key by their positions, so at offset ``j - i`` the logit is ``q^T R(j - i) k``. With
+    ``rotary=False`` (the default) the pre-rotary query is used: position-independent, comparable to a
+    pre-rotary key such as :func:`featuredream.sites.key_vector` returns. Models with a query/key norm
+    (Qwen3, OLMo-2, Gemma-3) normalize both before rotary; pre-rotary sites are read before that norm.
     """
 
     def __init__(

@@ -163,7 +163,10 @@ def run_tail(
         [(k[:, :, :p].expand(n, -1, -1, -1), v[:, :, :p].expand(n, -1, -1, -1)) for k, v in parent.kv]
     )
     tail = ids[:, p:]
-    acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache)
+    # explicit positions p..: models with absolute position embeddings (GPT-2) need them even when the
+    # parent's pass stopped before any layer ran (an empty cache would restart them at 0)
+    pos = torch.arange(p, ids.shape[1], device=ids.device)[None].expand(len(ids), -1)
+    acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache, position_ids=pos)
     full = {}
     for site, a in acts.items():
         head = parent.acts[site][:, :p]

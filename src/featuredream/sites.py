@@ -9,7 +9,7 @@ resid_pre      input of decoder layer L (= ``hidden_states[L]``)            ``[b
 resid_post     output of decoder layer L (= ``hidden_states[L+1]``)         ``[b, s, d_model]``
 mlp_out        output of layer L's MLP                                      ``[b, s, d_model]``
 attn_q         query projection, before rotary (TransformerLens hook_q)     ``[b, s, H, d_head]``
-attn_q_rot     query after rotary embedding (what attention really uses)    ``[b, s, H, d_head]``
+attn_q_rot     query after q-norm (if any) and rotary (what attention uses)   ``[b, s, H, d_head]``
 attn_k/attn_v  key / value projection (before rotary for k)                 ``[b, s, H_kv, d_head]``
 attn_z         per-head attention output, input of the output projection    ``[b, s, H, d_head]``
 =============  ==========================================================  ====================
@@ -215,8 +215,18 @@ def capture(
                 def pre(mod, args, kwargs, state=state):
                     state["pe"] = kwargs.get("position_embeddings")
 
-                def qhook(mod, args, out, site=site, state=state, rope=rope):
-                    q = out.view(*out.shape[:-1], -1, d_head).transpose(1, 2)
+                def qhook(mod, args, out, site=site, state=state, rope=rope, attn=attn):
+                    # Qwen3 / Gemma-3 normalize each head's query, OLMo-2 the whole projection; then rotary
+                    qn = getattr(attn, "q_norm", None)
+                    whole = (
+                        qn is not None
+                        and getattr(qn, "weight", None) is not None
+                        and (qn.weight.shape[-1] == out.shape[-1] != d_head)
+                    )
+                    q = (qn(out) if whole else out).view(*out.shape[:-1], -1, d_head)
+                    if qn is not None and not whole:
+                        q = qn(q)
+                    q = q.transpose(1, 2)
                     cos, sin = state["pe"]
                     q_rot, _ = rope(q, q, cos, sin)
                     put(site, q_rot.transpose(1, 2))

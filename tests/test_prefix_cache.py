@@ -191,12 +191,14 @@ def test_dream_with_prefix_cache_follows_the_same_path(
 ):
     """Early exit (no XE) and the cascade (xe_max) compose with the cache: the same search, step by step."""
     import featuredream.evaluate as evaluate
+    import featuredream.optimizer as optimizer
     from featuredream import DreamConfig, dream
 
     parents = []
     real = evaluate.run_parent
     monkeypatch.setattr(evaluate, "run_parent", lambda m, s, p, **k: parents.append(p) or real(m, s, p, **k))
     monkeypatch.setattr(evaluate, "BUCKET_OVERHEAD", {"cpu": 0, "cuda": 0})  # always use the cache
+    monkeypatch.setattr(optimizer, "PREFIX_MIN_CHILDREN", {"cpu": 0, "cuda": 0})  # even for small batches
 
     obj = SAEEncoder(tiny_sae, 11)
     common = dict(

@@ -28,6 +28,7 @@ from .config import DreamConfig
 from .evaluate import Evaluator, pad_right
 from .mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
 from .objectives import Objective
+from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import DreamResult
 from .starts import start_pool
 from .verify import finish_result
@@ -224,8 +225,9 @@ def dream(
                     seen.add(key)
                     fresh.append(k)
                     op_of.append(op)
+            cache_parent = parent.ids if len(fresh) >= PREFIX_MIN_CHILDREN.get(dev.type, 0) else None
             entries, _, _ = (
-                evaluate(fresh, op_of, buffer.entry_bound(), parent.ids) if fresh else ([], None, None)
+                evaluate(fresh, op_of, buffer.entry_bound(), cache_parent) if fresh else ([], None, None)
             )
             buffer.merge(entries)
             top = min(entries, key=buffer.loss) if entries else None

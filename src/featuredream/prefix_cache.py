@@ -38,6 +38,11 @@ PER_POSITION_KINDS = (
 )
 """Site kinds captured as ``[b, s, ...]`` with position ``t`` depending only on tokens ``<= t``."""
 
+PREFIX_MIN_CHILDREN = {"cpu": 64, "cuda": 0}
+"""A single dream uses the cache only for batches of at least this many children. CPU: measured on the
+free 2-core machine (benchmarks/README.md, scaling table): 0.87-0.88x at 16-32 children of 16 tokens,
+1.1-1.2x from 64. CUDA: left to the bucket planner (not measured)."""
+
 BUCKET_OVERHEAD = {"cpu": 32, "cuda": 2048}
 """Fixed cost of one more forward pass, in child tokens. CPU (SmolLM2-135M to layer 12, one thread):
 ~70 ms per pass against ~2.5 ms per token (benchmarks/prefix_cache.py). GPU: not measured; a small pass

@@ -181,6 +181,34 @@ def test_dream_features_groups_and_errors(tiny_llama, tiny_tokenizer, tiny_sae):
     assert all(isinstance(r, FeatureError) for r in rec) and [r.feature for r in rec] == [1, 2]
 
 
+def test_dream_features_stops_after_an_interrupted_group(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
+    """Ctrl-C in group 2's loop: group 2 ends with its best so far, group 3 never starts, and every
+    finished group reached on_group as it finished."""
+    import featuredream.multi as multi
+
+    real, calls, seen = multi.batched_parent_signals, [], []
+
+    def interrupting(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # group 1 ran its 2 iterations; this is group 2's first
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(multi, "batched_parent_signals", interrupting)
+    cfg = DreamConfig(**{**FAST, "iters": 2}, start="prompt", init_prompt="The quick brown fox")
+    out = dream_features(
+        tiny_llama,
+        tiny_tokenizer,
+        tiny_sae,
+        [1, 2, 3, 4, 5],
+        cfg,
+        group_size=2,
+        on_group=lambda g, rs: seen.append((g, [r.interrupted for r in rs])),
+    )
+    assert seen == [([1, 2], [False, False]), ([3, 4], [True, True])]
+    assert [r.feature for r in out] == [1, 2, 3, 4] and len(calls) == 3
+
+
 def test_multi_bad_input(tiny_llama, tiny_tokenizer, tiny_sae):
     with pytest.raises(ValueError, match="no latents"):
         MultiLatentObjective(tiny_sae, [])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -45,6 +45,11 @@ from .starts import model_samples, start_pool
 from .verify import finish_result
 
 log = logging.getLogger(__name__)
+
+
+def default_children(dev: torch.device) -> int:
+    """``DreamConfig.n_children=None`` on ``dev``: 128 on a GPU, 32 on a CPU (as :func:`featuredream.dream`)."""
+    return 128 if dev.type == "cuda" else 32
 
 
 @dataclass
@@ -110,7 +115,7 @@ def dream_many(
     dev = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     if cfg.n_children is None:
-        cfg = replace(cfg, n_children=128 if dev.type == "cuda" else 32)
+        cfg = replace(cfg, n_children=default_children(dev))
     vocab = model.get_input_embeddings().weight.shape[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     _check_devices(objective, dev)
@@ -383,12 +388,25 @@ def dream_features(
     norm_guard: bool | float = True,
     group_size: int = 32,
     errors: str = "raise",
+    on_group: Callable[[list[int], list[DreamResult | FeatureError]], None] | None = None,
 ) -> list[DreamResult | FeatureError]:
-    """Dream ``features`` of ``sae`` in groups of ``group_size`` (one :func:`dream_many` per group)."""
-    if group_size < 1:
-        raise ValueError(f"group_size={group_size} is invalid: valid is an integer >= 1")
+    """Dream ``features`` of ``sae`` in groups of ``group_size`` (one :func:`dream_many` per group).
+
+    ``on_group(group, results)`` is called as each group finishes (e.g. to write its files at once). Ctrl-C
+    in a group's loop ends that group with its best so far (``interrupted=True``) and stops: the list then
+    ends with that group. A Ctrl-C elsewhere propagates; groups already given to ``on_group`` are done.
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r} is invalid: valid is an integer >= 1")
     out: list[DreamResult | FeatureError] = []
     for i in range(0, len(features), group_size):
-        obj = MultiLatentObjective(sae, features[i : i + group_size], kind, reduce, norm_guard)
-        out += dream_many(model, tokenizer, obj, config, errors=errors)
+        group = list(features[i : i + group_size])
+        obj = MultiLatentObjective(sae, group, kind, reduce, norm_guard)
+        results = dream_many(model, tokenizer, obj, config, errors=errors)
+        out += results
+        if on_group is not None:
+            on_group(group, results)
+        if any(isinstance(r, DreamResult) and r.interrupted for r in results):
+            log.warning("interrupted: stopping after features %d..%d", group[0], group[-1])
+            break
     return out

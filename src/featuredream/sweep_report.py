@@ -53,7 +53,8 @@ class SweepSummary:
         return sum(1 for r in rows if r["ratio"] >= 1 and r["feasible"]) / len(rows)
 
     def worst(self, n: int) -> list[dict[str, Any]]:
-        """The ``n`` features with the lowest ratio (infeasible ones count as ratio 0 for ranking)."""
+        """The ``n`` features with the lowest ratio; infeasible ones (XE above ``xe_max``) rank first, as if
+        their ratio were -inf, whatever ratio their dream reached."""
         rows = [r for r in self.ok if r["ratio"] is not None]
         return sorted(rows, key=lambda r: (r["ratio"] if r["feasible"] else -math.inf, r["feature"]))[:n]
 

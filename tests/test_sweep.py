@@ -300,7 +300,7 @@ def test_cli_sweep_resume_and_summary(sweep_dirs, tmp_path, capsys):
     [
         (["--features", "0-10,5-20"], "overlap at 5"),
         (["--features", "4-2"], "is empty"),
-        (["--features", "0-128"], r"feature 128 is out of range for SAE .*: valid are 0..127"),
+        (["--features", "0-128"], r"feature 128 \('0-128'\) is out of range: valid are 0..127"),
         (["--features", "0", "--group-size", "0"], "valid is an integer >= 1"),
     ],
 )

@@ -62,6 +62,13 @@ def register(sub) -> None:
         "--workers", type=_positive, default=None, help="CPUs of a local Ray cluster (default: all)"
     )
     s.add_argument(
+        "--cpus-per-task",
+        type=_positive,
+        default=None,
+        help="with --backend ray: CPUs (and torch threads) per task, i.e. per model copy (default: 1 with "
+        "GPUs, else a quarter of the smallest node's CPUs, at most 4 model copies per node)",
+    )
+    s.add_argument(
         "--group-size", type=_positive, default=32, help="features dreamed together in one run (default: 32)"
     )
     s.add_argument(
@@ -74,7 +81,11 @@ def register(sub) -> None:
     s.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
     s.add_argument("--no-norm-guard", action="store_true", help="do not exclude massive-activation positions")
     s.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
-    s.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
+    s.add_argument(
+        "--dtype",
+        default=None,
+        help="float32, bfloat16, float16 (cuda) (default: float32 on cpu, bfloat16 on cuda where supported)",
+    )
     add_config_options(s, DreamConfig)
 
     m = sub.add_parser(
@@ -121,9 +132,10 @@ def _spec(args):
 
 def cmd_sweep(args) -> int:
     from .sweep import STORE_FILE, parse_features, run_sweep
+    from .sweep_store import sae_width
 
-    features = parse_features(args.features)
-    spec = _spec(args)
+    spec = _spec(args)  # options checked before anything is loaded or written
+    features = parse_features(args.features, sae_width(spec.sae))  # bounds checked before expanding
     try:
         o = run_sweep(
             spec,
@@ -133,6 +145,7 @@ def cmd_sweep(args) -> int:
             backend=args.backend,
             address=args.ray_address,
             workers=args.workers,
+            cpus_per_task=args.cpus_per_task,
             progress=spec.config.progress,
         )
     except KeyboardInterrupt:
@@ -172,12 +185,15 @@ def cmd_sweep_summary(args) -> int:
 
 
 def cmd_dream_features(args) -> int:
-    """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``."""
+    """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``, written
+    as each group finishes (Ctrl-C keeps every finished group's files, exit 130)."""
     from .cli import _config_from
     from .config import DreamConfig
+    from .models import load_model
     from .multi import FeatureError, dream_features
+    from .objectives import check_reduce
     from .saes import check_site, load_sae
-    from .sweep import parse_features
+    from .sweep import count_features, parse_features
 
     if args.feature is not None or args.site is not None:
         raise ValueError("--features cannot be combined with --feature or --site: give one target")
@@ -187,41 +203,57 @@ def cmd_dream_features(args) -> int:
         raise ValueError(f"with --features, --out is a directory; {str(out)!r} is a file")
     if not out.parent.is_dir():
         raise ValueError(f"parent of output directory {str(out)!r} does not exist: create it first")
-    features = parse_features(args.features)
-    from .models import load_model
-
+    count_features(args.features)  # the list's syntax, before the model loads (nothing expanded)
+    check_reduce(args.reduce)
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     sae = load_sae(args.sae, model=model)
     features = parse_features(args.features, sae.d_sae)
     check_site(model, tok, sae)
     out.mkdir(exist_ok=True)
-    results = dream_features(
-        model,
-        tok,
-        sae,
-        features,
-        cfg,
-        kind=args.objective,
-        reduce=args.reduce,
-        norm_guard=not args.no_norm_guard,
-        group_size=args.group_size,
-        errors="record",
-    )
-    interrupted = False
-    print(f"{'feature':>8} {'activation':>10} {'ratio':>6} {'XE':>6}  best prompt")
-    for f, r in zip(features, results):
-        if isinstance(r, FeatureError):
-            print(f"{f:8d} failed: {r.message}")
-            continue
-        interrupted |= r.interrupted
-        path = r.save(out / f"feature_{f}.json")
-        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
-        print(f"{f:8d} {r.best.activation:10.3f} {ratio} {r.best.xe:6.2f}  {r.best.text!r}")
-        if args.html:
-            from .report import feature_card
+    written, failed, interrupted = [], [], False
 
-            feature_card(model, tok, sae, f, r, path.with_suffix(".html"))
-    print(f"wrote {len(features)} results in {out}")
+    def write_group(group, results) -> None:
+        nonlocal interrupted
+        for f, r in zip(group, results):
+            if isinstance(r, FeatureError):
+                failed.append(f)
+                print(f"{f:8d} failed: {r.message}", flush=True)
+                continue
+            interrupted |= r.interrupted
+            path = r.save(out / f"feature_{f}.json")
+            written.append(f)
+            ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
+            print(f"{f:8d} {r.best.activation:10.3f} {ratio} {r.best.xe:6.2f}  {r.best.text!r}", flush=True)
+            if args.html:
+                from .report import feature_card
+
+                feature_card(model, tok, sae, f, r, path.with_suffix(".html"))
+
+    print(f"{'feature':>8} {'activation':>10} {'ratio':>6} {'XE':>6}  best prompt", flush=True)
+    try:
+        dream_features(
+            model,
+            tok,
+            sae,
+            features,
+            cfg,
+            kind=args.objective,
+            reduce=args.reduce,
+            norm_guard=not args.no_norm_guard,
+            group_size=args.group_size,
+            errors="record",
+            on_group=write_group,
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    done = len(written) + len(failed)
+    failures = f"; {len(failed)} features failed" if failed else ""
+    print(f"wrote {len(written)} results in {out}{failures}")
+    if interrupted:
+        print(
+            f"featuredream: interrupted: {len(features) - done} of {len(features)} features not dreamed",
+            file=sys.stderr,
+        )
     return 130 if interrupted else 0
 
 

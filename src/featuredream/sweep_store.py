@@ -9,15 +9,21 @@ while a sweep writes; and the store's identity (``meta``) lives in the same file
 one writer is always the driver process (Ray workers return results to it), so no network file system
 locking is needed.
 
-A store remembers the **fingerprint** of what it holds (model, SAE, objective, reduction, norm guard,
-dtype and every result-affecting ``DreamConfig`` field); a run with a different fingerprint is refused
-with the first difference named, so two configurations never mix in one directory.
+A store remembers the **fingerprint** of what it holds (model, SAE, objective, reduction, norm guard and
+every result-affecting ``DreamConfig`` field, plus what resolves per device: the dtype, the attention
+implementation and ``n_children``, see :func:`resolve_runtime`); a run with a different fingerprint is
+refused with the first difference named, so two configurations (or a CPU and a GPU run with the default
+dtype) never mix in one directory. A store that holds no record yet (a run that failed before its first
+group) takes the new fingerprint instead, so a corrected rerun is never locked out; a run still going under
+the old fingerprint is then refused on its next write (every write checks the fingerprint it opened with).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -25,10 +31,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .multi import FeatureError
+from .multi import FeatureError, default_children
+
+log = logging.getLogger(__name__)
 
 STORE_FILE = "sweep.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the fingerprint holds the resolved dtype, attention implementation and n_children."""
 SPEED_ONLY = ("progress", "batch_size", "prefix_cache")
 """DreamConfig fields that change speed or display only; left out of the fingerprint."""
 
@@ -73,15 +82,43 @@ def sae_width(spec: str) -> int:
             return int(json.loads((path / "cfg.json").read_text())["d_sae"])
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"SAE {spec!r}: cfg.json has no readable d_sae") from None
+    return _loaded_width(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_width(spec: str) -> int:
+    """Width of an SAE with no local ``cfg.json`` (loaded once per process: the CLI and the sweep ask)."""
     from .saes import load_sae
 
     return load_sae(spec, device="cpu").d_sae
 
 
-def fingerprint(spec) -> dict[str, Any]:
-    """What a store's records depend on (see module doc); compared key by key on every open."""
+def resolve_runtime(spec) -> dict[str, Any]:
+    """What ``spec`` resolves to on this machine: ``{"dtype", "attention", "n_children"}``.
+
+    The same choices :func:`featuredream.models.load_model` and :func:`featuredream.multi.dream_many` make
+    (bfloat16 and maybe flash-attn on a GPU, float32 and SDPA on a CPU; 128 or 32 children), so a store
+    fingerprints what really ran. ValueError for a device this machine lacks or float16 on a CPU.
+    """
+    import torch
+
+    from .models import parse_device, parse_dtype, runtime_defaults
+
+    dev = parse_device(spec.device)
+    dtype, attn = runtime_defaults(dev, parse_dtype(spec.dtype))
+    if dtype == torch.float16 and dev.type == "cpu":
+        raise ValueError("dtype 'float16' is not supported on cpu: valid are 'float32', 'bfloat16'")
+    n = spec.config.n_children if spec.config.n_children is not None else default_children(dev)
+    return {"dtype": str(dtype).removeprefix("torch."), "attention": attn, "n_children": n}
+
+
+def fingerprint(spec, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a store's records depend on (see module doc); compared key by key on every open.
+
+    ``runtime``: :func:`resolve_runtime` where the features run (None: resolved in this process)."""
     from .models import DEFAULT_ALIASES, DEFAULT_MODEL
 
+    rt = resolve_runtime(spec) if runtime is None else runtime
     if spec.model is None or spec.model in DEFAULT_ALIASES:
         model = DEFAULT_MODEL
     elif Path(spec.model).expanduser().is_dir():
@@ -89,6 +126,7 @@ def fingerprint(spec) -> dict[str, Any]:
     else:
         model = spec.model
     cfg = {k: v for k, v in asdict(spec.config).items() if k not in SPEED_ONLY}
+    cfg["n_children"] = rt["n_children"]
     return {
         "schema": SCHEMA_VERSION,
         "model": model,
@@ -96,7 +134,8 @@ def fingerprint(spec) -> dict[str, Any]:
         "objective": spec.kind,
         "reduce": spec.reduce,
         "norm_guard": spec.norm_guard,
-        "dtype": spec.dtype or "default",
+        "dtype": rt["dtype"],
+        "attention": rt["attention"],
         "config": json.loads(json.dumps(cfg)),
     }
 
@@ -116,12 +155,30 @@ def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any,
 # ------------------------------------------------------------------------------------ the store
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a path, if it can hold a store (a directory, or one that can be created)."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {str(out)!r} is a file: valid is a directory for the sweep")
+    if not out.parent.is_dir():
+        raise ValueError(f"parent of output directory {str(out)!r} does not exist: create it first")
+    return out
+
+
 class SweepStore:
     """``DIR/sweep.sqlite``: ``meta(key, value)`` and ``results`` (one row per feature; see module doc)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
+        """Connect to ``path``; ``readonly``: open it as it is (no tables created, nothing written)."""
         self.path = path
+        self.conn = None
+        self.claimed: dict[str, Any] | None = None
+        """The fingerprint this run opened the store with (checked again on every write)."""
         try:
+            if readonly:
+                uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+                self.conn = sqlite3.connect(uri, uri=True, timeout=60)
+                return
             self.conn = sqlite3.connect(str(path), timeout=60)
             self.conn.execute("PRAGMA synchronous=FULL")
             with self.conn:
@@ -134,54 +191,79 @@ class SweepStore:
                     "error TEXT, seconds REAL, worker TEXT, written REAL, record TEXT)"
                 )
         except sqlite3.DatabaseError as e:
+            self.close()
             raise ValueError(f"{str(path)!r} is not a featuredream sweep store ({e})") from None
 
     @classmethod
-    def open(cls, out_dir: str | Path, spec, *, resume: bool = False) -> SweepStore:
+    def open(
+        cls, out_dir: str | Path, spec, *, resume: bool = False, runtime: dict[str, Any] | None = None
+    ) -> SweepStore:
         """Open (or create) the store of ``out_dir`` for ``spec``; refuse another fingerprint or a finished
-        sweep without ``resume``."""
-        out = Path(out_dir).expanduser()
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output path {str(out)!r} is a file: valid is a directory for the sweep")
-        if not out.parent.is_dir():
-            raise ValueError(f"parent of output directory {str(out)!r} does not exist: create it first")
+        sweep without ``resume``. ``runtime``: see :func:`fingerprint`."""
+        out = check_out_dir(out_dir)
+        spec = spec.resolved()  # the stored spec names absolute local paths (summary cards, Ray workers)
+        fp = fingerprint(spec, runtime)
         out.mkdir(exist_ok=True)
         store = cls(out / STORE_FILE)
-        fp = fingerprint(spec)
-        old = store.meta("fingerprint")
-        if old is not None:
-            diff = _first_difference(old, fp)
-            if diff is not None:
-                store.close()
-                key, a, b = diff
-                raise ValueError(
-                    f"{str(out)!r} holds a sweep with {key}={a!r}, this run has {key}={b!r}: refusing to mix "
-                    "results of different SAEs/models/configs in one store; use another --out"
-                )
-            n = len(store.done())
-            if n and not resume:
-                store.close()
-                raise ValueError(
-                    f"{str(out)!r} already holds a sweep with {n} finished features: pass --resume to "
-                    "continue it, or use another --out"
-                )
-        else:
-            with store.conn:
-                store.conn.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (json.dumps(fp),))
-                store.conn.execute("INSERT INTO meta VALUES ('spec', ?)", (json.dumps(spec.to_dict()),))
-                store.conn.execute("INSERT INTO meta VALUES ('created', ?)", (str(time.time()),))
+        try:
+            store._claim(out, spec, fp, resume)
+        except sqlite3.DatabaseError as e:
+            store.close()
+            raise ValueError(f"{str(store.path)!r} is not a featuredream sweep store ({e})") from None
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def _claim(self, out: Path, spec, fp: dict[str, Any], resume: bool) -> None:
+        """Check ``fp`` against the stored fingerprint, or write it (see module doc)."""
+        self.claimed = fp
+        old = self.meta("fingerprint")
+        n = len(self.done())
+        if old is not None and old != fp and n == 0:
+            diff = _first_difference(old, fp) or ("fingerprint", old, fp)
+            log.warning("%s holds no record yet: replacing its configuration (%s=%r -> %r)", out, *diff)
+            old = None
+        if old is None:
+            with self.conn:
+                for key, value in (("fingerprint", fp), ("spec", spec.to_dict()), ("created", time.time())):
+                    self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            return
+        if old.get("schema") != fp["schema"]:
+            raise ValueError(
+                f"{str(out)!r} holds a sweep of store schema {old.get('schema')!r} (an older featuredream), "
+                f"this one writes schema {fp['schema']}: valid is a new --out"
+            )
+        diff = _first_difference(old, fp)
+        if diff is not None:
+            key, a, b = diff
+            raise ValueError(
+                f"{str(out)!r} holds a sweep with {key}={a!r}, this run has {key}={b!r}: refusing to mix "
+                "results of different SAEs/models/configs/hardware in one store; use another --out"
+            )
+        if n and not resume:
+            raise ValueError(
+                f"{str(out)!r} already holds a sweep with {n} finished features: pass --resume to "
+                "continue it, or use another --out"
+            )
 
     @classmethod
     def read(cls, out_dir: str | Path) -> SweepStore:
-        """Open an existing store for reading (the summary)."""
+        """Open an existing store read-only (the summary); ValueError for a file that is not one."""
         path = Path(out_dir).expanduser() / STORE_FILE
         if not path.is_file():
             raise ValueError(
                 f"no sweep in {str(out_dir)!r} (no {STORE_FILE}): valid is a 'featuredream sweep' --out"
             )
-        store = cls(path)
-        if store.meta("fingerprint") is None:
+        store = cls(path, readonly=True)
+        try:
+            fp = store.meta("fingerprint")
+        except (sqlite3.DatabaseError, ValueError) as e:
+            store.close()
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{str(path)!r} is not a featuredream sweep store ({msg})") from None
+        if not isinstance(fp, dict):
+            store.close()
             raise ValueError(f"{str(path)!r} is not a featuredream sweep store (no fingerprint)")
         return store
 
@@ -201,7 +283,8 @@ class SweepStore:
 
     def put(self, items: list[tuple[int, Any]], worker: str = "") -> int:
         """Write ``(feature, DreamResult | FeatureError)`` pairs in one transaction; a feature already
-        stored is kept as it is (idempotent). Returns how many were new."""
+        stored is kept as it is (idempotent). Returns how many were new. ValueError when another run
+        replaced the fingerprint since this one opened the store (see :meth:`open`)."""
         rows = []
         now = time.time()
         for f, r in items:
@@ -228,6 +311,11 @@ class SweepStore:
                     )
                 )
         with self.conn:
+            if self.claimed is not None and self.meta("fingerprint") != self.claimed:
+                raise ValueError(
+                    f"{str(self.path)!r}: another run replaced this store's configuration while it held no "
+                    "record; refusing to write under it: rerun with another --out"
+                )
             before = self.conn.total_changes
             self.conn.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             return self.conn.total_changes - before
@@ -249,4 +337,6 @@ class SweepStore:
         return DreamResult.from_json(row[0]) if row and row[0] else None
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .buffer import _Buffer, _Entry, _frontier_update
-from .config import DreamConfig
+from .config import DreamConfig, default_children
 from .evaluate import pad_right
 from .multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
 from .optimizer import _banned_ids, _Canonicalizer, _check_devices, _make_children
@@ -45,11 +45,6 @@ from .starts import model_samples, start_pool
 from .verify import finish_result
 
 log = logging.getLogger(__name__)
-
-
-def default_children(dev: torch.device) -> int:
-    """``DreamConfig.n_children=None`` on ``dev``: 128 on a GPU, 32 on a CPU (as :func:`featuredream.dream`)."""
-    return 128 if dev.type == "cuda" else 32
 
 
 @dataclass
@@ -115,7 +110,7 @@ def dream_many(
     dev = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     if cfg.n_children is None:
-        cfg = replace(cfg, n_children=default_children(dev))
+        cfg = replace(cfg, n_children=default_children(dev.type))
     vocab = model.get_input_embeddings().weight.shape[0]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     _check_devices(objective, dev)

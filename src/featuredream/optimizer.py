@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .buffer import _Buffer, _Entry, _frontier_update
-from .config import DreamConfig
+from .config import DreamConfig, default_children
 from .evaluate import Evaluator, pad_right
 from .mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
 from .objectives import Objective
@@ -121,7 +121,7 @@ def dream(
     t0 = time.time()
     dev = next(model.parameters()).device
     if cfg.n_children is None:
-        cfg = replace(cfg, n_children=128 if dev.type == "cuda" else 32)
+        cfg = replace(cfg, n_children=default_children(dev.type))
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     vocab = model.get_input_embeddings().weight.shape[0]

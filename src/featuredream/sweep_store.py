@@ -31,7 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .multi import FeatureError, default_children
+from .config import default_children
+from .multi import FeatureError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def resolve_runtime(spec) -> dict[str, Any]:
     dtype, attn = runtime_defaults(dev, parse_dtype(spec.dtype))
     if dtype == torch.float16 and dev.type == "cpu":
         raise ValueError("dtype 'float16' is not supported on cpu: valid are 'float32', 'bfloat16'")
-    n = spec.config.n_children if spec.config.n_children is not None else default_children(dev)
+    n = spec.config.n_children if spec.config.n_children is not None else default_children(dev.type)
     return {"dtype": str(dtype).removeprefix("torch."), "attention": attn, "n_children": n}
 
 

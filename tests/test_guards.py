@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from featuredream import DreamConfig, FunctionObjective, SAEEncoder, dream
@@ -160,3 +161,33 @@ def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_toke
     res = json.loads(out.read_text())
     assert res["interrupted"] is True and res["best"]["text"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_graceful_sigint_first_asks_second_raises():
+    from featuredream.interrupt import graceful_sigint, stop_requested
+
+    before = signal.getsignal(signal.SIGINT)
+    with graceful_sigint():
+        assert not stop_requested()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs at the next bytecode boundary
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before and not stop_requested()
+
+
+def test_dream_stops_cleanly_when_asked(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
+    """A stop request (first Ctrl-C) ends the loop after the current iteration with a verified result."""
+    import featuredream.optimizer as optimizer
+    from featuredream.config import DreamConfig
+    from featuredream.objectives import SAEEncoder
+
+    calls = iter(range(1000))
+    monkeypatch.setattr(optimizer, "stop_requested", lambda: next(calls) >= 2)
+    cfg = DreamConfig(iters=50, n_children=8, min_tokens=3, max_tokens=10, progress=False, start="prompt",
+                      init_prompt="The quick brown fox")  # fmt: skip
+    r = optimizer.dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 3), cfg)
+    assert r.interrupted and r.stop_reason == "interrupted" and len(r.history) == 3
+    assert r.verification["abs_error"] <= r.verification["tolerance"]

@@ -219,9 +219,11 @@ def _cmd_dream(args) -> int:
     cfg = _config_from(args, DreamConfig)
     out = _check_out_path(args.out)
     model, tok, sae, objective = _setup(args)
+    from .interrupt import graceful_sigint
     from .optimizer import dream
 
-    result = dream(model, tok, objective, cfg)
+    with graceful_sigint():  # Ctrl-C: stop after this iteration and write the best so far (twice: at once)
+        result = dream(model, tok, objective, cfg)
     result.save(out)
     print(f"best prompt : {result.best.text!r}")
     print(f"activation  : {result.best.activation:.3f}  ({objective.name}, reduce={args.reduce})")

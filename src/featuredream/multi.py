@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .buffer import _Buffer, _Entry, _frontier_update
 from .config import DreamConfig, default_children
 from .evaluate import pad_right
+from .interrupt import stop_requested
 from .multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
 from .optimizer import _banned_ids, _Canonicalizer, _check_devices, _make_children
 from .results import DreamResult
@@ -233,6 +234,8 @@ def dream_many(
                 r.history[-1]["elapsed"] = time.time() - t0
             bar.update()
             bar.set_postfix(active=sum(r.active for r in runs))
+            if stop_requested():  # first Ctrl-C under graceful_sigint: stop cleanly after this iteration
+                raise KeyboardInterrupt
             if cfg.time_budget is not None and time.time() - t0 >= cfg.time_budget:
                 for r in runs:
                     if r.active:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .buffer import _Buffer, _Entry, _frontier_update
 from .config import DreamConfig, default_children
 from .evaluate import Evaluator, pad_right
+from .interrupt import stop_requested
 from .mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
 from .objectives import Objective
 from .prefix_cache import PREFIX_MIN_CHILDREN
@@ -251,6 +252,10 @@ def dream(
             )
             bar.update()
             bar.set_postfix(act=f"{best.score:.2f}", xe=f"{best.xe:.2f}")
+            if stop_requested():  # first Ctrl-C under graceful_sigint: stop cleanly after this iteration
+                interrupted, stop_reason = True, "interrupted"
+                log.warning("interrupted: returning the best prompt so far")
+                break
             if cfg.time_budget is not None and time.time() - t0 >= cfg.time_budget:
                 stop_reason = "time budget"
                 break

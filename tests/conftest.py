@@ -19,6 +19,15 @@ _TEXT = (
 ) * 4
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: one thread is ~100x faster than two when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer (vocab ~320) trained in memory: no download."""

@@ -38,12 +38,8 @@ FAST_ARGS = [
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread is ~100x faster than two when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here on one thread (conftest.one_thread)."""
 
 
 @pytest.fixture(scope="session")

@@ -15,24 +15,22 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is invalid: valid is an integer >= 1")
-    return v
+def _int_at_least(lo: int):
+    """An argparse type: an integer >= ``lo``, else a one-line error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is invalid: valid is an integer >= {lo}")
+        return v
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is invalid: valid is an integer >= 0")
-    return v
+_positive, _count = _int_at_least(1), _int_at_least(0)
 
 
 def register(sub) -> None:

@@ -114,13 +114,7 @@ class Evaluator:
             try:
                 parts.append(fn(i, min(n, i + k)))
             except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _is_oom(e) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                self.n_oom += 1
-                log.warning("out of memory: batch size halved to %d", self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                halve_on_oom(self, e)
                 continue
             i += k
         return parts
@@ -169,6 +163,18 @@ class Evaluator:
         out = cat_outputs(parts, ids.shape[1])
         inv = torch.argsort(torch.cat(order))
         return EvalOutput(*(t[inv] for t in out))
+
+
+def halve_on_oom(evaluator, error: BaseException) -> None:
+    """After ``error`` in a batch: halve ``evaluator.batch_size`` and free the CUDA cache when it is an
+    out-of-memory error and the batch can shrink; otherwise re-raise it."""
+    if not _is_oom(error) or evaluator.batch_size == 1:
+        raise error
+    evaluator.batch_size = max(1, evaluator.batch_size // 2)
+    evaluator.n_oom = getattr(evaluator, "n_oom", 0) + 1
+    log.warning("out of memory: batch size halved to %d", evaluator.batch_size)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def cat_outputs(parts: list[EvalOutput], seq: int) -> EvalOutput:

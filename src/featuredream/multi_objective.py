@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .evaluate import EvalOutput, length_mask, pad_right
+from .evaluate import EvalOutput, halve_on_oom, length_mask, pad_right
 from .fluency import sequence_xe
 from .models import embed_scale
 from .multi_prefix import run_parents, run_tails, shared_prefixes
@@ -140,10 +140,6 @@ def batched_parent_signals(
     return result
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
 class OwnedEvaluator:
     """The evaluator's fast path over rows that belong to different latents of a multi-latent objective.
 
@@ -190,12 +186,7 @@ class OwnedEvaluator:
             try:
                 parts.append((idx[i : i + n], fn(idx[i : i + n])))
             except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _is_oom(e) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("out of memory: batch size halved to %d", self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                halve_on_oom(self, e)
                 continue
             i += n
         return parts

@@ -1,11 +1,22 @@
-"""Quality benchmark: dreamed activation / dataset maximum, per latent, at a fixed wall budget.
+"""Quality benchmark: dreamed activation / the latent's in-context dataset maximum, at a fixed wall budget.
 
-    python benchmarks/quality.py [--sae default] [--n-latents 20] [--budget 60] [--seed 0] [--out benchmarks/quality.json]
-    python benchmarks/quality.py --sae smollm2-q18h6 --out benchmarks/quality_query.json   # query latents
+    python benchmarks/quality.py                                   # 30 residual latents, warm + cold, 60 s
+    python benchmarks/quality.py --sae query --n-latents 10 --modes warm --out benchmarks/quality_query.json
+    python benchmarks/quality.py --n-latents 8 --budget 240 --modes warm --out benchmarks/quality_240.json
 
-For a fixed-seed sample of live latents of a shipped SAE (residual or one head's queries), dream each latent for the same wall budget
-under two fluency settings: a loose ``xe_max`` and one equal to the 90th percentile XE of the corpus' own
-16-token windows. Prints per-latent rows, then the fraction of latents with ratio >= 1 per setting.
+Latents: drawn by ``--seed`` from all live latents of the SAE, **never** the tuning latents
+(``common.tune_latents``: those the optimizer's defaults were tuned on). Each latent is dreamed for the
+same wall budget with ``--xe-max`` (default ``p90``: the 90th percentile of natural text's XE at the
+dream's own length, from the SAE's shipped table) in each mode:
+
+* warm: the default starts (``start='auto'``: the latent's dataset contexts at several lengths + model
+  samples);
+* cold: ``start='samples'`` (model samples only: no dataset knowledge).
+
+Per run: ratio to the recorded in-context dataset max, XE and its limit, length, and the best feasible
+ratio at 15 / 60 / 240 s read from the run's own trajectory (``history``). Every reported activation is
+re-scored from the decoded text by ``common.independent_score`` (plain ``hidden_states`` / a q_proj hook,
+not featuredream's evaluator); the run fails loudly if one differs. Writes JSON and a plot.
 """
 
 from __future__ import annotations
@@ -15,90 +26,164 @@ import json
 import logging
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import corpus_xe_quantile, live_sample  # noqa: E402
+from common import independent_score, live_sample, tune_latents  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.objectives import make_objective  # noqa: E402
 
+CURVE = (15, 60, 240)
+
+
+def at_time(history: list[dict], t: float, dmax: float) -> float | None:
+    """Best feasible ratio reached by ``t`` seconds (None: nothing feasible yet)."""
+    vals = [h["best_activation"] for h in history if h["elapsed"] <= t and h.get("best_feasible")]
+    return max(vals) / dmax if vals else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    wins = [r for r in rows if r["feasible"] and r["ratio"] >= 1]
+    out = dict(
+        n=len(rows),
+        frac_ratio_ge_1=len(wins) / len(rows),
+        median_ratio=statistics.median(r["ratio"] if r["feasible"] else 0.0 for r in rows),
+        median_xe=statistics.median(r["xe"] for r in rows),
+        median_xe_limit=statistics.median(r["xe_limit"] for r in rows if r["xe_limit"] is not None)
+        if any(r["xe_limit"] is not None for r in rows)
+        else None,
+        median_tokens=statistics.median(r["tokens"] for r in rows),
+        median_iterations=statistics.median(r["iters"] for r in rows),
+    )
+    for t in CURVE:
+        vals = [r["curve"].get(str(t)) for r in rows if r["budget"] >= t]
+        if vals:
+            v = [x if x is not None else 0.0 for x in vals]
+            out[f"at_{t}s"] = dict(
+                n=len(v), frac_ratio_ge_1=sum(x >= 1 for x in v) / len(v), median_ratio=statistics.median(v)
+            )
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, s in result["summary"].items():
+        ts = [t for t in CURVE if f"at_{t}s" in s]
+        ax.plot(ts, [s[f"at_{t}s"]["median_ratio"] for t in ts], "o-", label=f"{mode}: median ratio")
+        ax.plot(ts, [s[f"at_{t}s"]["frac_ratio_ge_1"] for t in ts], "s--", label=f"{mode}: share ≥ 1")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(list(CURVE), [str(t) for t in CURVE])
+    ax.set_xlabel("wall seconds per latent (2-core CPU)")
+    ax.set_ylabel("ratio to dataset max / share of latents")
+    ax.set_title(f"{result['sae']}, xe_max {result['args']['xe_max']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sae", default="default", help="shipped SAE with statistics (default, smollm2-q18h6)")
-    ap.add_argument("--n-latents", type=int, default=20)
-    ap.add_argument("--budget", type=float, default=60.0, help="wall seconds per latent and setting")
+    ap.add_argument("--sae", default="default", help="shipped SAE with statistics (default, query)")
+    ap.add_argument("--n-latents", type=int, default=30)
+    ap.add_argument("--budget", type=float, default=60.0, help="wall seconds per latent and mode")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--loose-xe", type=float, default=10.0)
-    ap.add_argument("--settings", default="loose,p90")
-    ap.add_argument("--start", default="auto", help="auto (warm, default) or samples (cold)")
+    ap.add_argument("--xe-max", default="p90")
+    ap.add_argument("--modes", default="warm,cold")
+    ap.add_argument("--latents", default=None, help="comma-separated latents instead of a seeded draw")
     ap.add_argument("--out", default="benchmarks/quality.json")
+    ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
     model, tok = load_model(None, device="cpu")
     sae = load_sae(args.sae, model=model)
-    p90 = corpus_xe_quantile(model, tok, length=16)
-    xe_of = {"loose": args.loose_xe, "p90": p90}
-    latents = live_sample(sae, args.n_latents, args.seed)
-    print(f"SAE {sae.name} at {sae.site}; p90 XE of 16-token corpus windows: {p90:.3f}; latents: {latents}")
+    tune = tune_latents(sae)
+    if args.latents:
+        latents = [int(x) for x in args.latents.split(",")]
+    else:
+        latents = live_sample(sae, args.n_latents, args.seed, exclude=tune)
+    print(
+        f"SAE {sae.name} at {sae.site}; xe_max {args.xe_max}; latents {latents} (tuning set {tune} excluded)"
+    )
     rows = []
-    for setting in args.settings.split(","):
+    t_start = time.time()
+    for mode in args.modes.split(","):
         for lat in latents:
             obj = make_objective(sae, lat)  # a QueryFeature for a one-head query SAE
             cfg = DreamConfig(
-                iters=100_000,
+                iters=1_000_000,
                 time_budget=args.budget,
-                xe_max=xe_of[setting],
+                xe_max=args.xe_max,
                 seed=args.seed,
-                start=args.start,
+                start={"warm": "auto", "cold": "samples"}[mode],
                 progress=False,
                 patience=None,
             )
             r = dream(model, tok, obj, cfg)
+            indep = independent_score(model, tok, sae, lat, r.best.text)
+            if abs(indep - r.best.activation) > 1e-3 * max(1.0, abs(indep)):
+                raise SystemExit(f"latent {lat}: reported {r.best.activation} but the text scores {indep}")
             row = dict(
                 sae=sae.name,
-                setting=setting,
+                mode=mode,
                 latent=lat,
+                budget=args.budget,
                 activation=r.best.activation,
+                independent_activation=indep,
                 dataset_max=r.dataset_max,
                 ratio=r.ratio,
                 xe=r.best.xe,
+                xe_limit=r.xe_limit,
                 feasible=r.feasible,
+                tokens=len(r.best.ids),
                 start=r.start,
                 iters=len(r.history),
                 candidates=r.n_evaluated,
+                curve={str(t): at_time(r.history, t, r.dataset_max) for t in CURVE if t <= args.budget},
                 text=r.best.text,
             )
             rows.append(row)
             print(
-                f"{setting:5s} {lat:5d} act {r.best.activation:8.3f} / max {r.dataset_max:8.3f} = {r.ratio:5.2f}  "
-                f"XE {r.best.xe:5.2f} {'ok ' if r.feasible else 'INF'} it {len(r.history):3d}  {r.best.text!r}",
+                f"{mode:4s} {lat:5d} act {r.best.activation:8.3f} / max {r.dataset_max:8.3f} = {r.ratio:5.2f}  "
+                f"XE {r.best.xe:5.2f} <= {r.xe_limit or float('nan'):5.2f} {'ok ' if r.feasible else 'INF'} "
+                f"L {len(r.best.ids):2d} it {len(r.history):3d} {r.start:8s} {r.best.text!r}",
                 flush=True,
             )
-    summary = {}
-    for setting in args.settings.split(","):
-        rs = [r for r in rows if r["setting"] == setting]
-        wins = [r for r in rs if r["feasible"] and r["ratio"] is not None and r["ratio"] >= 1]
-        summary[setting] = dict(
-            xe_max=xe_of[setting],
-            n=len(rs),
-            frac_ratio_ge_1=len(wins) / len(rs),
-            median_ratio=statistics.median(r["ratio"] for r in rs),
-            median_xe=statistics.median(r["xe"] for r in rs),
-        )
-        s = summary[setting]
+    modes = args.modes.split(",")
+    summary = {m: summarize([r for r in rows if r["mode"] == m]) for m in modes}
+    for m, s in summary.items():
         print(
-            f"{setting}: xe_max {s['xe_max']:.2f}: ratio >= 1 (feasible) for {len(wins)}/{len(rs)} = "
-            f"{100 * s['frac_ratio_ge_1']:.0f}% of latents; median ratio {s['median_ratio']:.2f}, "
-            f"median XE {s['median_xe']:.2f}"
+            f"{m}: ratio >= 1 (feasible) for {100 * s['frac_ratio_ge_1']:.0f}% of {s['n']} latents; median ratio "
+            f"{s['median_ratio']:.2f}, median XE {s['median_xe']:.2f} (limit {s['median_xe_limit']}), "
+            f"median length {s['median_tokens']}; "
+            + ", ".join(
+                f"{t} s: {100 * s[f'at_{t}s']['frac_ratio_ge_1']:.0f}% / {s[f'at_{t}s']['median_ratio']:.2f}"
+                for t in CURVE
+                if f"at_{t}s" in s
+            )
         )
-    Path(args.out).write_text(
-        json.dumps({"args": vars(args), "p90_xe": p90, "rows": rows, "summary": summary}, indent=1)
+    result = dict(
+        args=vars(args),
+        sae=sae.name,
+        latents=latents,
+        tune_latents=tune,
+        rows=rows,
+        summary=summary,
+        seconds=round(time.time() - t_start, 1),
+        torch_threads=torch.get_num_threads(),
     )
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
 
 
 if __name__ == "__main__":

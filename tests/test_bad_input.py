@@ -46,7 +46,17 @@ BAD = [
         "all zero",
     ),
     (["--feature", "1", "--p-delete", "-0.5"], "p_delete=-0.5"),
-    (["--feature", "1", "--xe-max", "0"], "xe_max=0.0"),
+    (
+        ["--feature", "1", "--xe-max", "0"],
+        "xe_max='0' is invalid: valid is a number > 0, pNN with NN in 1..99",
+    ),
+    (["--feature", "1", "--xe-max", "p101"], "xe_max='p101' is invalid: valid is a number > 0, pNN"),
+    (["--feature", "1", "--xe-max", "abc"], "xe_max='abc' is invalid"),
+    (["--feature", "1", "--xe-max", "p90"], "xe_max='p90' needs an SAE whose statistics ship an XE table"),
+    (
+        ["--feature", "1", "--sae", "CTX8", "--max-tokens", "9"],
+        "max_tokens=9 exceeds the SAE's context of 8 tokens: valid are 3..8",
+    ),
     (["--feature", "1", "--time-budget", "-5"], "time_budget=-5.0"),
     (["--feature", "1", "--objective", "sideways"], "unknown objective 'sideways'"),
     (["--feature", "1", "--reduce", "median"], "unknown reduction 'median'"),
@@ -56,11 +66,23 @@ BAD = [
 ]
 
 
+def _ctx_sae(tmp_path, ctx: int) -> str:
+    """An identity SAE whose cfg says it was trained on ``ctx``-token windows."""
+    import json
+
+    d = identity_sae_dir(tmp_path / f"ctx{ctx}")
+    cfg = json.loads((d / "cfg.json").read_text())
+    cfg["metadata"]["context_size"] = ctx
+    (d / "cfg.json").write_text(json.dumps(cfg))
+    return str(d)
+
+
 @pytest.mark.parametrize("extra,msg", BAD, ids=[m for _, m in BAD])
 def test_bad_input_one_line(tiny_dirs, tmp_path, capsys, extra, msg):
     out = tmp_path / "r.json"
     args = _base(tiny_dirs, out)
-    extra = [tiny_dirs["wide"] if e == "WIDE" else tiny_dirs["deep"] if e == "DEEP" else e for e in extra]
+    named = {"WIDE": tiny_dirs["wide"], "DEEP": tiny_dirs["deep"], "CTX8": _ctx_sae(tmp_path, 8)}
+    extra = [named.get(e, e) for e in extra]
     # later flags override earlier ones in argparse
     code, cap = _run(capsys, args + extra)
     assert code == 2

@@ -10,10 +10,12 @@ from conftest import _TEXT, identity_sae_dir, write_sae_dir
 
 from featuredream.examples import corpus_stats
 from featuredream.inspect import (
+    Example,
     differential_features,
     encode_prompts,
     fire_rate,
     format_ranking,
+    minimal_context,
     rank_differential,
     scan,
     site_activations,
@@ -171,6 +173,137 @@ def test_corpus_stats_match_brute_force(tiny_llama, tiny_tokenizer, tiny_sae, tm
 def _alone_ids(model, sae, ids):
     x = run_sites(model, [sae.site], input_ids=torch.tensor([ids]))[0][sae.site][0]
     return sae.pre_activation(x).float()
+
+
+def _corpus(tmp_path):
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    (tmp_path / "docs" / "a.txt").write_text(_TEXT[:400])
+    return tmp_path / "docs"
+
+
+def _windows_of(tok, text, ctx):
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return [ids[i : i + ctx] for i in range(0, len(ids), ctx)]
+
+
+def test_corpus_stats_keep_the_whole_context_by_default(tiny_llama, tiny_tokenizer, tiny_sae, tmp_path):
+    """Default ``before``: each example runs from its window's first token; its context scored alone gives
+    its value."""
+    ctx, after = 16, 3
+    st = corpus_stats(
+        tiny_llama, tiny_tokenizer, tiny_sae, _corpus(tmp_path), ctx=ctx, k=2, after=after, progress=False
+    )
+    assert st.top_tokens.shape[-1] == ctx + after and st.info["before"] is None
+    wins = _windows_of(tiny_tokenizer, _TEXT[:400], ctx)
+    for lat in (0, 7, 77):
+        for ids, idx, acts, value in st.examples(lat):
+            w = next(w for w in wins if w[: idx + 1] == ids[: idx + 1])  # starts at a window start
+            assert ids == w[: idx + after + 1] and len(acts) == len(ids)
+            assert float(_alone_ids(tiny_llama, tiny_sae, ids[: idx + 1])[-1, lat]) == pytest.approx(
+                value, abs=1e-4
+            )
+
+
+def _suffix_alone(model, sae, ex, lat):
+    """Independent ground truth: the activation of every suffix of the context, one unpadded pass each."""
+    ctx = ex.ids[: ex.index + 1]
+    return [float(_alone_ids(model, sae, ctx[len(ctx) - n :])[-1, lat]) for n in range(1, len(ctx) + 1)]
+
+
+def test_minimal_context_of_a_token_feature_is_one_token(tiny_llama, tiny_tokenizer, tmp_path, one_thread):
+    """At the embeddings (resid_pre 0) a latent reads the token alone: the minimal context is 1 token."""
+    sae = load_sae(identity_sae_dir(tmp_path / "emb", hook="blocks.0.hook_resid_pre"), model=tiny_llama)
+    st = corpus_stats(tiny_llama, tiny_tokenizer, sae, _corpus(tmp_path), ctx=16, k=2, progress=False)
+    for lat in (3, 40, 100):
+        exs = [Example(*e) for e in st.examples(lat)]
+        mins = minimal_context(tiny_llama, tiny_tokenizer, sae, lat, exs)
+        assert [m.length for m in mins] == [1] * len(exs) and all(m.found for m in mins)
+        assert [m.full for m in mins] == [e.index + 1 for e in exs]
+        assert [m.value for m in mins] == pytest.approx([e.value for e in exs], abs=1e-5)
+
+
+def _uniform_attention_model(model, f):
+    """Layer 0 attends uniformly to the prefix (zero queries), its MLP adds nothing and no embedding has a
+    component ``f``: at resid_post 0, component ``f`` is the mean over the prefix of g(token)."""
+    m = copy.deepcopy(model)
+    layer = m.model.layers[0]
+    layer.self_attn.q_proj.weight.data.zero_()
+    layer.mlp.down_proj.weight.data.zero_()
+    m.model.embed_tokens.weight.data[:, f] = 0.0
+    return m
+
+
+def test_minimal_context_of_a_context_feature(tiny_llama, tiny_tokenizer, tmp_path, one_thread):
+    f = 5
+    model = _uniform_attention_model(tiny_llama, f)
+    sae = load_sae(identity_sae_dir(tmp_path / "ctx", hook="blocks.0.hook_resid_post"), model=model)
+    vocab = torch.arange(len(tiny_tokenizer))[:, None]
+    g = run_sites(model, [sae.site], input_ids=vocab)[0][sae.site][:, 0, f]  # [vocab]: one token alone
+    a = int(g.argmax())
+    neg = torch.where((g < 0) & (g > -g[a] / 8), g, -torch.inf)
+    b = int(neg.argmax())
+    ga, gb = float(g[a]), float(g[b])
+    assert ga > 0 and -ga / 8 < gb < 0  # the toy's premise
+    ids = [b, b, a, b, b, a, a]  # context: the first five; a, a after it (ignored)
+    value = float(_alone_ids(model, sae, ids[:5])[-1, f])
+    assert value == pytest.approx((ga + 4 * gb) / 5, abs=1e-5)  # the construction works as described
+    local = [b, b, a]
+    exs = [
+        Example(ids, 4, [0.0] * len(ids), value),
+        Example(local, 2, [0.0] * 3, float(_alone_ids(model, sae, local)[-1, f])),
+    ]
+    far, near = minimal_context(model, tiny_tokenizer, sae, f, exs, batch_size=3)
+    # suffixes b, (b b) are negative; (a b b) averages above the whole context
+    assert (far.length, far.full, far.found) == (3, 5, True) and far.start == 2
+    assert far.value == pytest.approx((ga + 2 * gb) / 3, abs=1e-5)
+    assert (near.length, near.full) == (1, 3) and near.value == pytest.approx(ga, abs=1e-5)
+    assert minimal_context(model, tiny_tokenizer, sae, f, exs[:1], keep=1.0)[0].length == 3
+    assert minimal_context(model, tiny_tokenizer, sae, f, [], keep=0.5) == []
+
+
+@pytest.fixture(scope="module")
+def context_case(tiny_llama, tiny_tokenizer, tmp_path_factory):
+    """A random SAE at layer 1 and its whole-context corpus statistics."""
+    root = tmp_path_factory.mktemp("minimal")
+    sae = load_sae(write_sae_dir(root / "sae"), model=tiny_llama)
+    st = corpus_stats(tiny_llama, tiny_tokenizer, sae, _corpus(root), ctx=16, k=2, progress=False)
+    return sae, st
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.999])  # 0.999: some minimal contexts are 2-3 tokens
+def test_minimal_context_keeps_enough_and_no_shorter_one_does(tiny_llama, tiny_tokenizer, context_case, keep):
+    sae, st = context_case
+    lengths = []
+    for lat in st.max_activation.topk(6).indices.tolist():  # positive values: "keeps 90%" is plain
+        exs = [Example(*e) for e in st.examples(lat)]
+        mins = minimal_context(tiny_llama, tiny_tokenizer, sae, lat, exs, keep, batch_size=5)
+        for ex, m in zip(exs, mins):
+            alone = _suffix_alone(tiny_llama, sae, ex, lat)  # alone[n - 1]: the last n tokens
+            need = keep * ex.value
+            assert ex.value > 0 and m.full == len(alone) and alone[-1] == pytest.approx(ex.value, abs=1e-4)
+            assert m.found and alone[m.length - 1] >= need - 1e-5, (alone, m)
+            assert m.value == pytest.approx(alone[m.length - 1], abs=1e-5)
+            assert all(v < need + 1e-5 for v in alone[: m.length - 1]), (alone, m)
+            lengths.append(m.length)
+    assert len(lengths) >= 6 and (keep < 0.99 or max(lengths) > 1)
+
+
+def test_minimal_context_under_a_norm_cap_and_bad_keep(tiny_llama, tiny_tokenizer, context_case):
+    """A norm cap that drops every position: no suffix keeps anything, the whole context is reported."""
+    from featuredream.saes import FeatureStats
+
+    sae, st = context_case
+    capped = copy.copy(sae)
+    capped.stats = FeatureStats({}, {"norm_cap": 0.0})
+    exs = [Example(*e) for e in st.examples(7)]
+    mins = minimal_context(tiny_llama, tiny_tokenizer, capped, 7, exs)
+    assert exs and [(m.length, m.found) for m in mins] == [(e.index + 1, False) for e in exs]
+    assert all(m.value == -float("inf") and m.start == 0 for m in mins)
+    for keep in (0, 1.5, True, "0.9"):
+        with pytest.raises(ValueError, match="keep="):
+            minimal_context(tiny_llama, tiny_tokenizer, sae, 7, exs, keep=keep)
+    with pytest.raises(ValueError, match="outside"):
+        minimal_context(tiny_llama, tiny_tokenizer, sae, 7, [Example([1, 2], 2, [0.0, 0.0], 1.0)])
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma2"])
@@ -398,3 +531,32 @@ def test_cli_inspect_bad_input_is_one_line(cli_dirs, capsys):
         code, cap = _cli(capsys, args)
         assert code == 2, (args, cap)
         assert needle in cap.err and len(cap.err.strip().splitlines()) == 1, (args, cap.err)
+
+
+def test_cli_examples_print_the_minimal_context(cli_dirs, capsys, tiny_llama, tiny_tokenizer):
+    root, corpus = cli_dirs["root"], str(cli_dirs["root"] / "corpus.txt")
+    args = ["inspect", "examples", "--feature", "3", "--corpus", corpus, "--ctx", "16", "-k", "3"]
+    code, cap = _cli(capsys, [*args, *cli_dirs["base"]])
+    assert code == 0, cap.err
+    head, *rows = cap.out.splitlines()  # rows: value (10), 2 spaces, min/full (7), 2 spaces, text
+    assert "in context" in head and "whole window" in head and ">= 90%" in head
+    sae = load_sae(root / "sae", model=tiny_llama)
+    exs = top_examples(tiny_llama, tiny_tokenizer, sae, 3, corpus, k=3, ctx=16, progress=False)
+    mins = minimal_context(tiny_llama, tiny_tokenizer, sae, 3, exs)
+    assert len(rows) == len(exs) == 3
+    for row, e, m in zip(rows, exs, mins):
+        value, lengths, text = row[:10], row[12:19].strip(), row[21:]
+        assert float(value) == pytest.approx(e.value, abs=1e-3) and lengths == f"{m.length}/{m.full}"
+        toks = [tiny_tokenizer.decode([i]) for i in e.ids]
+        shown = "".join(toks[m.start :]).replace("\n", "\u21b5")
+        assert text.replace("\u27e6", "").replace("\u27e7", "") == ("\u2026" if m.start else "") + shown
+    code, cap = _cli(capsys, [*args, "--full", "--keep", "0.999", *cli_dirs["base"]])
+    assert code == 0 and ">= 99.9%" in cap.out.splitlines()[0]
+    mins = minimal_context(tiny_llama, tiny_tokenizer, sae, 3, exs, keep=0.999)
+    for row, e, m in zip(cap.out.splitlines()[1:], exs, mins):
+        text = row[21:]
+        whole = "".join(tiny_tokenizer.decode([i]) for i in e.ids).replace("\n", "\u21b5")
+        assert text.replace("\u27e6", "").replace("\u27e7", "").replace("\u2502", "") == whole
+        assert ("\u2502" in text) == (m.start > 0)
+    code, cap = _cli(capsys, [*args, "--keep", "2", *cli_dirs["base"]])
+    assert code == 2 and "keep=2.0" in cap.err

@@ -19,9 +19,10 @@ from conftest import _TEXT, write_sae_dir
 
 from featuredream.config import DreamConfig, log_penalties
 from featuredream.examples import corpus_stats
+from featuredream.inspect import Example, minimal_context
 from featuredream.objectives import SAEEncoder
 from featuredream.optimizer import dream
-from featuredream.report import feature_card, neuronpedia_json, render_card
+from featuredream.report import CardData, CardExample, card_data, feature_card, neuronpedia_json, render_card
 from featuredream.saes import load_sae
 
 EVIL = "<script>alert('x')</script>"
@@ -337,3 +338,71 @@ def test_card_with_statistics_but_no_examples(setup, tiny_llama, tiny_tokenizer)
     assert d.examples == [] and render_card(d).startswith("<!DOCTYPE html>")
     nj = neuronpedia_json(tiny_llama, tiny_tokenizer, setup["sae"], setup["feature"], None, stats=bare)
     assert nj["activations"] == []
+
+
+def _summaries(page: str) -> list[str]:
+    return re.findall(r"<summary>(.*?)</summary>", page, re.S)
+
+
+def test_card_collapses_each_example_to_its_minimal_context(setup, tiny_llama, tiny_tokenizer):
+    f, st, sae = setup["feature"], setup["stats"], setup["sae"]
+    d = card_data(tiny_llama, tiny_tokenizer, sae, f, stats=st, max_new_tokens=3, alphas=(0.0,))
+    mins = minimal_context(tiny_llama, tiny_tokenizer, sae, f, [Example(*e) for e in st.examples(f)])
+    assert [e.min_len for e in d.examples] == [m.length for m in mins] and d.context_keep == 0.9
+    assert [e.index + 1 for e in d.examples] == [m.full for m in mins]
+    page = render_card(d)
+    assert page.count('<details class="ctx">') == sum(m.start > 0 for m in mins)
+    for m in mins:
+        assert f"{m.length} / {m.full} tok" in page
+    for p in (page, setup["page"]):
+        assert "Values are activations in context" in p and "whole corpus window up to it" in p
+        assert "\u2265 90% of the value" in p
+    tail = card_data(tiny_llama, tiny_tokenizer, sae, f, stats=st, max_new_tokens=3, alphas=(0.0,), keep=None)
+    assert all(e.min_len is None for e in tail.examples) and tail.context_keep is None
+    assert "the last 12 tokens of the context" in render_card(tail)
+
+
+def _card(examples) -> CardData:
+    return CardData(
+        feature=1,
+        sae_name="s",
+        site="blocks.1.hook_resid_post",
+        model="m",
+        d_sae=8,
+        dataset_max=1.0,
+        fire_rate=0.1,
+        fvu=0.1,
+        examples=examples,
+        dreams=[],
+        dream_summary=None,
+        logits_top=[],
+        logits_bottom=[],
+        logits_note="n",
+        steering=[],
+        steer_prompt="p",
+        figures={},
+        context_keep=0.9,
+    )
+
+
+def test_collapsed_context_is_escaped_and_split_at_the_minimal_context():
+    toks = ["EARLY", EVIL, "mid", EVIL, "peak", "after"]
+    page = render_card(_card([CardExample(toks, 4, [0.1, 0.2, 0.3, 0.4, 1.0, 0.0], 1.0, min_len=3)]))
+    shown = '">&lt;script&gt;'  # a token's text (its tooltip holds it too)
+    assert "<script" not in page.lower() and page.count(shown) == 3  # in the summary once, the whole twice
+    (summary,) = _summaries(page)  # the visible part: the minimal context (mid <script> peak) and after
+    assert "EARLY" not in summary and ">mid<" in summary and "after" in summary
+    assert summary.count(shown) == 1 and summary.count('class="tok peak"') == 1
+    whole = page.split('<div class="whole">', 1)[1].split("</details>", 1)[0]
+    assert whole.index("EARLY") < whole.index('class="cut"') < whole.index(">mid<") < whole.index("after")
+    assert "3 / 5 tok" in page
+
+
+def test_context_without_minimal_length_shows_the_last_tokens():
+    toks = [f"t{i:02d}" for i in range(20)]
+    long = CardExample(toks, 17, [0.0] * 20, 1.0)  # min_len None: no model computed it
+    short = (["a", "b", "c"], 1, [0.0, 1.0, 0.0], 1.0)  # a plain tuple, as CardData used to hold
+    page = render_card(_card([long, short]))
+    (summary,) = _summaries(page)
+    assert "t05" not in summary and all(f"t{i:02d}" in summary for i in range(6, 20))
+    assert "12 / 18 tok" in page and "2 / 2 tok" in page and page.count("<details") == 1

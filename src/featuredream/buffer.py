@@ -12,11 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
+from .fluency import XeLimit
+
 _INFEASIBLE = 1e6
 
 
-def rank_loss(scores: torch.Tensor, xe: torch.Tensor, lam: float, xe_max: float | None) -> torch.Tensor:
-    """Loss to minimize ``[n]`` (float64): see module doc. ``xe`` may be NaN when not computed."""
+def rank_loss(
+    scores: torch.Tensor, xe: torch.Tensor, lam: float, xe_max: float | torch.Tensor | None
+) -> torch.Tensor:
+    """Loss to minimize ``[n]`` (float64): see module doc. ``xe`` may be NaN when not computed;
+    ``xe_max`` is one ceiling or one per row ``[n]`` (a length-dependent :class:`~.fluency.XeLimit`)."""
     s, x = scores.double(), torch.nan_to_num(xe.double(), nan=0.0)
     loss = -s + lam * x
     if xe_max is not None:
@@ -38,9 +43,16 @@ class _Entry:
 class _Buffer:
     """The union over penalties of the best ``per_penalty`` distinct prompts under each penalty."""
 
-    def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: float | None):
-        self.penalties, self.per, self.xe_max = penalties, per_penalty, xe_max
+    def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: XeLimit | None):
+        self.penalties, self.per, self.limit = penalties, per_penalty, xe_max
         self.entries: list[_Entry] = []
+
+    def limits(self, entries: list[_Entry]) -> torch.Tensor | None:
+        """Each entry's XE ceiling at its own length ``[n]`` (None: no ceiling)."""
+        return None if self.limit is None else self.limit.of([len(e.ids) for e in entries])
+
+    def feasible(self, e: _Entry) -> bool:
+        return self.limit is None or e.xe <= self.limit.at(len(e.ids))
 
     def merge(self, cands: list[_Entry]) -> None:
         pool = {e.key(): e for e in self.entries + cands}
@@ -49,7 +61,7 @@ class _Buffer:
         xe = torch.tensor([e.xe for e in pool_l])
         keep: dict[tuple, _Entry] = {}
         for lam, per in zip(self.penalties, self.per):
-            order = torch.argsort(rank_loss(scores, xe, lam, self.xe_max), stable=True)
+            order = torch.argsort(rank_loss(scores, xe, lam, self.limits(pool_l)), stable=True)
             for i in order[:per].tolist():
                 if math.isfinite(pool_l[i].score):
                     keep.setdefault(pool_l[i].key(), pool_l[i])
@@ -57,7 +69,7 @@ class _Buffer:
             torch.tensor([e.score for e in keep.values()]),
             torch.tensor([e.xe for e in keep.values()]),
             self.penalties[0],
-            self.xe_max,
+            self.limits(list(keep.values())),
         )
         vals = list(keep.values())
         self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
@@ -73,7 +85,7 @@ class _Buffer:
                 torch.tensor([e.score for e in self.entries]),
                 torch.tensor([e.xe for e in self.entries]),
                 lam,
-                self.xe_max,
+                self.limits(self.entries),
             )
             if len(losses) < per:
                 return None
@@ -84,7 +96,9 @@ class _Buffer:
         return min(bounds)
 
     def loss(self, e: _Entry) -> float:
-        return float(rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.xe_max))
+        return float(
+            rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.limits([e]))
+        )
 
 
 def _frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ _TYPES = {
     "float | None": float,
     "int | None": int,
     "str | None": str,
+    "float | str | None": str,
 }
 
 
@@ -53,6 +54,13 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=docs.get(f.name)
             )
+        elif f.name == "xe_max":
+            parser.add_argument(
+                flag,
+                default="auto",
+                metavar="X|pNN|none",
+                help=docs.get(f.name, "") + " (default: p90 when the SAE ships an XE table, else none)",
+            )
         elif f.name == "pareto":
             parser.add_argument(flag, type=_penalties, default=None, metavar="L1,L2,...|auto", help=help_)
         else:
@@ -60,7 +68,24 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
 
 
 def _config_from(args, cls, skip: tuple[str, ...] = ()):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip})
+    """The dataclass from parsed options; ``--xe-max auto`` stays None here (see :func:`auto_xe_max`)."""
+    kw = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip}
+    if kw.get("xe_max") == "auto":
+        kw["xe_max"] = None
+    return cls(**kw)
+
+
+def auto_xe_max(args, cfg, sae):
+    """``--xe-max auto`` (the default): p90 of natural text at each length when the SAE ships an XE
+    table, else no ceiling. Other values are kept as given."""
+    from dataclasses import replace
+
+    if getattr(args, "xe_max", None) != "auto":
+        return cfg
+    has = sae is not None and sae.stats is not None and sae.stats.has_xe_table()
+    if not has:
+        log.info("--xe-max: no XE table shipped with the SAE, so no fluency ceiling")
+    return replace(cfg, xe_max="p90" if has else None)
 
 
 def _check_out_path(path: str | None) -> Path | None:
@@ -219,6 +244,7 @@ def _cmd_dream(args) -> int:
     cfg = _config_from(args, DreamConfig)
     out = _check_out_path(args.out)
     model, tok, sae, objective = _setup(args)
+    cfg = auto_xe_max(args, cfg, sae)
     from .interrupt import graceful_sigint
     from .optimizer import dream
 
@@ -229,7 +255,12 @@ def _cmd_dream(args) -> int:
     print(f"activation  : {result.best.activation:.3f}  ({objective.name}, reduce={args.reduce})")
     print(
         f"XE          : {result.best.xe:.3f}"
-        + (f"  (xe_max {cfg.xe_max}, feasible: {result.feasible})" if cfg.xe_max else "")
+        + (
+            f"  (limit {result.xe_limit:.3f} = xe_max {cfg.xe_max} at {len(result.best.ids)} tokens, "
+            f"feasible: {result.feasible})"
+            if result.xe_limit is not None
+            else "  (no fluency ceiling)"
+        )
     )
     if result.dataset_max is not None:
         print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}")

@@ -79,6 +79,17 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     a.add_argument("-k", type=_int, default=8, help="examples (default: 8)")
     a.add_argument("--ctx", type=_int, default=64, help="tokens per corpus window (default: 64)")
     a.add_argument("--batch-size", type=_int, default=32, help="windows per forward pass (default: 32)")
+    a.add_argument(
+        "--keep",
+        type=float,
+        default=0.9,
+        help="the minimal context keeps this share of the value alone (default: 0.9)",
+    )
+    a.add_argument(
+        "--full",
+        action="store_true",
+        help="print the whole context (\u2502 marks where the minimal one starts), not just the minimal one",
+    )
     a = act.add_parser(
         "logits", parents=[base, feat], help="tokens the feature's decoder direction promotes / suppresses"
     )
@@ -138,7 +149,38 @@ def _lines(path: str | None, given: list[str], what: str) -> list[str]:
 
 
 def _show(tokens: list[str]) -> str:
-    return "".join(tokens).replace("\n", "\u21b5")
+    """Tokens as one terminal-safe line: newline as \u21b5, tab as \u2192, other control characters as \\xNN."""
+    out = []
+    for ch in "".join(tokens):
+        if ch in "\n\t":
+            out.append("\u21b5" if ch == "\n" else "\u2192")
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch)
+    return "".join(out)
+
+
+def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full: bool) -> None:
+    """Each example: value, minimal / whole context length, and the text from the minimal context on
+    (\u2026 before it), or with ``full`` the whole context (\u2502 where the minimal one starts)."""
+    import sys
+
+    from .inspect import minimal_context
+
+    if not exs:
+        print("(no examples)")
+        return
+    mins = minimal_context(model, tok, sae, feature, exs, keep)
+    print(
+        "value: activation in context (the whole window up to the \u27e6token\u27e7); min/full: tokens of the "
+        f"shortest end keeping >= {keep * 100:g}% alone / of the whole context"
+    )
+    dim, undim = ("\x1b[2m", "\x1b[0m") if full and sys.stdout.isatty() else ("", "")
+    for e, m in zip(exs, mins):
+        t = [tok.decode([i]) for i in e.ids]
+        s, i = m.start, e.index
+        head = "" if not s else (f"{dim}{_show(t[:s])}{undim}\u2502" if full else "\u2026")
+        text = f"{head}{_show(t[s:i])}\u27e6{_show(t[i : i + 1])}\u27e7{_show(t[i + 1 :])}"
+        print(f"{e.value:10.3f}  {f'{m.length}/{m.full}':>7}  {text}")
 
 
 def cmd_inspect(args) -> int:
@@ -178,13 +220,7 @@ def cmd_inspect(args) -> int:
             k=args.k,
             **({"ctx": args.ctx, "batch_size": args.batch_size} if args.corpus else {}),
         )
-        for e in exs:
-            t = [tok.decode([i]) for i in e.ids]
-            print(
-                f"{e.value:10.3f}  {_show(t[: e.index])}\u27e6{_show(t[e.index : e.index + 1])}\u27e7{_show(t[e.index + 1 :])}"
-            )
-        if not exs:
-            print("(no examples)")
+        _print_examples(model, tok, sae, args.feature, exs, args.keep, args.full)
     elif a == "logits":
         le = tracing.logit_effects(model, tok, sae, args.feature, args.n)
         print(f"{'promoted':>28}   {'suppressed':>28}")

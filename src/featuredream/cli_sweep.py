@@ -110,9 +110,21 @@ def add_dream_features_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _spec(args):
+def _sweep_config(args):
+    """The DreamConfig of a sweep; ``--xe-max auto`` resolved from the SAE's files (nothing loaded yet)."""
+    from dataclasses import replace
+
     from .cli import _config_from
     from .config import DreamConfig
+    from .saes import ships_xe_table
+
+    cfg = _config_from(args, DreamConfig)
+    if args.xe_max == "auto" and ships_xe_table(args.sae):
+        cfg = replace(cfg, xe_max="p90")
+    return cfg
+
+
+def _spec(args):
     from .sweep import SweepSpec
 
     return SweepSpec(
@@ -123,7 +135,7 @@ def _spec(args):
         norm_guard=not args.no_norm_guard,
         device=args.device,
         dtype=args.dtype,
-        config=_config_from(args, DreamConfig),
+        config=_sweep_config(args),
         group_size=args.group_size,
     )
 
@@ -185,8 +197,6 @@ def cmd_sweep_summary(args) -> int:
 def cmd_dream_features(args) -> int:
     """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``, written
     as each group finishes (Ctrl-C keeps every finished group's files, exit 130)."""
-    from .cli import _config_from
-    from .config import DreamConfig
     from .models import load_model
     from .multi import FeatureError, dream_features
     from .objectives import check_reduce
@@ -195,7 +205,7 @@ def cmd_dream_features(args) -> int:
 
     if args.feature is not None or args.site is not None:
         raise ValueError("--features cannot be combined with --feature or --site: give one target")
-    cfg = _config_from(args, DreamConfig)
+    cfg = _sweep_config(args)
     out = Path("dreams" if args.out == "dream.json" else args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"with --features, --out is a directory; {str(out)!r} is a file")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from .fluency import parse_xe_max
+
 STARTS = ("auto", "prompt", "dataset", "samples")
 
 
@@ -40,12 +42,19 @@ class DreamConfig:
     """Share made by sampled inserts."""
     p_delete: float = 0.25
     """Share made by deletes."""
+    adapt_operators: bool = False
+    """Adapt the operator shares to the share of each operator's children that entered the buffer."""
     sample_k2: int = 16
     """Tokens sampled (without replacement) per position for sampled operators."""
     gcg_topk: int = 512
     """GCG picks among the top-k tokens by gradient per position."""
-    xe_max: float | None = None
-    """Hard fluency ceiling: prompts with XE above it are infeasible (still ranked by how far above)."""
+    gcg_fluency: float = 0.0
+    """Weight of the model's log-probability of a token in place when ranking GCG candidates (gradient
+    standardized per position); 0: plain GCG."""
+    xe_max: float | str | None = None
+    """Hard fluency ceiling: prompts with XE above it are infeasible (still ranked by how far above). A
+    number is one ceiling for every length; 'pNN' (e.g. 'p90') is that percentile of natural text's XE at
+    each prompt's own length, from the table shipped with the SAE's statistics. None: no ceiling."""
     xe_regularization: float = 0.0
     """Fluency penalty lambda: loss = -activation + lambda * XE."""
     pareto: tuple[float, ...] | None = None
@@ -92,8 +101,13 @@ class DreamConfig:
                 "operator probabilities are all zero: valid is at least one of p_gcg_swap, "
                 "p_sample_swap, p_sample_insert, p_delete > 0"
             )
-        if self.xe_max is not None and not (math.isfinite(self.xe_max) and self.xe_max > 0):
-            raise bad("xe_max", "a number > 0 (or None)")
+        object.__setattr__(self, "xe_max", parse_xe_max(self.xe_max))
+        if not (
+            isinstance(self.gcg_fluency, int | float)
+            and math.isfinite(self.gcg_fluency)
+            and self.gcg_fluency >= 0
+        ):
+            raise bad("gcg_fluency", "a finite number >= 0")
         if not (math.isfinite(self.xe_regularization) and self.xe_regularization >= 0):
             raise bad("xe_regularization", "a number >= 0")
         if self.time_budget is not None and not (self.time_budget > 0):

@@ -3,8 +3,10 @@
 Documents are cut into non-overlapping ``ctx``-token windows (a document's tail is a shorter window),
 run in right-padded batches to the SAE's site, and each latent keeps its ``k`` best windows (one example
 per window, ranked by encoder pre-activation; positions over the norm cap never count), with the tokens
-and per-token activations around the activating token. The result has the layout of the statistics
-shipped with the default SAEs, so ``stats.examples(latent)`` and the feature card read either.
+and per-token activations of its whole context (by default: from the window's first token to the
+activating one, so scoring ``ids[: pos + 1]`` alone reproduces the value) and a few tokens after it. The
+result has the layout of the statistics shipped with the default SAEs, so ``stats.examples(latent)`` and
+the feature card read either.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def corpus_stats(
     ctx: int = 64,
     k: int = 8,
     batch_size: int = 32,
-    before: int = 23,
+    before: int | None = None,
     after: int = 8,
     norm_guard: bool = True,
     progress: bool = True,
@@ -85,10 +87,15 @@ def corpus_stats(
     Ranks by encoder pre-activation, one example per window, like the shipped statistics; returns a
     :class:`FeatureStats` with ``top_tokens / top_acts [d_sae, k, before+1+after]``, ``top_pos``,
     ``top_values [d_sae, k]``, ``max_activation`` and ``fire_rate`` (share of positions with a non-zero code).
+    ``before``: tokens kept before the activating one; None (default) keeps the whole context from the
+    window's first token (``before = ctx - 1``), so every example scored alone reproduces its value.
     """
-    for name, v, lo in (("ctx", ctx, 1), ("k", k, 1), ("batch_size", batch_size, 1), ("before", before, 0)):
+    for name, v, lo in (("ctx", ctx, 1), ("k", k, 1), ("batch_size", batch_size, 1), ("after", after, 0)):
         _check_int(name, v, lo)
-    _check_int("after", after, 0)
+    if before is not None:
+        _check_int("before", before, 0)
+    whole = before is None
+    before = ctx - 1 if whole else before
     docs = _read_corpus(corpus)
     dev, d, w = _device(model), sae.d_sae, before + 1 + after
     best_v = torch.full((k, d), -torch.inf, device=dev)
@@ -132,7 +139,12 @@ def corpus_stats(
     }
     cap = sae.stats.norm_cap if (norm_guard and sae.stats is not None) else None
     info = dict(
-        corpus=[str(c) for c in _paths(corpus)], documents=len(docs), positions=n_pos, ctx=ctx, norm_cap=cap
+        corpus=[str(c) for c in _paths(corpus)],
+        documents=len(docs),
+        positions=n_pos,
+        ctx=ctx,
+        norm_cap=cap,
+        before=None if whole else before,  # None: the whole context from the window start
     )
     log.info("scanned %d documents, %d positions", len(docs), n_pos)
     return FeatureStats(tensors, info)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import torch
 import torch.nn.functional as F
 
@@ -27,3 +30,76 @@ def sequence_xe(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> 
     """Mean cross-entropy per sequence ``[b]`` over its real predicted tokens (0 for a 1-token sequence)."""
     xe, counted = token_xe(logits, ids, mask)
     return xe.sum(dim=1) / counted.sum(dim=1).clamp_min(1)
+
+
+_PCT = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+XE_MAX_VALID = "a number > 0, pNN with NN in 1..99 (that percentile of natural text's XE at each prompt's length), or none"
+
+
+def parse_xe_max(value: object) -> float | str | None:
+    """``xe_max`` as given (CLI text, number, 'pNN', None/'none') -> float, 'pNN' or None; ValueError naming
+    the value and the valid forms otherwise."""
+    given = value
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off")):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        m = _PCT.match(text)
+        if m:
+            if not 1 <= float(m.group(1)) <= 99:
+                raise ValueError(f"xe_max={value!r} is invalid: valid is {XE_MAX_VALID}")
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"xe_max={value!r} is invalid: valid is {XE_MAX_VALID}") from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"xe_max={given!r} is invalid: valid is {XE_MAX_VALID}")
+    return float(value)
+
+
+class XeLimit:
+    """The fluency ceiling a prompt of ``L`` tokens must meet: a fixed number, or a percentile of natural
+    text's XE at length ``L`` (natural text's XE falls with length, so one number is strict for short
+    prompts and lax for long ones)."""
+
+    def __init__(self, spec: float | str, by_length: torch.Tensor | None = None):
+        self.spec, self.by_length = spec, by_length  # by_length[L]: the ceiling at L tokens (float64)
+
+    def at(self, length: int) -> float:
+        if self.by_length is None:
+            return float(self.spec)
+        return float(self.by_length[min(length, len(self.by_length) - 1)])
+
+    def of(self, lengths: list[int]) -> torch.Tensor:
+        """Ceilings ``[n]`` (float64) for prompts of these lengths."""
+        return torch.tensor([self.at(n) for n in lengths], dtype=torch.float64)
+
+    def describe(self, lo: int, hi: int) -> dict:
+        """JSON record: the spec and the ceiling at each length ``lo..hi``."""
+        return {"spec": self.spec, "by_length": {n: round(self.at(n), 4) for n in range(lo, hi + 1)}}
+
+
+def resolve_xe_limit(spec: float | str | None, objective, max_tokens: int) -> XeLimit | None:
+    """The :class:`XeLimit` of a config's ``xe_max`` for one objective. A 'pNN' reads the XE table
+    shipped with the objective's SAE statistics."""
+    spec = parse_xe_max(spec)
+    if spec is None:
+        return None
+    if isinstance(spec, float):
+        return XeLimit(spec)
+    sae = getattr(objective, "sae", None)
+    stats = getattr(sae, "stats", None)
+    if stats is None or not stats.has_xe_table():
+        name = getattr(sae, "name", None)
+        raise ValueError(
+            f"xe_max={spec!r} needs an SAE whose statistics ship an XE table "
+            f"({'SAE ' + repr(name) + ' has none' if name else 'this objective has no SAE'}; the shipped "
+            "SAEs and `featuredream train-sae` have one): valid here are a number > 0 or none"
+        )
+    lengths = torch.arange(max_tokens + 1)
+    return XeLimit(spec, stats.xe_quantile(float(spec[1:]), lengths))

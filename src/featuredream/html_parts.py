@@ -32,6 +32,8 @@ border-bottom:1px solid #f1f5f9;font:13px ui-monospace,"DejaVu Sans Mono",monosp
 .bar{height:10px;border-radius:5px}.steer td:first-child{width:130px;
 text-align:right;font-weight:600;white-space:nowrap}.steer small{display:block;font-weight:400;color:#64748b}
 footer{color:#94a3b8;font-size:12px;text-align:center;padding:8px}
+details.ctx summary{cursor:pointer}details.ctx[open] summary{margin-bottom:4px}details.ctx .whole{padding:4px 8px;
+background:#f8fafc;border-radius:6px}.cut{border-left:2px dashed #64748b;margin:0 2px}
 """
 
 
@@ -94,3 +96,26 @@ def _scored(acts: list[float], value: float) -> int | None:
     if not acts or not math.isfinite(value):
         return None
     return min(reversed(range(len(acts))), key=lambda i: abs(acts[i] - value))
+
+
+def context_spans(
+    tokens: list[str], acts: list[float], vmax: float, peak: int, start: int, label: str
+) -> str:
+    """A dataset example whose context is collapsed: ``tokens[start:]`` (from the minimal context on, with
+    the tokens after the ``peak``) visible in a ``<summary>``, preceded by an ellipsis; the whole context,
+    with a dashed mark where ``start`` is, behind the ``<details>``. ``start <= 0``: the tokens as they are.
+    ``label``: the ellipsis' tooltip. Every token is escaped by :func:`token_spans`."""
+    start = max(0, min(start, peak))
+    if start == 0:
+        return token_spans(tokens, acts, vmax, peak)
+    shown = token_spans(tokens[start:], acts[start:], vmax, peak - start)
+    whole = (
+        token_spans(tokens[:start], acts[:start], vmax)
+        + '<span class="cut" title="the shown context starts here"></span>'
+        + shown
+    )
+    tip = html.escape(label, quote=True)
+    return (
+        f'<details class="ctx"><summary><span class="ctl" title="{tip}">\u2026</span>{shown}</summary>'
+        f'<div class="whole">{whole}</div></details>'
+    )

@@ -9,6 +9,9 @@ Values: ``"code"`` is the SAE's own sparse code (``sae.sae.encode``: after ReLU 
 shipped statistics record. Positions whose residual norm exceeds the SAE's norm cap (the "massive
 activations" of the first token) never count: their codes are 0 and their pre-activations ``-inf``.
 
+A dataset example holds its whole context (corpus window start .. activating token) and its value in
+that context; :func:`minimal_context` finds how much of it the feature needs (local or contextual).
+
 Tracing (logit effects, attribution, steering) lives in :mod:`featuredream.tracing`; the one-pass corpus
 scan behind :func:`top_examples` in :mod:`featuredream.examples`.
 """
@@ -47,12 +50,42 @@ class FeatureRanking:
 
 
 class Example(NamedTuple):
-    """A dataset example: token ``ids``, ``index`` of the activating token, per-token ``acts``, ``value``."""
+    """A dataset example: token ``ids``, ``index`` of the activating token, per-token ``acts``, ``value``.
+
+    ``ids[: index + 1]`` is the example's whole context (its corpus window from the first token up to the
+    activating token), ``ids[index + 1 :]`` a few tokens after it for display; ``value`` is the activation
+    in that context, so scoring :attr:`context` alone reproduces it.
+    """
 
     ids: list[int]
     index: int
     acts: list[float]
     value: float
+
+    @property
+    def context(self) -> list[int]:
+        """The tokens up to and including the activating one."""
+        return self.ids[: self.index + 1]
+
+
+class MinimalContext(NamedTuple):
+    """The shortest suffix of an example's context (ending at the activating token) that keeps a share of
+    its in-context activation when scored alone (see :func:`minimal_context`).
+
+    ``length``: its tokens; ``full``: the whole context's tokens; ``value``: its activation alone (``-inf``
+    where the norm guard drops the position); ``found``: False when no suffix kept enough, and then
+    ``length == full``.
+    """
+
+    length: int
+    full: int
+    value: float
+    found: bool
+
+    @property
+    def start(self) -> int:
+        """Index in the example's ids of the minimal context's first token."""
+        return self.full - self.length
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -312,3 +345,75 @@ def top_examples(
 
         stats = corpus_stats(model, tok, sae, corpus, k=k, **kwargs)
     return [Example(*e) for e in stats.examples(f)[:k]]
+
+
+@torch.no_grad()
+def last_token_values(
+    model: nn.Module,
+    tok,
+    sae: BoundSAE,
+    feature: int,
+    seqs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 64,
+    norm_guard: bool = True,
+) -> torch.Tensor:
+    """Encoder pre-activation of ``feature`` at the last token of each of ``seqs`` (lists of ids), each
+    scored alone -> ``[n]`` float32 on the CPU; ``-inf`` where the norm guard drops that position.
+
+    Runs right-padded batches of ``batch_size`` sequences of similar lengths up to the SAE's site.
+    """
+    f = sae.check_latent(feature)
+    _check_int("batch_size", batch_size)
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("a sequence to score is empty: valid are non-empty lists of token ids")
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    dev, out = _device(model), torch.empty(len(seqs))
+    for c in range(0, len(order), batch_size):
+        chunk = order[c : c + batch_size]
+        ids, mask = pad_batch([seqs[i] for i in chunk], tok.pad_token_id, "right", dev)
+        x = site_activations(model, sae.site, ids, mask)  # [b, s, d_in]
+        rows, last = torch.arange(len(chunk), device=dev), mask.sum(1) - 1
+        ok = _valid(sae, x, mask, norm_guard)[rows, last]  # [b]
+        v = _values(sae, x[rows, last], "pre")[:, f]  # [b]
+        out[chunk] = v.masked_fill(~ok, -torch.inf).cpu()
+    return out
+
+
+def minimal_context(
+    model: nn.Module,
+    tok,
+    sae: BoundSAE,
+    feature: int,
+    examples: Sequence[Example | tuple],
+    keep: float = 0.9,
+    *,
+    batch_size: int = 64,
+    norm_guard: bool = True,
+) -> list[MinimalContext]:
+    """For each example, the shortest suffix of its context (``ids[: index + 1]``, so ending at the
+    activating token) whose activation scored alone keeps ``keep`` of the in-context ``value``: at least
+    ``value - (1 - keep) * |value|`` (``keep * value`` for a positive value).
+
+    Every suffix of every example is scored (:func:`last_token_values`; the activation is not monotone in
+    the length). Where none keeps enough (e.g. the norm guard drops the short ones) the full context is
+    reported with ``found=False``. Length 1: the feature reads the token alone; near the full length: it
+    reads the context.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
+        raise ValueError(f"keep={keep!r} is invalid: valid is a share in (0, 1], e.g. 0.9")
+    exs = [Example(*e) for e in examples]
+    for e in exs:
+        if not 0 <= e.index < len(e.ids):
+            raise ValueError(f"example index {e.index} is outside its {len(e.ids)} tokens")
+    # suffixes of lengths 1..n of each context, in that order
+    seqs = [e.context[len(e.context) - n :] for e in exs for n in range(1, len(e.context) + 1)]
+    vals = last_token_values(model, tok, sae, feature, seqs, batch_size=batch_size, norm_guard=norm_guard)
+    out, at = [], 0
+    for e in exs:
+        n = e.index + 1
+        v, at = vals[at : at + n], at + n  # v[m - 1]: the suffix of length m
+        hit = (v >= e.value - (1 - keep) * abs(e.value)).nonzero()
+        m = int(hit[0]) + 1 if len(hit) else n
+        out.append(MinimalContext(m, n, float(v[m - 1]), bool(len(hit))))
+    return out

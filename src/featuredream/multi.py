@@ -38,11 +38,12 @@ from tqdm.auto import tqdm
 from .buffer import _Buffer, _Entry, _frontier_update
 from .config import DreamConfig, default_children
 from .evaluate import pad_right
+from .fluency import resolve_xe_limit
 from .interrupt import stop_requested
 from .multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
 from .optimizer import _banned_ids, _Canonicalizer, _check_devices, _make_children
 from .results import DreamResult
-from .starts import model_samples, start_pool
+from .starts import check_context, model_samples, start_pool
 from .verify import finish_result
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def dream_many(
     scorer = OwnedEvaluator(model, objective, need_xe=False, **fast)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
+    for single in objective.singles[:1]:
+        check_context(cfg, single)
     runs = []
     for k, seed in enumerate(seeds):
         c = replace(cfg, seed=seed)
@@ -131,7 +134,7 @@ def dream_many(
                 objective.singles[k],
                 c,
                 torch.Generator(device="cpu").manual_seed(seed),
-                _Buffer(penalties, per, cfg.xe_max),
+                _Buffer(penalties, per, resolve_xe_limit(cfg.xe_max, objective.singles[k], cfg.max_tokens)),
                 _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens),
                 restarts_left=cfg.restarts,
             )
@@ -273,6 +276,7 @@ def dream_many(
                 "capped": r.stats["capped"],
             },
             t0=t0,
+            limit=r.buffer.limit,
             start=r.start,
             interrupted=interrupted and r.stop_reason == "interrupted",
             stop_reason=r.stop_reason,
@@ -321,10 +325,10 @@ def _iteration(model, objective, active: list[_Run], it: int, cfg: DreamConfig, 
     """One iteration of every active feature: batched parent passes, own children, one evaluation."""
     parents = [r.buffer.entries[it % len(r.buffer.entries)] for r in active]
     lams = []
-    for p in parents:
+    for r, p in zip(active, parents):
         lam = cfg.xe_regularization
-        if cfg.xe_max is not None:
-            lam += 10.0 if p.xe > cfg.xe_max else 1.0
+        if r.buffer.limit is not None:
+            lam += 1.0 if r.buffer.feasible(p) else 10.0
         lams.append(lam)
     sigs = batched_parent_signals(model, objective, [p.ids for p in parents], [r.k for r in active], lams)
     jobs, n_fresh = [], {}

@@ -72,14 +72,23 @@ def gcg_swap(
     topk: int,
     gen: torch.Generator,
     banned: torch.Tensor | None = None,
+    logprobs: torch.Tensor | None = None,
+    fluency: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace one random position by one of the ``topk`` tokens with the most negative loss gradient.
+    """Replace one random position by one of the ``topk`` best tokens by gradient.
 
+    Plain GCG ranks tokens by the most negative loss gradient. With ``fluency > 0`` and the parent's
+    ``logprobs [L, V]``, position p ranks by ``-grad / std(grad at p) + fluency * log p(token | prefix up to
+    p-1)``: candidates the gradient likes *and* the model finds plausible in place (position 0 by gradient).
     ``ids [L]``, ``grad [L, V]`` -> ``children [n, L]``, ``positions [n]``.
     """
     L, V = grad.shape
     mask = _banned_mask(V, banned, grad.device)
-    g = grad.float().masked_fill(mask, torch.inf)
+    g = grad.float()
+    if fluency > 0 and logprobs is not None:
+        g = g / g.std(dim=1, keepdim=True).clamp_min(1e-12)
+        g[1:] = g[1:] - fluency * logprobs[: L - 1].float().clamp_min(-50.0)
+    g = g.masked_fill(mask, torch.inf)
     top = (-g).topk(min(topk, V - int(mask.sum())), dim=1).indices  # [L, topk], never a banned token
     pos = torch.randint(0, L, (n,), generator=gen, device=gen.device).to(ids.device)
     pick = torch.randint(0, top.shape[1], (n,), generator=gen, device=gen.device).to(ids.device)

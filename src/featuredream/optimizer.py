@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 from .buffer import _Buffer, _Entry, _frontier_update
 from .config import DreamConfig, default_children
 from .evaluate import Evaluator, pad_right
+from .fluency import resolve_xe_limit
 from .interrupt import stop_requested
 from .mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
 from .objectives import Objective
 from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import DreamResult
-from .starts import start_pool
+from .starts import check_context, start_pool
 from .verify import finish_result
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,42 @@ def _banned_ids(tokenizer, vocab: int) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i < vocab), dtype=torch.long)
 
 
-def _make_children(parent, sig, cfg: DreamConfig, gen, banned, vocab) -> tuple[list[torch.Tensor], list[str]]:
+class _OperatorRates:
+    """Operator shares adapted to the gains they produce: each operator's configured share times its
+    smoothed rate of children that entered the buffer (decayed, so the mix follows the search's phase)."""
+
+    def __init__(self, cfg: DreamConfig, decay: float = 0.9):
+        self.base = torch.tensor(
+            [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
+        )
+        self.on, self.decay = cfg.adapt_operators, decay
+        self.tried, self.won = torch.zeros(4), torch.zeros(4)
+
+    def shares(self) -> torch.Tensor:
+        if not self.on:
+            return self.base.clone()
+        rate = (self.won + 1) / (self.tried + 4)  # Laplace-smoothed: an untried operator keeps a chance
+        return self.base * rate / rate.max()
+
+    def update(self, ops: list[str], entered: list[bool]) -> None:
+        self.tried *= self.decay
+        self.won *= self.decay
+        for op, ok in zip(ops, entered):
+            i = _OPS.index(op)
+            self.tried[i] += 1
+            self.won[i] += float(ok)
+
+
+def _make_children(
+    parent, sig, cfg: DreamConfig, gen, banned, vocab, shares: torch.Tensor | None = None
+) -> tuple[list[torch.Tensor], list[str]]:
     L = len(parent)
-    p = torch.tensor(
-        [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
+    p = (
+        shares.clone()
+        if shares is not None
+        else torch.tensor(
+            [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
+        )
     )
     if L >= cfg.max_tokens:
         p[2] = 0
@@ -97,7 +130,7 @@ def _make_children(parent, sig, cfg: DreamConfig, gen, banned, vocab) -> tuple[l
         if n == 0:
             continue
         if op == "gcg_swap":
-            c, _ = gcg_swap(parent, sig.grad, n, cfg.gcg_topk, gen, banned)
+            c, _ = gcg_swap(parent, sig.grad, n, cfg.gcg_topk, gen, banned, sig.logprobs, cfg.gcg_fluency)
         elif op == "sample_swap":
             c, _ = sample_swap(parent, sig.logprobs, n, min(cfg.sample_k2, vocab - len(banned)), gen, banned)
         elif op == "sample_insert":
@@ -137,8 +170,11 @@ def dream(
     canon = _Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens)
     penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
     per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
-    buffer = _Buffer(penalties, per, cfg.xe_max)
+    check_context(cfg, objective)
+    limit = resolve_xe_limit(cfg.xe_max, objective, cfg.max_tokens)
+    buffer = _Buffer(penalties, per, limit)
     seen: set[tuple[int, ...]] = set()
+    rates = _OperatorRates(cfg)
     front = torch.empty(0, 2)
     front_ids: dict[tuple[float, float], list[int]] = {}
     stats = {"nonfinite": 0, "capped": 0, "finished": 0}
@@ -215,10 +251,10 @@ def dream(
             t_it = time.time()
             parent = buffer.entries[it % len(buffer.entries)]
             lam = cfg.xe_regularization
-            if cfg.xe_max is not None:
-                lam += 10.0 if parent.xe > cfg.xe_max else 1.0
+            if limit is not None:
+                lam += 1.0 if buffer.feasible(parent) else 10.0
             sig = parent_signals(model, objective, parent.ids, lam)
-            kids, ops = _make_children(parent.ids, sig, cfg, gen, banned, vocab)
+            kids, ops = _make_children(parent.ids, sig, cfg, gen, banned, vocab, rates.shares())
             fresh, op_of = [], []
             for k, op in zip(canon(kids), ops):
                 key = tuple(k.tolist()) if k is not None else None
@@ -231,6 +267,8 @@ def dream(
                 evaluate(fresh, op_of, buffer.entry_bound(), cache_parent) if fresh else ([], None, None)
             )
             buffer.merge(entries)
+            kept = {e.key() for e in buffer.entries}
+            rates.update(op_of, [tuple(k.tolist()) in kept for k in fresh])
             top = min(entries, key=buffer.loss) if entries else None
             if buffer.loss(buffer.entries[0]) < buffer.loss(best):
                 best, since_improved = buffer.entries[0], 0
@@ -245,6 +283,8 @@ def dream(
                     "best_activation": best.score,
                     "best_xe": best.xe,
                     "best_loss": buffer.loss(best),
+                    "best_feasible": buffer.feasible(best),
+                    "best_tokens": len(best.ids),
                     "candidates": len(fresh),
                     "seconds": time.time() - t_it,
                     "elapsed": time.time() - t0,
@@ -293,6 +333,7 @@ def dream(
             "capped": stats["capped"],
         },
         t0=t0,
+        limit=limit,
         start=start_source,
         interrupted=interrupted,
         stop_reason=stop_reason,

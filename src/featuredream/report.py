@@ -3,8 +3,9 @@
 The card is one file with no network access: CSS inline, figures as base64 PNG ``data:`` URIs, no
 scripts. Every string that came from a tokenizer, a corpus or a result file goes through
 :func:`html.escape`, so a token like ``<script>`` shows as text. Building the card is split in two:
-:func:`card_data` runs the model (examples, logit effects, steering, histogram values) and
-:func:`render_card` is a pure function of that data.
+:func:`card_data` runs the model (examples and their minimal contexts, logit effects, steering, histogram
+values) and :func:`render_card` is a pure function of that data. Each top example shows its minimal
+context (:func:`featuredream.inspect.minimal_context`); the rest of its window sits in a ``<details>``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -29,9 +30,10 @@ from .html_parts import (
     _multiple,
     _scored,
     _show,
+    context_spans,
     token_spans,
 )
-from .inspect import Example, encode_prompts
+from .inspect import Example, encode_prompts, minimal_context
 from .models import model_name
 from .results import DreamResult, write_atomic
 from .saes import CHECK_TEXTS, BoundSAE, FeatureStats, site_fvu
@@ -41,6 +43,19 @@ log = logging.getLogger(__name__)
 
 STEER_PROMPT = "My favourite thing to talk about is"
 STEER_SCALES = (0.0, 2.0, 4.0, 8.0)
+SHOWN_TAIL = 12  # context tokens shown when the minimal context is not known
+
+
+class CardExample(NamedTuple):
+    """A dataset example on the card: decoded ``tokens``, ``index`` of the activating token, per-token
+    ``acts`` and ``value`` in context (the whole window up to the activating token), and ``min_len``: the
+    tokens of its minimal context (:func:`featuredream.inspect.minimal_context`; None: not computed)."""
+
+    tokens: list[str]
+    index: int
+    acts: list[float]
+    value: float
+    min_len: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -58,7 +73,7 @@ class CardData:
     dataset_max: float | None
     fire_rate: float | None
     fvu: float | None
-    examples: list[tuple[list[str], int, list[float], float]]
+    examples: list[CardExample]  # plain (tokens, index, acts, value) tuples are read as well
     dreams: list[tuple[str, list[str], list[float], float, float]]  # label, tokens, acts, activation, xe
     dream_summary: dict[str, Any] | None
     logits_top: list[tuple[str, float]]
@@ -67,6 +82,7 @@ class CardData:
     steering: list[tuple[float, str]]
     steer_prompt: str
     figures: dict[str, str | None] = field(default_factory=dict)
+    context_keep: float | None = None  # the share the minimal contexts keep (None: not computed)
 
 
 def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, n: int) -> list[tuple]:
@@ -108,9 +124,12 @@ def card_data(
     steer_prompt: str = STEER_PROMPT,
     alphas: tuple[float, ...] | None = None,
     max_new_tokens: int = 24,
+    keep: float | None = 0.9,
 ) -> CardData:
     """Run what the card needs. ``stats``: examples from :func:`featuredream.examples.corpus_stats` (default:
-    the SAE's shipped ones). ``alphas`` default: ``STEER_SCALES`` x the dataset max (x 1 without it)."""
+    the SAE's shipped ones). ``alphas`` default: ``STEER_SCALES`` x the dataset max (x 1 without it).
+    ``keep``: each example shows its minimal context keeping that share of its value (None: skip that
+    computation and show the last ``SHOWN_TAIL`` tokens of the context)."""
     f = sae.check_latent(feature)
     if dream is not None and dream.feature is not None and dream.feature != f:
         raise ValueError(
@@ -120,6 +139,7 @@ def card_data(
         log.warning("the dream result names SAE %r but the card uses %r", dream.sae, sae.name)
     stats = stats if stats is not None else sae.stats
     examples = [Example(*e) for e in stats.examples(f)][:n_examples] if stats is not None else []
+    mins = None if keep is None else [m.length for m in minimal_context(model, tok, sae, f, examples, keep)]
     # the histogram, the colours and the steering scale use the encoder pre-activation; a decoder-projection
     # dream keeps its own ratio (its dataset max is the max projection) but gets no line on the histogram
     encoder_dream = dream is not None and not dream.objective.endswith("/decoder")
@@ -185,7 +205,10 @@ def card_data(
         dataset_max=dmax,
         fire_rate=rate,
         fvu=fvu,
-        examples=[([tok.decode([i]) for i in e.ids], e.index, e.acts, e.value) for e in examples],
+        examples=[
+            CardExample([tok.decode([i]) for i in e.ids], e.index, e.acts, e.value, m)
+            for e, m in zip(examples, mins if mins is not None else [None] * len(examples))
+        ],
         dreams=dreams,
         dream_summary=summary,
         logits_top=top,
@@ -194,6 +217,7 @@ def card_data(
         steering=steered,
         steer_prompt=steer_prompt,
         figures=figures,
+        context_keep=keep,
     )
 
 
@@ -238,14 +262,7 @@ def render_card(d: CardData) -> str:
         )
         out.append(f'<section><h2>Dreamed prompts</h2><p class="note">{meta}</p>{rows}</section>')
     if d.examples:
-        rows = "".join(
-            f'<div class="row"><div class="text">{token_spans(toks, acts, vmax, idx)}</div><div class="val">{_fmt(v)}</div></div>'
-            for toks, idx, acts, v in d.examples
-        )
-        out.append(
-            '<section><h2>Top dataset examples</h2><p class="note">Outlined: the activating token; colour: '
-            f"activation per token (hover for the value).</p>{rows}</section>"
-        )
+        out.append(_examples_section(d, vmax))
     else:
         out.append(
             '<section><h2>Top dataset examples</h2><p class="note">This SAE ships no dataset statistics: '
@@ -285,6 +302,36 @@ def render_card(d: CardData) -> str:
         "<footer>featuredream feature card \u00b7 self-contained, no network</footer></main></body></html>"
     )
     return "\n".join(out)
+
+
+def _example_row(ex: CardExample, vmax: float) -> str:
+    """One example: its context collapsed to the minimal one (or the last ``SHOWN_TAIL`` tokens)."""
+    full = ex.index + 1
+    shown = ex.min_len if ex.min_len is not None else min(full, SHOWN_TAIL)
+    what = "minimal context" if ex.min_len is not None else "shown"
+    label = f"{full - shown} earlier tokens of the context: open to see the whole window"
+    spans = context_spans(ex.tokens, ex.acts, vmax, ex.index, full - shown, label)
+    return (
+        f'<div class="row"><div class="text">{spans}</div><div class="val">{_fmt(ex.value)}<br><span '
+        f'class="note" title="tokens: {what} / whole context">{shown} / {full} tok</span></div></div>'
+    )
+
+
+def _examples_section(d: CardData, vmax: float) -> str:
+    rows = "".join(_example_row(CardExample(*ex), vmax) for ex in d.examples)
+    if d.context_keep is not None:
+        shown = (
+            f"the minimal context: the shortest end of the window that alone keeps \u2265 {d.context_keep * 100:g}% "
+            "of the value (n / m tok: its tokens / the whole context's)"
+        )
+    else:
+        shown = f"the last {SHOWN_TAIL} tokens of the context (n / m tok: shown / the whole context)"
+    return (
+        '<section><h2>Top dataset examples</h2><p class="note">Values are activations in context: the encoder '
+        "pre-activation at the outlined token, computed with the whole corpus window up to it. Shown is "
+        f"{shown}; click an example to open the whole window (dashed: where the shown part starts). Colour: "
+        f"activation per token in context (hover for the value).</p>{rows}</section>"
+    )
 
 
 def feature_card(

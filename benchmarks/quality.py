@@ -153,15 +153,15 @@ def main() -> None:
                 text=r.best.text,
             )
             rows.append(row)
+            write(args, sae, latents, tune, rows, t_start, final=False)  # a killed run keeps its rows
             print(
                 f"{mode:4s} {lat:5d} act {r.best.activation:8.3f} / max {r.dataset_max:8.3f} = {r.ratio:5.2f}  "
                 f"XE {r.best.xe:5.2f} <= {r.xe_limit or float('nan'):5.2f} {'ok ' if r.feasible else 'INF'} "
                 f"L {len(r.best.ids):2d} it {len(r.history):3d} {r.start:8s} {r.best.text!r}",
                 flush=True,
             )
-    modes = args.modes.split(",")
-    summary = {m: summarize([r for r in rows if r["mode"] == m]) for m in modes}
-    for m, s in summary.items():
+    result = write(args, sae, latents, tune, rows, t_start, final=True)
+    for m, s in result["summary"].items():
         print(
             f"{m}: ratio >= 1 (feasible) for {100 * s['frac_ratio_ge_1']:.0f}% of {s['n']} latents; median ratio "
             f"{s['median_ratio']:.2f}, median XE {s['median_xe']:.2f} (limit {s['median_xe_limit']}), "
@@ -172,18 +172,24 @@ def main() -> None:
                 if f"at_{t}s" in s
             )
         )
+    plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
+
+
+def write(args, sae, latents, tune, rows, t_start, final: bool) -> dict:
+    modes = [m for m in args.modes.split(",") if any(r["mode"] == m for r in rows)]
     result = dict(
         args=vars(args),
         sae=sae.name,
         latents=latents,
         tune_latents=tune,
+        complete=final,
         rows=rows,
-        summary=summary,
+        summary={m: summarize([r for r in rows if r["mode"] == m]) for m in modes},
         seconds=round(time.time() - t_start, 1),
         torch_threads=torch.get_num_threads(),
     )
     Path(args.out).write_text(json.dumps(result, indent=1))
-    plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
+    return result
 
 
 if __name__ == "__main__":

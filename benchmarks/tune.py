@@ -83,6 +83,9 @@ def main() -> None:
             median_xe=statistics.median(r["xe"] for r in rows if r["variant"] == name),
             median_tokens=statistics.median(r["tokens"] for r in rows if r["variant"] == name),
         )
+        Path(args.out).write_text(
+            json.dumps(dict(args=vars(args), latents=latents, summary=summary, rows=rows), indent=1)
+        )  # after each variant: a killed run keeps what it measured
         s = summary[name]
         print(
             f"== {name}: {s['wins']}/{s['n']} >= 1, median {s['median_ratio']:.3f}, mean {s['mean_ratio']:.3f}"

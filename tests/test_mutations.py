@@ -96,3 +96,23 @@ def test_gemma_gradient_applies_embedding_scale(tiny_gemma, tmp_path):
     out = ev(ids[None], torch.tensor([5]))
     assert abs(sig.score - float(out.scores[0])) < 1e-4
     assert abs(sig.xe - float(out.xe[0])) < 1e-4
+
+
+def test_gcg_fluency_prefers_the_plausible_token_among_good_gradients():
+    """Token 3 has the best gradient but the model finds it implausible in place; token 4 is nearly as good
+    by gradient and likely: plain GCG (top-1) picks 3, fluency-aware GCG picks 4."""
+    from featuredream.mutations import gcg_swap
+
+    L, V = 4, 50
+    ids = torch.tensor([1, 2, 5, 6])
+    grad = torch.zeros(L, V)
+    grad[:, 3], grad[:, 4] = -2.0, -1.9
+    logprobs = torch.full((L, V), -5.0)
+    logprobs[:, 3], logprobs[:, 4] = -20.0, -1.0
+    g = torch.Generator().manual_seed(0)
+    plain, pos = gcg_swap(ids, grad, 16, 1, g)
+    assert (plain[torch.arange(16), pos] == 3).all()
+    fluent, pos = gcg_swap(ids, grad, 16, 1, g, logprobs=logprobs, fluency=1.0)
+    swapped = fluent[torch.arange(16), pos]
+    assert (swapped[pos > 0] == 4).all() and (swapped[pos == 0] == 3).all()  # position 0 has no prior
+    assert ((fluent != ids).sum(1) <= 1).all()

@@ -117,3 +117,24 @@ def test_prompt_outside_length_bounds(tiny_llama, tiny_tokenizer, tiny_sae):
     )
     with pytest.raises(ValueError, match="valid is 3..14"):
         dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 1), cfg)
+
+
+def test_dream_with_percentile_ceiling_records_its_limit(tiny_llama, tiny_tokenizer, tiny_sae):
+    """xe_max='p90' reads the SAE's XE table at the best prompt's own length and records what it used."""
+    from featuredream.saes import FeatureStats
+
+    lengths = torch.arange(2, 15)
+    table = (6.0 - lengths[:, None] / 4 + torch.arange(101.0)[None] / 50).float()  # falls with length
+    tiny_sae.stats = FeatureStats({"xe_lengths": lengths.int(), "xe_quantiles": table}, {})
+    obj = SAEEncoder(tiny_sae, 11)
+    cfg = DreamConfig(**FAST, xe_max="p90", init_prompt="The quick brown fox", start="prompt")
+    r = dream(tiny_llama, tiny_tokenizer, obj, cfg)
+    n = len(r.best.ids)
+    want = float(table[n - 2, 90])
+    assert r.xe_limit == pytest.approx(want)
+    assert r.xe_limits["spec"] == "p90"
+    assert r.xe_limits["by_length"][3] == pytest.approx(float(table[1, 90]))
+    assert r.feasible == (r.best.xe <= want)
+    assert all("best_feasible" in h for h in r.history)
+    r2 = DreamResult.from_json(r.to_json())
+    assert r2.xe_limit == r.xe_limit

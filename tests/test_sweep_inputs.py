@@ -95,10 +95,10 @@ def test_fingerprint_follows_the_hardware(sweep_dirs, tmp_path, monkeypatch):
     spec = SweepSpec(model=d.model, sae=d.sae, config=replace(d.config, n_children=None), group_size=2)
     pinned = replace(spec, dtype="float32", config=replace(spec.config, n_children=32))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_runtime(spec) == {"dtype": "float32", "attention": "sdpa", "n_children": 32}
+    assert resolve_runtime(spec) == {"dtype": "float32", "attention": "sdpa", "n_children": 64}
     for name, s in (("default", spec), ("pinned", pinned)):
         store = SweepStore.open(tmp_path / name, s)
-        assert store.meta("fingerprint")["config"]["n_children"] == 32
+        assert store.meta("fingerprint")["config"]["n_children"] == (64 if name == "default" else 32)
         store.put([(0, FeatureError(0, "x"))])
         store.close()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -32,8 +32,8 @@ class DreamConfig:
     buffer_size: int = 4
     """Prompts kept in the buffer (parents are taken from it in turn)."""
     n_children: int | None = None
-    """Children evaluated per iteration; None: 128 on a GPU (seed 003), 32 on a CPU, where more, smaller
-    steps reach higher activations in the same time (benchmarks/README.md)."""
+    """Children evaluated per iteration; None: 128 on a GPU (seed 003), 64 on a CPU (64 with the prefix
+    cache beat 16 and 32 at equal time on the tuning latents; benchmarks/README.md, "Tuning")."""
     p_gcg_swap: float = 0.25
     """Share of children made by GCG swaps (gradient top-k)."""
     p_sample_swap: float = 0.25
@@ -42,15 +42,14 @@ class DreamConfig:
     """Share made by sampled inserts."""
     p_delete: float = 0.25
     """Share made by deletes."""
-    adapt_operators: bool = False
-    """Adapt the operator shares to the share of each operator's children that entered the buffer."""
     sample_k2: int = 16
     """Tokens sampled (without replacement) per position for sampled operators."""
     gcg_topk: int = 512
     """GCG picks among the top-k tokens by gradient per position."""
-    gcg_fluency: float = 0.0
+    gcg_fluency: float = 1.0
     """Weight of the model's log-probability of a token in place when ranking GCG candidates (gradient
-    standardized per position); 0: plain GCG."""
+    standardized per position; 1.0 raised the mean ratio at equal time on the tuning latents); 0: plain
+    GCG."""
     xe_max: float | str | None = None
     """Hard fluency ceiling: prompts with XE above it are infeasible (still ranked by how far above). A
     number is one ceiling for every length; 'pNN' (e.g. 'p90') is that percentile of natural text's XE at
@@ -159,6 +158,7 @@ def log_penalties(lo: float = 0.1, hi: float = 10.0, n: int = 8) -> tuple[float,
 
 
 def default_children(device_type: str) -> int:
-    """``DreamConfig.n_children=None`` on a device: 128 on a GPU, 32 on a CPU (32 beat 128 on 3 of 4
-    latents at equal time on the 2-core CPU; benchmarks/README.md, "Children per iteration")."""
-    return 128 if device_type == "cuda" else 32
+    """``DreamConfig.n_children=None`` on a device: 128 on a GPU, 64 on a CPU (at equal time on the 2-core
+    CPU, 64 children with the prefix cache beat 16 and 32 on the tuning latents: benchmarks/README.md,
+    "Tuning")."""
+    return 128 if device_type == "cuda" else 64

@@ -79,42 +79,10 @@ def _banned_ids(tokenizer, vocab: int) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i < vocab), dtype=torch.long)
 
 
-class _OperatorRates:
-    """Operator shares adapted to the gains they produce: each operator's configured share times its
-    smoothed rate of children that entered the buffer (decayed, so the mix follows the search's phase)."""
-
-    def __init__(self, cfg: DreamConfig, decay: float = 0.9):
-        self.base = torch.tensor(
-            [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
-        )
-        self.on, self.decay = cfg.adapt_operators, decay
-        self.tried, self.won = torch.zeros(4), torch.zeros(4)
-
-    def shares(self) -> torch.Tensor:
-        if not self.on:
-            return self.base.clone()
-        rate = (self.won + 1) / (self.tried + 4)  # Laplace-smoothed: an untried operator keeps a chance
-        return self.base * rate / rate.max()
-
-    def update(self, ops: list[str], entered: list[bool]) -> None:
-        self.tried *= self.decay
-        self.won *= self.decay
-        for op, ok in zip(ops, entered):
-            i = _OPS.index(op)
-            self.tried[i] += 1
-            self.won[i] += float(ok)
-
-
-def _make_children(
-    parent, sig, cfg: DreamConfig, gen, banned, vocab, shares: torch.Tensor | None = None
-) -> tuple[list[torch.Tensor], list[str]]:
+def _make_children(parent, sig, cfg: DreamConfig, gen, banned, vocab) -> tuple[list[torch.Tensor], list[str]]:
     L = len(parent)
-    p = (
-        shares.clone()
-        if shares is not None
-        else torch.tensor(
-            [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
-        )
+    p = torch.tensor(
+        [cfg.p_gcg_swap, cfg.p_sample_swap, cfg.p_sample_insert, cfg.p_delete], dtype=torch.float
     )
     if L >= cfg.max_tokens:
         p[2] = 0
@@ -174,7 +142,6 @@ def dream(
     limit = resolve_xe_limit(cfg.xe_max, objective, cfg.max_tokens)
     buffer = _Buffer(penalties, per, limit)
     seen: set[tuple[int, ...]] = set()
-    rates = _OperatorRates(cfg)
     front = torch.empty(0, 2)
     front_ids: dict[tuple[float, float], list[int]] = {}
     stats = {"nonfinite": 0, "capped": 0, "finished": 0}
@@ -254,7 +221,7 @@ def dream(
             if limit is not None:
                 lam += 1.0 if buffer.feasible(parent) else 10.0
             sig = parent_signals(model, objective, parent.ids, lam)
-            kids, ops = _make_children(parent.ids, sig, cfg, gen, banned, vocab, rates.shares())
+            kids, ops = _make_children(parent.ids, sig, cfg, gen, banned, vocab)
             fresh, op_of = [], []
             for k, op in zip(canon(kids), ops):
                 key = tuple(k.tolist()) if k is not None else None
@@ -267,8 +234,6 @@ def dream(
                 evaluate(fresh, op_of, buffer.entry_bound(), cache_parent) if fresh else ([], None, None)
             )
             buffer.merge(entries)
-            kept = {e.key() for e in buffer.entries}
-            rates.update(op_of, [tuple(k.tolist()) in kept for k in fresh])
             top = min(entries, key=buffer.loss) if entries else None
             if buffer.loss(buffer.entries[0]) < buffer.loss(best):
                 best, since_improved = buffer.entries[0], 0

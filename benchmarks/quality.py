@@ -71,6 +71,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,6 +84,7 @@ def plot(result: dict, path: Path) -> None:
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xticks(list(CURVE), [str(t) for t in CURVE])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("wall seconds per latent (2-core CPU)")
     ax.set_ylabel("ratio to dataset max / share of latents")
     ax.set_title(f"{result['sae']}, xe_max {result['args']['xe_max']}")
@@ -102,7 +104,11 @@ def main() -> None:
     ap.add_argument("--latents", default=None, help="comma-separated latents instead of a seeded draw")
     ap.add_argument("--out", default="benchmarks/quality.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    ap.add_argument("--replot", default=None, help="only redraw the plot of this JSON (nothing is run)")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.plot or Path(args.replot).with_suffix(".png")))
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
     model, tok = load_model(None, device="cpu")

@@ -100,6 +100,19 @@ def test_cli_dream_end_to_end(tmp_path):
         assert key in res["best"]
     assert len(res["history"]) == 2 and "frontier" in res
     assert "best prompt" in proc.stdout and "ratio" in proc.stdout
+    # the default fluency ceiling: p90 of natural text at the best prompt's own length, recorded
+    assert res["xe_limits"]["spec"] == "p90"
+    n = len(res["best"]["ids"])
+    assert res["xe_limit"] == pytest.approx(res["xe_limits"]["by_length"][str(n)], abs=1e-4)
+    assert res["feasible"] == (res["best"]["xe"] <= res["xe_limit"])
+    # the reported activation, from the text alone, by plain hidden_states and the SAE weights by hand
+    model, tok = load_model(None, device="cpu")
+    sae = load_sae("default", model=model).sae
+    ids = torch.tensor([tok(res["best"]["text"], add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        x = model(input_ids=ids, output_hidden_states=True).hidden_states[13][0, -1]
+    want = float((x - sae.b_dec) @ sae.W_enc[:, 0] + sae.b_enc[0])
+    assert res["best"]["activation"] == pytest.approx(want, rel=1e-3, abs=1e-3)
 
 
 def test_cli_bad_feature_one_line(tmp_path):

@@ -107,7 +107,10 @@ def main() -> None:
     ap.add_argument("--replot", default=None, help="only redraw the plot of this JSON (nothing is run)")
     args = ap.parse_args()
     if args.replot:
-        plot(json.loads(Path(args.replot).read_text()), Path(args.plot or Path(args.replot).with_suffix(".png")))
+        plot(
+            json.loads(Path(args.replot).read_text()),
+            Path(args.plot or Path(args.replot).with_suffix(".png")),
+        )
         return
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from featuredream.corpus import default_corpus
-from featuredream.fluency import sequence_xe
-from featuredream.train_sae import make_windows
+from featuredream.lm.corpus import default_corpus
+from featuredream.engine.fluency import sequence_xe
+from featuredream.lm.train_sae import make_windows
 
 
 @torch.no_grad()

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import live_sample  # noqa: E402
 
 from featuredream import DreamConfig, load_model, load_sae  # noqa: E402
-from featuredream.multi import dream_many  # noqa: E402
-from featuredream.multi_objective import MultiLatentObjective  # noqa: E402
-from featuredream.objectives import SAEEncoder  # noqa: E402
-from featuredream.optimizer import dream  # noqa: E402
+from featuredream.engine.multi import dream_many  # noqa: E402
+from featuredream.engine.multi_objective import MultiLatentObjective  # noqa: E402
+from featuredream.engine.objectives import SAEEncoder  # noqa: E402
+from featuredream.engine.optimizer import dream  # noqa: E402
 
 
 def main() -> None:

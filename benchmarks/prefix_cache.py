@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput import candidate_batches  # noqa: E402
 
 from featuredream import DirectionObjective, SAEEncoder, load_model, load_sae  # noqa: E402
-from featuredream.config import DreamConfig  # noqa: E402
-from featuredream.evaluate import Evaluator, pad_right  # noqa: E402
-from featuredream.models import text_config  # noqa: E402
-from featuredream.mutations import parent_signals  # noqa: E402
-from featuredream.optimizer import _banned_ids, _make_children  # noqa: E402
-from featuredream.sites import Site  # noqa: E402
+from featuredream.engine.config import DreamConfig  # noqa: E402
+from featuredream.engine.evaluate import Evaluator, pad_right  # noqa: E402
+from featuredream.lm.models import text_config  # noqa: E402
+from featuredream.engine.mutations import parent_signals  # noqa: E402
+from featuredream.engine.optimizer import _banned_ids, _make_children  # noqa: E402
+from featuredream.lm.sites import Site  # noqa: E402
 
 
 def child_batches(model, tok, objective, n: int, length: int, n_batches: int, seed: int):

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import independent_score, live_sample, tune_latents  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
-from featuredream.objectives import make_objective  # noqa: E402
+from featuredream.engine.objectives import make_objective  # noqa: E402
 
 CURVE = (15, 60, 240)
 

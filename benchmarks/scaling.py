@@ -34,9 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 from featuredream import DirectionObjective, load_model
-from featuredream.evaluate import Evaluator
-from featuredream.models import parse_device, parse_dtype, text_config
-from featuredream.sites import Site
+from featuredream.engine.evaluate import Evaluator
+from featuredream.lm.models import parse_device, parse_dtype, text_config
+from featuredream.lm.sites import Site
 
 SHAPES = {
     "smollm2-360m": dict(

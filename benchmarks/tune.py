@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import tune_latents  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
-from featuredream.objectives import make_objective  # noqa: E402
+from featuredream.engine.objectives import make_objective  # noqa: E402
 
 
 def main() -> None:

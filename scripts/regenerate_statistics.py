@@ -12,11 +12,11 @@ error (the test suite repeats this check). ~10 min on a 2-core CPU.
 import logging
 import sys
 
-from featuredream.corpus import default_corpus
-from featuredream.models import load_model
-from featuredream.sae_stats import verify_examples
-from featuredream.saes import load_sae
-from featuredream.train_sae import recompute_statistics
+from featuredream.lm.corpus import default_corpus
+from featuredream.lm.models import load_model
+from featuredream.lm.sae_stats import verify_examples
+from featuredream.lm.saes import load_sae
+from featuredream.lm.train_sae import recompute_statistics
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 root = "src/featuredream/data/saes/"

@@ -136,7 +136,7 @@ def write_sae_dir(
 
 @pytest.fixture
 def tiny_sae(tmp_path, tiny_llama):
-    from featuredream.saes import load_sae
+    from featuredream.lm.saes import load_sae
 
     return load_sae(write_sae_dir(tmp_path / "sae"), model=tiny_llama)
 

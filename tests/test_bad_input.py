@@ -6,8 +6,8 @@ import pytest
 from conftest import identity_sae_dir
 from test_cli import _base, _run
 
-from featuredream.models import load_model
-from featuredream.saes import load_sae
+from featuredream.lm.models import load_model
+from featuredream.lm.saes import load_sae
 
 BAD = [
     (["--feature", "-1"], "valid are 0..127"),

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from featuredream.cli import main
+from featuredream.cli.main import main
 
 
 def _run(capsys, args):

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from featuredream.models import load_model
-from featuredream.saes import check_site, load_sae, site_fvu
-from featuredream.sites import Site
+from featuredream.lm.models import load_model
+from featuredream.lm.saes import check_site, load_sae, site_fvu
+from featuredream.lm.sites import Site
 
 pytestmark = pytest.mark.slow
 
@@ -135,10 +135,10 @@ def test_cli_bad_feature_one_line(tmp_path):
 
 
 def test_shipped_query_sae_binds_to_the_induction_head(default):
-    from featuredream.config import DreamConfig
-    from featuredream.evaluate import reference_evaluate
-    from featuredream.objectives import QueryFeature, make_objective
-    from featuredream.optimizer import dream
+    from featuredream.engine.config import DreamConfig
+    from featuredream.engine.evaluate import reference_evaluate
+    from featuredream.engine.objectives import QueryFeature, make_objective
+    from featuredream.engine.optimizer import dream
 
     model, tok = default
     sae = load_sae("query", model=model)

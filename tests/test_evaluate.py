@@ -1,7 +1,7 @@
 import torch
 
-from featuredream.evaluate import Evaluator, pad_right, reference_evaluate
-from featuredream.objectives import SAEEncoder
+from featuredream.engine.evaluate import Evaluator, pad_right, reference_evaluate
+from featuredream.engine.objectives import SAEEncoder
 
 
 def test_fast_path_equals_reference(tiny_llama, tiny_tokenizer, tiny_sae):
@@ -72,7 +72,7 @@ def _bf16_copy(model):
 def test_bfloat16_close_to_float32_and_prefix_cache_in_bfloat16(tiny_model, tiny_sae):
     """The GPU dtype, run on CPU: bf16 scores / XE within bf16 tolerance of fp32 (2% of the score range,
     0.05 nats), and the prefix cache in bf16 equal to the plain bf16 path within the same tolerance."""
-    from featuredream.mutations import gcg_swap
+    from featuredream.engine.mutations import gcg_swap
 
     g = torch.Generator().manual_seed(0)
     parent = torch.randint(1, 300, (10,), generator=g)
@@ -94,7 +94,7 @@ def test_bfloat16_close_to_float32_and_prefix_cache_in_bfloat16(tiny_model, tiny
 
 
 def test_load_model_bfloat16_on_cpu(tiny_dirs, tiny_sae):
-    from featuredream.models import load_model
+    from featuredream.lm.models import load_model
 
     model, tok = load_model(tiny_dirs["model"], device="cpu", dtype="bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -104,7 +104,7 @@ def test_load_model_bfloat16_on_cpu(tiny_dirs, tiny_sae):
 
 
 def test_device_choice_prefers_cuda_when_available(monkeypatch):
-    from featuredream.models import parse_device
+    from featuredream.lm.models import parse_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert parse_device(None).type == "cpu"
@@ -116,7 +116,7 @@ def test_runtime_defaults_bf16_and_flash_attention_only_on_cuda(monkeypatch):
     """The CUDA-only choices, exercised on CPU with faked capabilities."""
     import importlib.util
 
-    from featuredream.models import runtime_defaults
+    from featuredream.lm.models import runtime_defaults
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert runtime_defaults(cpu, None) == (torch.float32, "sdpa")

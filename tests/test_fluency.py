@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from featuredream.fluency import sequence_xe
+from featuredream.engine.fluency import sequence_xe
 
 
 def test_masked_xe_equals_unpadded_xe(tiny_llama):
@@ -42,9 +42,9 @@ def test_one_token_sequence_is_zero():
 # ------------------------------------------------------------------------------ length-fair XE ceilings
 import pytest  # noqa: E402
 
-from featuredream.buffer import _Buffer, _Entry  # noqa: E402
-from featuredream.fluency import XeLimit, parse_xe_max, resolve_xe_limit  # noqa: E402
-from featuredream.saes import FeatureStats  # noqa: E402
+from featuredream.engine.buffer import _Buffer, _Entry  # noqa: E402
+from featuredream.engine.fluency import XeLimit, parse_xe_max, resolve_xe_limit  # noqa: E402
+from featuredream.lm.saes import FeatureStats  # noqa: E402
 
 
 @pytest.mark.parametrize(

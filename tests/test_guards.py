@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from featuredream import DreamConfig, FunctionObjective, SAEEncoder, dream
-from featuredream.saes import load_sae
-from featuredream.sites import Site
+from featuredream.lm.saes import load_sae
+from featuredream.lm.sites import Site
 
 FAST = dict(
     iters=10,
@@ -59,7 +59,7 @@ def test_norm_guard_stops_norm_hacking(tiny_llama, tiny_tokenizer, tmp_path):
     token = tiny_tokenizer.convert_tokens_to_ids("Ġthe")
     model = _hacked_model(tiny_llama, token)
     ids = torch.tensor([tiny_tokenizer("a the b", add_special_tokens=False)["input_ids"]])
-    from featuredream.sites import run_sites
+    from featuredream.lm.sites import run_sites
 
     acts, _ = run_sites(model, [Site("resid_post", 1)], input_ids=ids)
     x = acts[Site("resid_post", 1)][0]
@@ -164,7 +164,7 @@ def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_toke
 
 
 def test_graceful_sigint_first_asks_second_raises():
-    from featuredream.interrupt import graceful_sigint, stop_requested
+    from featuredream.engine.interrupt import graceful_sigint, stop_requested
 
     before = signal.getsignal(signal.SIGINT)
     with graceful_sigint():
@@ -180,9 +180,9 @@ def test_graceful_sigint_first_asks_second_raises():
 
 def test_dream_stops_cleanly_when_asked(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
     """A stop request (first Ctrl-C) ends the loop after the current iteration with a verified result."""
-    import featuredream.optimizer as optimizer
-    from featuredream.config import DreamConfig
-    from featuredream.objectives import SAEEncoder
+    import featuredream.engine.optimizer as optimizer
+    from featuredream.engine.config import DreamConfig
+    from featuredream.engine.objectives import SAEEncoder
 
     calls = iter(range(1000))
     monkeypatch.setattr(optimizer, "stop_requested", lambda: next(calls) >= 2)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import _TEXT, identity_sae_dir, write_sae_dir
 
-from featuredream.examples import corpus_stats
-from featuredream.inspect import (
+from featuredream.observe.examples import corpus_stats
+from featuredream.observe.inspect import (
     Example,
     differential_features,
     encode_prompts,
@@ -22,10 +22,10 @@ from featuredream.inspect import (
     top_examples,
     top_features,
 )
-from featuredream.objectives import FunctionObjective, SAEEncoder
-from featuredream.saes import load_sae
-from featuredream.sites import Site, run_sites
-from featuredream.tracing import attribution, format_attribution, logit_effects, steer, steering
+from featuredream.engine.objectives import FunctionObjective, SAEEncoder
+from featuredream.lm.saes import load_sae
+from featuredream.lm.sites import Site, run_sites
+from featuredream.observe.tracing import attribution, format_attribution, logit_effects, steer, steering
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog",
@@ -75,7 +75,7 @@ def test_norm_cap_positions_never_fire(tiny_llama, tiny_tokenizer, tmp_path):
     norms = site_activations(tiny_llama, sae.site, ids, torch.ones_like(ids, dtype=torch.bool))[0].norm(
         dim=-1
     )
-    from featuredream.saes import FeatureStats
+    from featuredream.lm.saes import FeatureStats
 
     sae.stats = FeatureStats({}, {"norm_cap": float(norms.median())})  # about half the positions are capped
     capped = norms > sae.stats.norm_cap
@@ -290,7 +290,7 @@ def test_minimal_context_keeps_enough_and_no_shorter_one_does(tiny_llama, tiny_t
 
 def test_minimal_context_under_a_norm_cap_and_bad_keep(tiny_llama, tiny_tokenizer, context_case):
     """A norm cap that drops every position: no suffix keeps anything, the whole context is reported."""
-    from featuredream.saes import FeatureStats
+    from featuredream.lm.saes import FeatureStats
 
     sae, st = context_case
     capped = copy.copy(sae)
@@ -438,7 +438,7 @@ def cli_dirs(tmp_path_factory, tiny_llama, tiny_tokenizer):
 
 
 def _cli(capsys, args):
-    from featuredream.cli import main
+    from featuredream.cli.main import main
 
     code = main(args)
     return code, capsys.readouterr()

@@ -4,13 +4,13 @@ equals K single runs with the same seeds (same prompts, scores within float tole
 import pytest
 import torch
 
-from featuredream.config import DreamConfig
-from featuredream.evaluate import Evaluator, pad_right
-from featuredream.multi import FeatureError, dream_features, dream_many
-from featuredream.multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
-from featuredream.mutations import parent_signals
-from featuredream.objectives import make_objective
-from featuredream.optimizer import dream
+from featuredream.engine.config import DreamConfig
+from featuredream.engine.evaluate import Evaluator, pad_right
+from featuredream.engine.multi import FeatureError, dream_features, dream_many
+from featuredream.engine.multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
+from featuredream.engine.mutations import parent_signals
+from featuredream.engine.objectives import make_objective
+from featuredream.engine.optimizer import dream
 
 FAST = dict(
     iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
@@ -37,8 +37,8 @@ def test_multi_objective_scores_every_latent_like_single_objectives(
     multi = MultiLatentObjective(tiny_sae, latents, kind, reduce)
     ids, lengths = pad_right([_ids(tiny_tokenizer, t) for t in PROMPTS], 0)
     ev = Evaluator(tiny_llama, multi.singles[0], need_xe=False)
-    from featuredream.evaluate import length_mask
-    from featuredream.sites import run_sites
+    from featuredream.engine.evaluate import length_mask
+    from featuredream.lm.sites import run_sites
 
     acts, _ = run_sites(tiny_llama, multi.sites, input_ids=ids)
     mask = length_mask(lengths, ids.shape[1])
@@ -144,7 +144,7 @@ def _assert_same_run(m, s):
 def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extra, monkeypatch):
     extra, cached = dict(extra), "bucket_overhead" in extra
     if cached:  # cheap passes: both paths really split children into cached buckets
-        from featuredream.prefix_cache import BUCKET_OVERHEAD
+        from featuredream.engine.prefix_cache import BUCKET_OVERHEAD
 
         monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", extra.pop("bucket_overhead"))
     latents, seeds = [11, 2, 63], [3, 3, 7]
@@ -180,7 +180,7 @@ def test_dream_features_groups_and_errors(tiny_llama, tiny_tokenizer, tiny_sae):
 def test_dream_features_stops_after_an_interrupted_group(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
     """Ctrl-C in group 2's loop: group 2 ends with its best so far, group 3 never starts, and every
     finished group reached on_group as it finished."""
-    import featuredream.multi as multi
+    import featuredream.engine.multi as multi
 
     real, calls, seen = multi.batched_parent_signals, [], []
 

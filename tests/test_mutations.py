@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from featuredream.mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
-from featuredream.objectives import SAEEncoder
+from featuredream.engine.mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
+from featuredream.engine.objectives import SAEEncoder
 
 V = 50
 
@@ -84,13 +84,13 @@ def test_gemma_gradient_applies_embedding_scale(tiny_gemma, tmp_path):
     """With inputs_embeds, Gemma-2's sqrt(d_model) scale must be applied by hand (seed bug 8)."""
     from conftest import write_sae_dir
 
-    from featuredream.saes import load_sae
+    from featuredream.lm.saes import load_sae
 
     sae = load_sae(write_sae_dir(tmp_path / "g"), model=tiny_gemma)
     obj = SAEEncoder(sae, 2)
     ids = torch.randint(1, 300, (5,), generator=_gen(6))
     sig = parent_signals(tiny_gemma, obj, ids, 0.0)
-    from featuredream.evaluate import Evaluator
+    from featuredream.engine.evaluate import Evaluator
 
     ev = Evaluator(tiny_gemma, obj, need_xe=True)
     out = ev(ids[None], torch.tensor([5]))
@@ -101,7 +101,7 @@ def test_gemma_gradient_applies_embedding_scale(tiny_gemma, tmp_path):
 def test_gcg_fluency_prefers_the_plausible_token_among_good_gradients():
     """Token 3 has the best gradient but the model finds it implausible in place; token 4 is nearly as good
     by gradient and likely: plain GCG (top-1) picks 3, fluency-aware GCG picks 4."""
-    from featuredream.mutations import gcg_swap
+    from featuredream.engine.mutations import gcg_swap
 
     L, V = 4, 50
     ids = torch.tensor([1, 2, 5, 6])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from featuredream.objectives import (
+from featuredream.engine.objectives import (
     DecoderProjection,
     DirectionObjective,
     FunctionObjective,
@@ -10,7 +10,7 @@ from featuredream.objectives import (
     last_real_index,
     reduce_positions,
 )
-from featuredream.sites import Site, run_sites
+from featuredream.lm.sites import Site, run_sites
 
 SITE = Site("resid_post", 1)
 

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from featuredream.buffer import _frontier_update, rank_loss
-from featuredream.config import DreamConfig, log_penalties
-from featuredream.evaluate import reference_evaluate
-from featuredream.objectives import SAEEncoder
-from featuredream.optimizer import dream
-from featuredream.results import DreamResult
+from featuredream.engine.buffer import _frontier_update, rank_loss
+from featuredream.engine.config import DreamConfig, log_penalties
+from featuredream.engine.evaluate import reference_evaluate
+from featuredream.engine.objectives import SAEEncoder
+from featuredream.engine.optimizer import dream
+from featuredream.engine.results import DreamResult
 
 FAST = dict(
     iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
@@ -71,7 +71,7 @@ def test_xe_max_reaches_feasible_region_and_frontier(tiny_llama, tiny_tokenizer,
 
 
 def test_interrupt_returns_best_so_far(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
-    import featuredream.optimizer as opt
+    import featuredream.engine.optimizer as opt
 
     real = opt.parent_signals
     calls = {"n": 0}
@@ -121,7 +121,7 @@ def test_prompt_outside_length_bounds(tiny_llama, tiny_tokenizer, tiny_sae):
 
 def test_dream_with_percentile_ceiling_records_its_limit(tiny_llama, tiny_tokenizer, tiny_sae):
     """xe_max='p90' reads the SAE's XE table at the best prompt's own length and records what it used."""
-    from featuredream.saes import FeatureStats
+    from featuredream.lm.saes import FeatureStats
 
     lengths = torch.arange(2, 15)
     table = (6.0 - lengths[:, None] / 4 + torch.arange(101.0)[None] / 50).float()  # falls with length

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featuredream.evaluate import Evaluator, pad_right
-from featuredream.mutations import delete, gcg_swap, sample_insert, sample_swap
-from featuredream.objectives import DirectionObjective, SAEEncoder
-from featuredream.prefix_cache import plan_buckets, shared_prefix
-from featuredream.sites import Site
+from featuredream.engine.evaluate import Evaluator, pad_right
+from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
+from featuredream.engine.objectives import DirectionObjective, SAEEncoder
+from featuredream.engine.prefix_cache import plan_buckets, shared_prefix
+from featuredream.lm.sites import Site
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -151,7 +151,7 @@ def test_plan_buckets_partitions_children():
 
 
 def test_prefix_cache_halves_batch_on_oom(tiny_llama, tiny_sae, monkeypatch):
-    import featuredream.evaluate as evaluate
+    import featuredream.engine.evaluate as evaluate
 
     parent = torch.randint(1, 300, (10,), generator=torch.Generator().manual_seed(9))
     obj = SAEEncoder(tiny_sae, 2, reduce="max")
@@ -175,7 +175,7 @@ def test_prefix_cache_halves_batch_on_oom(tiny_llama, tiny_sae, monkeypatch):
 
 
 def test_unsupported_site_falls_back_to_plain_path(tiny_llama, tiny_sae, monkeypatch):
-    import featuredream.prefix_cache as pc
+    import featuredream.engine.prefix_cache as pc
 
     monkeypatch.setattr(pc, "PER_POSITION_KINDS", ())
     parent = torch.randint(1, 300, (8,), generator=torch.Generator().manual_seed(11))
@@ -190,8 +190,8 @@ def test_dream_with_prefix_cache_follows_the_same_path(
     tiny_llama, tiny_tokenizer, tiny_sae, xe_max, monkeypatch
 ):
     """Early exit (no XE) and the cascade (xe_max) compose with the cache: the same search, step by step."""
-    import featuredream.evaluate as evaluate
-    import featuredream.optimizer as optimizer
+    import featuredream.engine.evaluate as evaluate
+    import featuredream.engine.optimizer as optimizer
     from featuredream import DreamConfig, dream
 
     parents = []

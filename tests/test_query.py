@@ -9,12 +9,12 @@ import torch
 from conftest import write_sae_dir
 from test_cli import _base, _run
 
-from featuredream.config import DreamConfig
-from featuredream.evaluate import reference_evaluate
-from featuredream.objectives import QueryDirection, QueryFeature, make_objective
-from featuredream.optimizer import dream
-from featuredream.saes import _adjacent, load_sae
-from featuredream.sites import Site, run_sites
+from featuredream.engine.config import DreamConfig
+from featuredream.engine.evaluate import reference_evaluate
+from featuredream.engine.objectives import QueryDirection, QueryFeature, make_objective
+from featuredream.engine.optimizer import dream
+from featuredream.lm.saes import _adjacent, load_sae
+from featuredream.lm.sites import Site, run_sites
 
 
 def _query_sae(tmp_path, model, head=2, layer=1, seed=0):
@@ -86,8 +86,8 @@ def test_adjacent_sites_of_a_head(tiny_llama):  # 3 layers, 4 query heads, 2 key
 
 def test_check_site_catches_wrong_head(tiny_llama, tiny_tokenizer, tmp_path):
     """A query SAE fitted to head 1 but declared for head 2 is caught by comparing the heads."""
-    from featuredream.saes import check_site
-    from featuredream.sites import run_sites
+    from featuredream.lm.saes import check_site
+    from featuredream.lm.sites import run_sites
 
     ids = torch.randint(1, 300, (8, 12))
     acts, _ = run_sites(tiny_llama, [Site("attn_q", 1, 1)], input_ids=ids)

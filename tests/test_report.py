@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from conftest import _TEXT, write_sae_dir
 
-from featuredream.config import DreamConfig, log_penalties
-from featuredream.examples import corpus_stats
-from featuredream.inspect import Example, minimal_context
-from featuredream.objectives import SAEEncoder
-from featuredream.optimizer import dream
-from featuredream.report import CardData, CardExample, card_data, feature_card, neuronpedia_json, render_card
-from featuredream.saes import load_sae
+from featuredream.engine.config import DreamConfig, log_penalties
+from featuredream.observe.examples import corpus_stats
+from featuredream.observe.inspect import Example, minimal_context
+from featuredream.engine.objectives import SAEEncoder
+from featuredream.engine.optimizer import dream
+from featuredream.observe.report import CardData, CardExample, card_data, feature_card, neuronpedia_json, render_card
+from featuredream.lm.saes import load_sae
 
 EVIL = "<script>alert('x')</script>"
 
@@ -206,7 +206,7 @@ def test_card_rejects_a_dream_for_another_feature(tiny_llama, tiny_tokenizer, se
 
 
 def test_render_card_escapes_every_field():
-    from featuredream.report import CardData
+    from featuredream.observe.report import CardData
 
     d = CardData(
         feature=1,
@@ -256,7 +256,7 @@ def test_neuronpedia_export(tiny_llama, tiny_tokenizer, setup):
 def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
     from conftest import identity_sae_dir
 
-    from featuredream.cli import main
+    from featuredream.cli.main import main
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
@@ -328,8 +328,8 @@ def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
 
 def test_card_with_statistics_but_no_examples(setup, tiny_llama, tiny_tokenizer):
     """Statistics holding only maxima and fire rates (no top examples) give a card without examples."""
-    from featuredream.report import card_data
-    from featuredream.saes import FeatureStats
+    from featuredream.observe.report import card_data
+    from featuredream.lm.saes import FeatureStats
 
     st = setup["stats"]
     bare = FeatureStats({k: st.tensors[k] for k in ("max_activation", "fire_rate")}, {})

@@ -7,17 +7,17 @@ import pytest
 import torch
 from conftest import write_sae_dir
 
-from featuredream.fluency import sequence_xe
-from featuredream.sae_stats import (
+from featuredream.engine.fluency import sequence_xe
+from featuredream.lm.sae_stats import (
     Encoder,
     feature_statistics,
     verify_examples,
     windows_digest,
     xe_quantile_table,
 )
-from featuredream.saes import FeatureStats, load_sae
-from featuredream.sites import parse_hook_name
-from featuredream.train_sae import TrainConfig, captured
+from featuredream.lm.saes import FeatureStats, load_sae
+from featuredream.lm.sites import parse_hook_name
+from featuredream.lm.train_sae import TrainConfig, captured
 
 
 def _windows(n=12, ctx=16, vocab=300, seed=0):
@@ -122,7 +122,7 @@ def test_xe_table_is_the_xe_of_each_truncated_window(tiny_llama, one_thread):
 
 @pytest.fixture(scope="module")
 def default_model():
-    from featuredream.models import load_model
+    from featuredream.lm.models import load_model
 
     torch.manual_seed(0)
     return load_model(None, device="cpu")
@@ -151,8 +151,8 @@ def test_shipped_examples_reproduce_for_every_latent(default_model, name):
 @pytest.mark.slow
 def test_shipped_xe_table_matches_held_out_text(default_model):
     """p90 of the shipped table: about 90% of fresh held-out corpus windows fall under it, at 16 and 48 tokens."""
-    from featuredream.corpus import default_corpus
-    from featuredream.train_sae import make_windows
+    from featuredream.lm.corpus import default_corpus
+    from featuredream.lm.train_sae import make_windows
 
     model, tok = default_model
     st = load_sae("default", model=model).stats

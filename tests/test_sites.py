@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from featuredream.sites import Site, capture, kv_head, parse_hook_name, run_sites
+from featuredream.lm.sites import Site, capture, kv_head, parse_hook_name, run_sites
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_value_and_z_heads(tiny_llama):
 
 
 def test_key_vector_is_the_groups_key(tiny_llama, tiny_tokenizer):
-    from featuredream.sites import key_vector
+    from featuredream.lm.sites import key_vector
 
     text = "The capital of France"
     ids = torch.tensor([tiny_tokenizer(text, add_special_tokens=False)["input_ids"]])

@@ -15,11 +15,11 @@ import torch
 from conftest import identity_sae_dir
 from safetensors.torch import save_file
 
-from featuredream.cli import main
-from featuredream.config import DreamConfig
-from featuredream.multi import FeatureError
-from featuredream.sweep import STORE_FILE, SweepSpec, SweepStore, parse_features, run_sweep
-from featuredream.sweep_report import format_summary, summarize, write_cards, write_index
+from featuredream.cli.main import main
+from featuredream.engine.config import DreamConfig
+from featuredream.engine.multi import FeatureError
+from featuredream.sweep.run import STORE_FILE, SweepSpec, SweepStore, parse_features, run_sweep
+from featuredream.sweep.summary import format_summary, summarize, write_cards, write_index
 
 FAST = dict(
     iters=3,
@@ -213,7 +213,7 @@ def test_kill_inside_a_transaction_leaves_no_trace(sweep_dirs, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_groups_and_resume_completes(sweep_dirs, tmp_path, monkeypatch):
-    import featuredream.multi as multi
+    import featuredream.engine.multi as multi
 
     real, calls = multi.batched_parent_signals, {"n": 0}
 

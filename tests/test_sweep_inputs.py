@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_sweep import FAST_ARGS, _cli, _spec, sweep_dirs  # noqa: F401 (fixture)
 
-import featuredream.multi as multi
-from featuredream.multi import FeatureError
-from featuredream.sweep import (
+import featuredream.engine.multi as multi
+from featuredream.engine.multi import FeatureError
+from featuredream.sweep.run import (
     STORE_FILE,
     SweepSpec,
     SweepStore,
@@ -25,8 +25,8 @@ from featuredream.sweep import (
     resolve_runtime,
     run_sweep,
 )
-from featuredream.sweep_ray import task_cpus
-from featuredream.sweep_report import SweepSummary
+from featuredream.sweep.ray import task_cpus
+from featuredream.sweep.summary import SweepSummary
 
 
 def _sweep_args(d, out, *extra):
@@ -71,7 +71,7 @@ def test_store_without_records_takes_the_new_fingerprint(sweep_dirs, tmp_path, c
     """A run that died before its first group (e.g. the model failed to load) must not lock the store."""
     out = tmp_path / "s"
     first = SweepStore.open(out, _spec(sweep_dirs))
-    with caplog.at_level("WARNING", logger="featuredream.sweep_store"):
+    with caplog.at_level("WARNING", logger="featuredream.sweep.store"):
         store = SweepStore.open(out, _spec(sweep_dirs, xe_max=5.0))
     with pytest.raises(ValueError, match="another run replaced this store's configuration"):
         first.put([(0, FeatureError(0, "x"))])  # a run still going under the old one writes nothing
@@ -143,7 +143,7 @@ def test_relative_paths_are_stored_absolute(sweep_dirs, tmp_path, monkeypatch):
 
 def test_ray_tasks_get_absolute_paths_and_the_probed_runtime(sweep_dirs, tmp_path, monkeypatch):
     """Without Ray: the backend is faked to see what run_sweep hands it and what the store records."""
-    import featuredream.sweep_ray as sweep_ray
+    import featuredream.sweep.ray as sweep_ray
 
     seen = {}
 
@@ -185,7 +185,7 @@ def test_task_cpus():
 
 
 def test_cli_cpus_per_task(sweep_dirs, tmp_path, capsys, monkeypatch):
-    import featuredream.sweep as sweep
+    import featuredream.sweep.run as sweep
 
     got = {}
 

@@ -1,9 +1,9 @@
 """featuredream: dream short, fluent prompts that maximally activate a feature of a language model."""
 
-from .config import DreamConfig
-from .models import load_model
-from .multi import dream_many
-from .objectives import (
+from .engine.config import DreamConfig
+from .lm.models import load_model
+from .engine.multi import dream_many
+from .engine.objectives import (
     DecoderProjection,
     DirectionObjective,
     FunctionObjective,
@@ -13,10 +13,10 @@ from .objectives import (
     WeightedSum,
     make_objective,
 )
-from .optimizer import dream
-from .results import DreamResult, Prompt
-from .saes import BoundSAE, load_sae
-from .sites import Site, parse_hook_name
+from .engine.optimizer import dream
+from .engine.results import DreamResult, Prompt
+from .lm.saes import BoundSAE, load_sae
+from .lm.sites import Site, parse_hook_name
 
 __all__ = [
     "BoundSAE",

@@ -20,7 +20,7 @@ from torch import nn
 from .evaluate import pad_right
 from .fluency import token_xe
 from .prefix_cache import _forward
-from .sites import Site
+from ..lm.sites import Site
 
 
 class ParentsRun(NamedTuple):

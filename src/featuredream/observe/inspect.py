@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .saes import BoundSAE
-from .sites import Site, _StopForward, capture
+from ..lm.saes import BoundSAE
+from ..lm.sites import Site, _StopForward, capture
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def encode_prompts(
     Returns ``[n_prompts, d_sae]`` (float32, CPU) for ``last`` / ``max`` / ``mean``, or for ``all`` a list
     of ``[n_tokens_i, d_sae]``. Excluded positions (norm cap) count as not firing.
     """
-    from .objectives import last_real_index
+    from ..engine.objectives import last_real_index
 
     prompts = _check_prompts(prompts)
     _choice(reduce, ENCODE_REDUCTIONS, "reduction")

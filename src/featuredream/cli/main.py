@@ -27,7 +27,7 @@ _TYPES = {
 
 
 def _penalties(text: str) -> tuple[float, ...]:
-    from .config import log_penalties
+    from ..engine.config import log_penalties
 
     if text == "auto":
         return log_penalties()
@@ -41,7 +41,7 @@ def _penalties(text: str) -> tuple[float, ...]:
 
 def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per dataclass field, with the field's docstring as help and its default."""
-    from .config import field_docs
+    from ..engine.config import field_docs
 
     docs = field_docs(cls)
     for f in fields(cls):
@@ -127,8 +127,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DreamConfig
-    from .train_sae import TrainConfig
+    from ..engine.config import DreamConfig
+    from ..lm.train_sae import TrainConfig
 
     p = _Parser(prog="featuredream", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)"
     )
     add_config_options(d, DreamConfig)
-    from .cli_sweep import add_dream_features_option
-    from .cli_sweep import register as register_sweep
+    from .sweep import add_dream_features_option
+    from .sweep import register as register_sweep
 
     add_dream_features_option(d)  # dream --features 3,17,42: several features in one run
 
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--acts-cache", default=None, help="safetensors file to cache captured activations in")
     add_config_options(t, TrainConfig)
 
-    from .cli_inspect import register
+    from .inspect import register
 
     register(sub, common)  # inspect <action>, card
     register_sweep(sub)  # sweep, sweep-summary
@@ -210,13 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup(args):
-    from .models import load_model
-    from .objectives import make_objective
-    from .saes import check_site, load_sae
+    from ..lm.models import load_model
+    from ..engine.objectives import make_objective
+    from ..lm.saes import check_site, load_sae
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     if getattr(args, "direction", None) is not None or getattr(args, "key_text", None) is not None:
-        from .cli_direction import direction_objective
+        from .direction import direction_objective
 
         return model, tok, None, direction_objective(args, model, tok)
     if getattr(args, "site", None) is not None:
@@ -235,18 +235,18 @@ def _setup(args):
 
 
 def _cmd_dream(args) -> int:
-    from .config import DreamConfig
+    from ..engine.config import DreamConfig
 
     if args.features is not None:
-        from .cli_sweep import cmd_dream_features
+        from .sweep import cmd_dream_features
 
         return cmd_dream_features(args)
     cfg = _config_from(args, DreamConfig)
     out = _check_out_path(args.out)
     model, tok, sae, objective = _setup(args)
     cfg = auto_xe_max(args, cfg, sae)
-    from .interrupt import graceful_sigint
-    from .optimizer import dream
+    from ..engine.interrupt import graceful_sigint
+    from ..engine.optimizer import dream
 
     with graceful_sigint():  # Ctrl-C: stop after this iteration and write the best so far (twice: at once)
         result = dream(model, tok, objective, cfg)
@@ -275,7 +275,7 @@ def _cmd_dream(args) -> int:
     if args.html and sae is None:
         print("no HTML card: cards describe an SAE latent, not a raw direction")
     elif args.html:
-        from .report import feature_card
+        from ..observe.report import feature_card
 
         feature_card(model, tok, sae, args.feature, result, out.with_suffix(".html"))
         print(f"wrote {out.with_suffix('.html')}")
@@ -283,7 +283,7 @@ def _cmd_dream(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from .evaluate import reference_evaluate
+    from ..engine.evaluate import reference_evaluate
 
     model, tok, sae, objective = _setup(args)
     out = reference_evaluate(model, tok, objective, args.texts)
@@ -295,9 +295,9 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_train_sae(args) -> int:
-    from .corpus import default_corpus
-    from .models import DEFAULT_MODEL, load_model, model_name
-    from .train_sae import TrainConfig, train_sae
+    from ..lm.corpus import default_corpus
+    from ..lm.models import DEFAULT_MODEL, load_model, model_name
+    from ..lm.train_sae import TrainConfig, train_sae
 
     cfg = _config_from(args, TrainConfig)
     model, tok = load_model(args.model, device="cpu", dtype="float32")
@@ -324,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from .cli_inspect import COMMANDS
-    from .cli_sweep import COMMANDS as SWEEP_COMMANDS
+    from .inspect import COMMANDS
+    from .sweep import COMMANDS as SWEEP_COMMANDS
 
     cmd = {
         "dream": _cmd_dream,

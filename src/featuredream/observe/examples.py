@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .corpus import read_text_files
+from ..lm.corpus import read_text_files
 from .inspect import _check_int, _device, _valid, _values, pad_batch, site_activations
-from .saes import BoundSAE, FeatureStats
+from ..lm.saes import BoundSAE, FeatureStats
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .objectives import QUERY_KINDS, DirectionObjective, QueryDirection
-from .saes import site_width
-from .sites import Site, key_vector, parse_hook_name
+from ..engine.objectives import QUERY_KINDS, DirectionObjective, QueryDirection
+from ..lm.saes import site_width
+from ..lm.sites import Site, key_vector, parse_hook_name
 
 
 def load_direction(path: str | Path) -> torch.Tensor:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .figures import _fig, png_data_uri
-from .results import write_atomic
-from .sweep_store import SweepStore
+from ..observe.figures import _fig, png_data_uri
+from ..engine.results import write_atomic
+from .store import SweepStore
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def card_path(out_dir: Path, feature: int) -> Path:
 
 def write_cards(out_dir: str | Path, features: list[int], loaded=None) -> list[Path]:
     """Write :func:`featuredream.report.feature_card` for ``features`` (their stored dream shown)."""
-    from .report import feature_card
-    from .sweep import load_spec
+    from ..observe.report import feature_card
+    from .run import load_spec
 
     out_dir = Path(out_dir)
     store = SweepStore.read(out_dir)

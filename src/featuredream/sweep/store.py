@@ -31,8 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .config import default_children
-from .multi import FeatureError
+from ..engine.config import default_children
+from ..engine.multi import FeatureError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _dir_identity(path: Path) -> str:
 
 def sae_identity(spec: str) -> tuple[str, Path | None]:
     """A stable identity of an SAE spec, and its directory when it has one (fixture or local dir)."""
-    from .saes import FIXTURE_ALIASES, FIXTURE_DIR
+    from ..lm.saes import FIXTURE_ALIASES, FIXTURE_DIR
 
     name = FIXTURE_ALIASES.get(spec, spec)
     if Path(name).name == name and (FIXTURE_DIR / name / "cfg.json").exists():
@@ -89,7 +89,7 @@ def sae_width(spec: str) -> int:
 @functools.lru_cache(maxsize=4)
 def _loaded_width(spec: str) -> int:
     """Width of an SAE with no local ``cfg.json`` (loaded once per process: the CLI and the sweep ask)."""
-    from .saes import load_sae
+    from ..lm.saes import load_sae
 
     return load_sae(spec, device="cpu").d_sae
 
@@ -103,7 +103,7 @@ def resolve_runtime(spec) -> dict[str, Any]:
     """
     import torch
 
-    from .models import parse_device, parse_dtype, runtime_defaults
+    from ..lm.models import parse_device, parse_dtype, runtime_defaults
 
     dev = parse_device(spec.device)
     dtype, attn = runtime_defaults(dev, parse_dtype(spec.dtype))
@@ -117,7 +117,7 @@ def fingerprint(spec, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a store's records depend on (see module doc); compared key by key on every open.
 
     ``runtime``: :func:`resolve_runtime` where the features run (None: resolved in this process)."""
-    from .models import DEFAULT_ALIASES, DEFAULT_MODEL
+    from ..lm.models import DEFAULT_ALIASES, DEFAULT_MODEL
 
     rt = resolve_runtime(spec) if runtime is None else runtime
     if spec.model is None or spec.model in DEFAULT_ALIASES:
@@ -274,7 +274,7 @@ class SweepStore:
 
     def spec(self):
         """The :class:`~featuredream.sweep.SweepSpec` the store was created with."""
-        from .sweep import SweepSpec
+        from .run import SweepSpec
 
         return SweepSpec.from_dict(self.meta("spec"))
 
@@ -332,7 +332,7 @@ class SweepStore:
 
     def result(self, feature: int):
         """The full :class:`~featuredream.results.DreamResult` of ``feature`` (None if absent or failed)."""
-        from .results import DreamResult
+        from ..engine.results import DreamResult
 
         row = self.conn.execute("SELECT record FROM results WHERE feature = ?", (feature,)).fetchone()
         return DreamResult.from_json(row[0]) if row and row[0] else None

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .config import DreamConfig
-from .models import DEFAULT_ALIASES, parse_dtype, resolve_model_path
-from .multi import FeatureError
-from .objectives import check_reduce
-from .sweep_store import (
+from ..engine.config import DreamConfig
+from ..lm.models import DEFAULT_ALIASES, parse_dtype, resolve_model_path
+from ..engine.multi import FeatureError
+from ..engine.objectives import check_reduce
+from .store import (
     STORE_FILE,
     SweepStore,
     check_out_dir,
@@ -186,8 +186,8 @@ def load_spec(spec: SweepSpec, check: bool = True):
     """``(model, tokenizer, sae)`` for ``spec``, loaded once per process (Ray workers reuse them)."""
     key = (spec.model, spec.sae, spec.device, spec.dtype)
     if key not in _LOADED:
-        from .models import load_model
-        from .saes import check_site, load_sae
+        from ..lm.models import load_model
+        from ..lm.saes import check_site, load_sae
 
         model, tok = load_model(spec.model, device=spec.device, dtype=spec.dtype)
         sae = load_sae(spec.sae, model=model)
@@ -201,8 +201,8 @@ def load_spec(spec: SweepSpec, check: bool = True):
 
 def run_group(spec: SweepSpec, features: list[int], loaded=None) -> list[tuple[int, Any]]:
     """Dream ``features`` together; ``(feature, DreamResult | FeatureError)`` per feature."""
-    from .multi import dream_many
-    from .multi_objective import MultiLatentObjective
+    from ..engine.multi import dream_many
+    from ..engine.multi_objective import MultiLatentObjective
 
     model, tok, sae = loaded or load_spec(spec)
     obj = MultiLatentObjective(sae, features, spec.kind, spec.reduce, spec.norm_guard)
@@ -249,7 +249,7 @@ def run_sweep(
     if cpus_per_task is not None and backend != "ray":
         raise ValueError(f"cpus_per_task={cpus_per_task!r} applies to the ray backend only: valid is None")
     if backend == "ray":
-        from .sweep_ray import import_ray
+        from .ray import import_ray
 
         import_ray()  # fail in one line before any work when Ray is missing
     spec = check_sweep(spec, features, out_dir)
@@ -257,7 +257,7 @@ def run_sweep(
     if backend == "local":
         outcome = _sweep(spec, features, out_dir, resume, progress, resolve_runtime(spec), _run_local)
     else:
-        from .sweep_ray import ray_backend
+        from .ray import ray_backend
 
         with ray_backend(spec, address=address, workers=workers, cpus_per_task=cpus_per_task) as run:
             outcome = _sweep(spec, features, out_dir, resume, progress, run.runtime, run)

@@ -126,8 +126,8 @@ def register(sub, common: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .models import load_model
-    from .saes import load_sae
+    from ..lm.models import load_model
+    from ..lm.saes import load_sae
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     return model, tok, load_sae(args.sae, model=model)
@@ -164,7 +164,7 @@ def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full:
     (\u2026 before it), or with ``full`` the whole context (\u2502 where the minimal one starts)."""
     import sys
 
-    from .inspect import minimal_context
+    from ..observe.inspect import minimal_context
 
     if not exs:
         print("(no examples)")
@@ -184,8 +184,8 @@ def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full:
 
 
 def cmd_inspect(args) -> int:
-    from . import inspect as ins
-    from . import tracing
+    from ..observe import inspect as ins
+    from ..observe import tracing
 
     model, tok, sae = _load(args)
     a = args.action
@@ -227,7 +227,7 @@ def cmd_inspect(args) -> int:
         for t, b in zip(le.top, le.bottom):
             print(f"{t.token!r:>18} {t.value:+9.3f}   {b.token!r:>18} {b.value:+9.3f}")
     elif a == "attribution":
-        from .objectives import make_objective
+        from ..engine.objectives import make_objective
 
         obj = make_objective(
             sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard
@@ -240,7 +240,7 @@ def cmd_inspect(args) -> int:
     elif a == "steer":
         alphas = args.alphas
         if alphas is None:  # the direction's natural scale: a few times the feature's dataset maximum
-            from .report import STEER_SCALES
+            from ..observe.report import STEER_SCALES
 
             st = sae.stats
             ok = st is not None and st.has("max_activation") and float(st.max_activation[args.feature]) > 0
@@ -255,9 +255,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from .cli import _check_out_path
-    from .report import STEER_PROMPT, feature_card, neuronpedia_json
-    from .results import DreamResult, write_atomic
+    from .main import _check_out_path
+    from ..observe.report import STEER_PROMPT, feature_card, neuronpedia_json
+    from ..engine.results import DreamResult, write_atomic
 
     out = _check_out_path(args.out)
     js = _check_out_path(args.json)
@@ -277,7 +277,7 @@ def cmd_card(args) -> int:
     model, tok, sae = _load(args)
     stats = None
     if args.corpus:
-        from .examples import corpus_stats
+        from ..observe.examples import corpus_stats
 
         stats = corpus_stats(model, tok, sae, args.corpus)
     feature_card(

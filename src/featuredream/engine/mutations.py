@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .fluency import sequence_xe
-from .models import embed_scale
+from ..lm.models import embed_scale
 from .objectives import Objective
-from .sites import run_sites
+from ..lm.sites import run_sites
 
 OPERATORS = ("gcg_swap", "sample_swap", "sample_insert", "delete")
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .figures import frontier_figure, histogram_figure, png_data_uri, trajectory_figure
-from .html_parts import (
+from .html import (
     _ACT_RGB,
     _CSS,
     _NEG_RGB,
@@ -34,9 +34,9 @@ from .html_parts import (
     token_spans,
 )
 from .inspect import Example, encode_prompts, minimal_context
-from .models import model_name
-from .results import DreamResult, write_atomic
-from .saes import CHECK_TEXTS, BoundSAE, FeatureStats, site_fvu
+from ..lm.models import model_name
+from ..engine.results import DreamResult, write_atomic
+from ..lm.saes import CHECK_TEXTS, BoundSAE, FeatureStats, site_fvu
 from .tracing import RESIDUAL_KINDS, logit_effects, steering
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class CardData:
 def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, n: int) -> list[tuple]:
     """The best prompt and up to ``n - 1`` buffer prompts with per-token activations (recomputed with the
     dream's objective where the result file does not hold them)."""
-    from .evaluate import reference_evaluate
-    from .objectives import make_objective
+    from ..engine.evaluate import reference_evaluate
+    from ..engine.objectives import make_objective
 
     rows = [("best", dream.best)] + [
         (f"buffer #{i + 1}", p) for i, p in enumerate(dream.buffer) if p.text != dream.best.text

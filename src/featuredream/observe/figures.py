@@ -7,7 +7,7 @@ import io
 import math
 from typing import Any
 
-from .results import Prompt
+from ..engine.results import Prompt
 
 _ACT_HEX = "#ea580c"
 

@@ -28,7 +28,7 @@ from .prefix_cache import (
     shared_prefix,
     supports_prefix,
 )
-from .sites import run_sites
+from ..lm.sites import run_sites
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-from .saes import BoundSAE
-from .sites import Site
+from ..lm.saes import BoundSAE
+from ..lm.sites import Site
 
 REDUCTIONS = ("last", "max", "mean")
 
@@ -263,7 +263,7 @@ class QueryDirection(DirectionObjective):
     ):
         site = Site("attn_q_rot" if rotary else "attn_q", layer, head)
         if model is not None:
-            from .saes import site_width
+            from ..lm.saes import site_width
 
             site.validate(model)
             width = site_width(model, site)

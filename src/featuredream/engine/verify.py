@@ -12,7 +12,7 @@ import torch
 
 from .buffer import rank_loss
 from .evaluate import reference_evaluate
-from .models import model_name
+from ..lm.models import model_name
 from .results import DreamResult, Prompt
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from .sites import HEAD_KINDS, Site, parse_hook_name
 
 log = logging.getLogger(__name__)
 
-FIXTURE_DIR = Path(__file__).parent / "data" / "saes"
+FIXTURE_DIR = Path(__file__).parent.parent / "data" / "saes"
 FIXTURE_ALIASES = {"default": "smollm2-res12", "query": "smollm2-q18h6"}
 
 

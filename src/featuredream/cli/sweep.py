@@ -35,9 +35,9 @@ _positive, _count = _int_at_least(1), _int_at_least(0)
 
 def register(sub) -> None:
     """Add ``sweep`` and ``sweep-summary`` to the ``sub`` subparsers of the main parser."""
-    from .cli import add_config_options
-    from .config import DreamConfig
-    from .sweep import BACKENDS
+    from .main import add_config_options
+    from ..engine.config import DreamConfig
+    from ..sweep.run import BACKENDS
 
     s = sub.add_parser(
         "sweep",
@@ -114,9 +114,9 @@ def _sweep_config(args):
     """The DreamConfig of a sweep; ``--xe-max auto`` resolved from the SAE's files (nothing loaded yet)."""
     from dataclasses import replace
 
-    from .cli import _config_from
-    from .config import DreamConfig
-    from .saes import ships_xe_table
+    from .main import _config_from
+    from ..engine.config import DreamConfig
+    from ..lm.saes import ships_xe_table
 
     cfg = _config_from(args, DreamConfig)
     if args.xe_max == "auto" and ships_xe_table(args.sae):
@@ -125,7 +125,7 @@ def _sweep_config(args):
 
 
 def _spec(args):
-    from .sweep import SweepSpec
+    from ..sweep.run import SweepSpec
 
     return SweepSpec(
         model=args.model,
@@ -141,8 +141,8 @@ def _spec(args):
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import STORE_FILE, parse_features, run_sweep
-    from .sweep_store import sae_width
+    from ..sweep.run import STORE_FILE, parse_features, run_sweep
+    from ..sweep.store import sae_width
 
     spec = _spec(args)  # options checked before anything is loaded or written
     features = parse_features(args.features, sae_width(spec.sae))  # bounds checked before expanding
@@ -181,7 +181,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sweep_summary(args) -> int:
-    from .sweep_report import format_summary, summarize, write_cards, write_index, write_plot
+    from ..sweep.summary import format_summary, summarize, write_cards, write_index, write_plot
 
     s = summarize(args.dir)
     print(format_summary(s, args.worst))
@@ -197,11 +197,11 @@ def cmd_sweep_summary(args) -> int:
 def cmd_dream_features(args) -> int:
     """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``, written
     as each group finishes (Ctrl-C keeps every finished group's files, exit 130)."""
-    from .models import load_model
-    from .multi import FeatureError, dream_features
-    from .objectives import check_reduce
-    from .saes import check_site, load_sae
-    from .sweep import count_features, parse_features
+    from ..lm.models import load_model
+    from ..engine.multi import FeatureError, dream_features
+    from ..engine.objectives import check_reduce
+    from ..lm.saes import check_site, load_sae
+    from ..sweep.run import count_features, parse_features
 
     if args.feature is not None or args.site is not None:
         raise ValueError("--features cannot be combined with --feature or --site: give one target")
@@ -233,7 +233,7 @@ def cmd_dream_features(args) -> int:
             ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
             print(f"{f:8d} {r.best.activation:10.3f} {ratio} {r.best.xe:6.2f}  {r.best.text!r}", flush=True)
             if args.html:
-                from .report import feature_card
+                from ..observe.report import feature_card
 
                 feature_card(model, tok, sae, f, r, path.with_suffix(".html"))
 

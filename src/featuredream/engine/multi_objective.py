@@ -20,13 +20,13 @@ from torch import nn
 
 from .evaluate import EvalOutput, halve_on_oom, length_mask, pad_right
 from .fluency import sequence_xe
-from .models import embed_scale
+from ..lm.models import embed_scale
 from .multi_prefix import run_parents, run_tails, shared_prefixes
 from .mutations import ParentSignals
 from .objectives import ObjectiveOutput, make_objective, reduce_positions
 from .prefix_cache import BUCKET_OVERHEAD, plan_buckets, supports_prefix
-from .saes import BoundSAE
-from .sites import run_sites
+from ..lm.saes import BoundSAE
+from ..lm.sites import run_sites
 
 log = logging.getLogger(__name__)
 

@@ -74,8 +74,8 @@ def _last_line(e: BaseException) -> str:
 
 def _probe_runtime(spec_dict: dict[str, Any]) -> dict[str, Any]:
     """Ray task body: what the spec resolves to on a worker with the sweep's resources."""
-    from .sweep import SweepSpec
-    from .sweep_store import resolve_runtime
+    from .run import SweepSpec
+    from .store import resolve_runtime
 
     return resolve_runtime(SweepSpec.from_dict(spec_dict))
 
@@ -84,8 +84,8 @@ def _dream_group(spec_dict: dict[str, Any], features: list[int], threads: int) -
     """Ray task body: ``(worker name, resolved runtime, [(feature, DreamResult | FeatureError), ...])``."""
     import torch
 
-    from .sweep import SweepSpec, load_spec, run_group, worker_name
-    from .sweep_store import resolve_runtime
+    from .run import SweepSpec, load_spec, run_group, worker_name
+    from .store import resolve_runtime
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -108,8 +108,8 @@ class RayRun:
         Groups that still fail after the retries are listed in ``outcome.failed``; rerunning with
         ``--resume`` retries exactly them.
         """
-        from .sweep import _record
-        from .sweep_store import _first_difference
+        from .run import _record
+        from .store import _first_difference
 
         ray = self.ray
         task = ray.remote(_dream_group).options(**self.opts)

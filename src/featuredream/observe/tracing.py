@@ -22,10 +22,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .models import decoder_layers, embed_scale
-from .objectives import Objective
-from .saes import BoundSAE
-from .sites import Site, _attention, _head_dim, _mlp, kv_head, run_sites
+from ..lm.models import decoder_layers, embed_scale
+from ..engine.objectives import Objective
+from ..lm.saes import BoundSAE
+from ..lm.sites import Site, _attention, _head_dim, _mlp, kv_head, run_sites
 
 log = logging.getLogger(__name__)
 

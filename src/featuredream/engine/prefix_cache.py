@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .fluency import token_xe
-from .sites import Site, _StopForward, capture
+from ..lm.sites import Site, _StopForward, capture
 
 PER_POSITION_KINDS = (
     "resid_pre",

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .fluency import token_xe
+from ..engine.fluency import token_xe
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def verify_examples(model: nn.Module, sae, pairs: list[tuple[int, int]], batch: 
     """Score each stored example ``(latent, slot)`` **alone** from its tokens (context up to the
     activating token) with a plain forward pass; returns the relative errors ``[len(pairs)]`` against the
     recorded ``top_values``. Examples of one window share one pass (the longest context among them)."""
-    from .inspect import _values, pad_batch, site_activations
+    from ..observe.inspect import _values, pad_batch, site_activations
 
     st, dev = sae.stats, next(model.parameters()).device
     by_window: dict[tuple[int, ...], list[int]] = {}

@@ -1,0 +1,1 @@
+"""Observation and tracing: inspect, dataset examples, tracing, figures and the HTML feature card."""

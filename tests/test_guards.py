@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import pytest
 import torch
 
-from featuredream import DreamConfig, FunctionObjective, SAEEncoder, dream
+from featuredream import DreamConfig, FunctionObjective, SAEEncoder, dream, ready
 from featuredream.lm.saes import load_sae
 from featuredream.lm.sites import Site
 
@@ -137,27 +136,28 @@ def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_toke
         "--n-children",
         "8",
     ]
+    flag = tmp_path / "ready"
     proc = subprocess.Popen(
         cmd,
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", ready.ENV: str(flag)},
     )
     try:
-        deadline, seen = time.time() + 240, b""
-        while b"dream:" not in seen and time.time() < deadline:  # the progress bar is up: the loop runs
-            if select.select([proc.stderr], [], [], 1.0)[0]:
-                chunk = os.read(proc.stderr.fileno(), 4096)
-                if not chunk:
-                    break
-                seen += chunk
-        time.sleep(2)
+        # The dream holds at its ready point (model loaded, Ctrl-C armed) until the flag is removed, so
+        # the signal arrives at a known moment on any machine; the timeouts are only safety nets.
+        try:
+            point = ready.wait_for(flag, proc)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}: {proc.communicate(timeout=60)[1][-1500:]!r}") from None
+        assert point == "dream-started"
         proc.send_signal(signal.SIGINT)
-        out_s, err_s = proc.communicate(timeout=120)
+        flag.unlink()  # go on: the loop stops after its first iteration (100000 would take hours)
+        out_s, err_s = proc.communicate(timeout=600)
     finally:
         proc.kill()
-    assert proc.returncode == 130, (seen[-500:], out_s[-500:], err_s[-1500:])
+    assert proc.returncode == 130, (out_s[-500:], err_s[-1500:])
     res = json.loads(out.read_text())
     assert res["interrupted"] is True and res["best"]["text"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -180,14 +180,15 @@ def test_graceful_sigint_first_asks_second_raises():
 
 def test_dream_stops_cleanly_when_asked(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
     """A stop request (first Ctrl-C) ends the loop after the current iteration with a verified result."""
-    import featuredream.engine.optimizer as optimizer
+    import featuredream.engine.loop as loop
     from featuredream.engine.config import DreamConfig
+    from featuredream.engine.dream import dream
     from featuredream.engine.objectives import SAEEncoder
 
     calls = iter(range(1000))
-    monkeypatch.setattr(optimizer, "stop_requested", lambda: next(calls) >= 2)
+    monkeypatch.setattr(loop, "stop_requested", lambda: next(calls) >= 2)
     cfg = DreamConfig(iters=50, n_children=8, min_tokens=3, max_tokens=10, progress=False, start="prompt",
                       init_prompt="The quick brown fox")  # fmt: skip
-    r = optimizer.dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 3), cfg)
+    r = dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 3), cfg)
     assert r.interrupted and r.stop_reason == "interrupted" and len(r.history) == 3
     assert r.verification["abs_error"] <= r.verification["tolerance"]

@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,11 @@ import torch
 from conftest import identity_sae_dir
 from safetensors.torch import save_file
 
+from featuredream import ready
 from featuredream.cli.main import main
 from featuredream.engine.config import DreamConfig
-from featuredream.engine.multi import FeatureError
-from featuredream.sweep.run import STORE_FILE, SweepSpec, SweepStore, parse_features, run_sweep
+from featuredream.engine.results import FeatureError
+from featuredream.sweep import STORE_FILE, SweepSpec, SweepStore, parse_features, run_sweep
 from featuredream.sweep.summary import format_summary, summarize, write_cards, write_index
 
 FAST = dict(
@@ -151,7 +151,11 @@ def test_store_is_idempotent_and_refuses_to_mix(sweep_dirs, tmp_path):
 
 def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp_path):
     """A real sweep process killed with SIGKILL mid-run, then resumed: every feature exactly once, and the
-    records equal an uninterrupted sweep's (different grouping: equal up to float)."""
+    records equal an uninterrupted sweep's (different grouping: equal up to float).
+
+    The kill lands at a known moment whatever the machine's load: the sweep holds at its ready point right
+    after committing its first group (``FEATUREDREAM_READY_FILE``, :mod:`featuredream.ready`), with its
+    store open, until it is killed."""
     features = "0-5"
     ref = tmp_path / "ref"
     o = run_sweep(_spec(sweep_dirs), parse_features(features), ref, progress=False)
@@ -159,27 +163,24 @@ def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "featuredream.cli", "sweep", "--features", features, "--out", str(out),
            "--model", sweep_dirs["model"], "--sae", sweep_dirs["sae"], "--group-size", "1", *FAST_ARGS]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flag = tmp_path / "ready"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", ready.ENV: str(flag)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if (out / STORE_FILE).exists():
-                try:
-                    if 1 <= len(_records(out)) < 6:
-                        break
-                except sqlite3.OperationalError:  # tables not created yet / locked
-                    pass
-            time.sleep(0.05)
-        assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read()[-500:]!r}"
+        try:
+            point = ready.wait_for(flag, proc)  # a deadline only as a safety net: the sweep holds there
+        except RuntimeError as e:
+            raise AssertionError(f"{e}: {proc.stderr.read()[-500:]!r}") from None
+        assert point == "sweep-group-written"
         proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     before = _records(out)
-    assert 1 <= len(before) < 6
+    assert [r[0] for r in before] == [0]  # the first group (group size 1), nothing after it
     o = run_sweep(_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False)
     assert o.skipped == len(before) and o.written == 6 - len(before)
     after = _records(out)
@@ -213,7 +214,7 @@ def test_kill_inside_a_transaction_leaves_no_trace(sweep_dirs, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_groups_and_resume_completes(sweep_dirs, tmp_path, monkeypatch):
-    import featuredream.engine.multi as multi
+    import featuredream.engine.loop as multi
 
     real, calls = multi.batched_parent_signals, {"n": 0}
 

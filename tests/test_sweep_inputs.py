@@ -14,9 +14,10 @@ import pytest
 import torch
 from test_sweep import FAST_ARGS, _cli, _spec, sweep_dirs  # noqa: F401 (fixture)
 
-import featuredream.engine.multi as multi
-from featuredream.engine.multi import FeatureError
-from featuredream.sweep.run import (
+import featuredream.engine.dream as front
+import featuredream.engine.loop as loop
+from featuredream.engine.results import FeatureError
+from featuredream.sweep import (
     STORE_FILE,
     SweepSpec,
     SweepStore,
@@ -185,15 +186,16 @@ def test_task_cpus():
 
 
 def test_cli_cpus_per_task(sweep_dirs, tmp_path, capsys, monkeypatch):
-    import featuredream.sweep.run as sweep
+    import featuredream.sweep.run as run
+    from featuredream.sweep import SweepOutcome
 
     got = {}
 
     def fake(spec, features, out, **kw):
         got.update(kw)
-        return sweep.SweepOutcome(len(features), 0, len(features), 0)
+        return SweepOutcome(len(features), 0, len(features), 0)
 
-    monkeypatch.setattr(sweep, "run_sweep", fake)
+    monkeypatch.setattr(run, "run_sweep", fake)
     code, _, _ = _cli(capsys, *_sweep_args(sweep_dirs, tmp_path / "s", "--features", "0-3",
                                            "--backend", "ray", "--cpus-per-task", "3"))  # fmt: skip
     assert code == 0 and (got["backend"], got["cpus_per_task"]) == ("ray", 3)
@@ -287,7 +289,7 @@ def _dream_args(d, out, *extra):
 
 
 def test_dream_features_ctrl_c_between_groups_keeps_finished_files(sweep_dirs, tmp_path, capsys, monkeypatch):
-    real, calls = multi.dream_many, []
+    real, calls = front.dream_many, []
 
     def second_raises(*a, **k):
         calls.append(1)
@@ -295,7 +297,7 @@ def test_dream_features_ctrl_c_between_groups_keeps_finished_files(sweep_dirs, t
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(multi, "dream_many", second_raises)
+    monkeypatch.setattr(front, "dream_many", second_raises)
     out = tmp_path / "many"
     code, text, err = _cli(capsys, *_dream_args(sweep_dirs, out))
     assert code == 130 and sorted(p.name for p in out.iterdir()) == ["feature_17.json", "feature_3.json"]
@@ -303,7 +305,7 @@ def test_dream_features_ctrl_c_between_groups_keeps_finished_files(sweep_dirs, t
 
 
 def test_dream_features_ctrl_c_in_a_group_stops_after_it(sweep_dirs, tmp_path, capsys, monkeypatch):
-    real_many, real_sig, groups, sigs = multi.dream_many, multi.batched_parent_signals, [], []
+    real_many, real_sig, groups, sigs = front.dream_many, loop.batched_parent_signals, [], []
 
     def counting(model, tok, obj, *a, **k):
         groups.append(list(obj.latents))
@@ -315,8 +317,8 @@ def test_dream_features_ctrl_c_in_a_group_stops_after_it(sweep_dirs, tmp_path, c
             raise KeyboardInterrupt
         return real_sig(*a, **k)
 
-    monkeypatch.setattr(multi, "dream_many", counting)
-    monkeypatch.setattr(multi, "batched_parent_signals", interrupting)
+    monkeypatch.setattr(front, "dream_many", counting)
+    monkeypatch.setattr(loop, "batched_parent_signals", interrupting)
     out = tmp_path / "many"
     code, text, _ = _cli(capsys, *_dream_args(sweep_dirs, out))
     assert code == 130 and groups == [[3, 17]] and "wrote 2 results" in text
@@ -325,13 +327,13 @@ def test_dream_features_ctrl_c_in_a_group_stops_after_it(sweep_dirs, tmp_path, c
 
 
 def test_dream_features_counts_only_written_results(sweep_dirs, tmp_path, capsys, monkeypatch):
-    real = multi.dream_many
+    real = front.dream_many
 
     def first_fails(model, tok, obj, *a, **k):
         res = real(model, tok, obj, *a, **k)
         return [FeatureError(obj.latents[0], "no start")] + res[1:]
 
-    monkeypatch.setattr(multi, "dream_many", first_fails)
+    monkeypatch.setattr(front, "dream_many", first_fails)
     out = tmp_path / "many"
     code, text, _ = _cli(capsys, *_dream_args(sweep_dirs, out))
     assert code == 0 and "3 failed: no start" in text and "20 failed: no start" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_sweep import _records, _same_records, _spec, sweep_dirs  # noqa: F401 (fixture)
 
-from featuredream.sweep.run import run_sweep
+from featuredream.sweep import run_sweep
 
 ray = pytest.importorskip("ray")
 

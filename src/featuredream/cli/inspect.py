@@ -1,7 +1,7 @@
 """``featuredream inspect <action>`` and ``featuredream card``: observation, tracing and the HTML card.
 
-``register(subparsers, common)`` adds the commands to the main parser; ``COMMANDS`` maps them to their
-handlers. Handlers raise ``ValueError`` for bad input (``featuredream.cli.main`` prints one line, exit 2).
+``register(subparsers)`` adds the commands to the main parser; ``COMMANDS`` maps them to their handlers.
+Handlers raise ``ValueError`` for bad input (``featuredream.cli.main`` prints one line, exit 2).
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ import json
 import logging
 from pathlib import Path
 
+from .options import check_out_path, integer, model_options
+
 log = logging.getLogger(__name__)
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -33,24 +28,16 @@ def _floats(text: str) -> tuple[float, ...]:
     return vals
 
 
-def register(sub, common: argparse.ArgumentParser) -> None:
+def register(sub) -> None:
     """Add ``inspect`` (with its actions) and ``card`` to the ``sub`` subparsers of the main parser."""
-    base = argparse.ArgumentParser(add_help=False)
-    base.add_argument(
-        "--model", default=None, help="model name or path (default: embedded SmolLM2-135M-Instruct)"
-    )
-    base.add_argument(
-        "--sae", default="default", help="SAE: fixture name, sae-lens directory, or release:sae_id"
-    )
-    base.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
-    base.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (cuda)")
-    feat = argparse.ArgumentParser(add_help=False)
-    feat.add_argument("--feature", type=_int, required=True, help="latent index")
+    base = model_options(objective=False)  # the actions that take a --reduce have their own default
+    latent = model_options(objective=False, feature=True)
+    common = model_options(feature=True)  # a latent as an objective (attribution, card)
     enc = argparse.ArgumentParser(add_help=False)
     enc.add_argument(
         "--values", default="code", help="code (the SAE's sparse code) or pre (encoder pre-activation)"
     )
-    enc.add_argument("-n", type=_int, default=10, help="rows to show (default: 10)")
+    enc.add_argument("-n", type=integer, default=10, help="rows to show (default: 10)")
 
     ins = sub.add_parser(
         "inspect",
@@ -66,19 +53,17 @@ def register(sub, common: argparse.ArgumentParser) -> None:
     a.add_argument("--pos-file", help="file with one positive prompt per line")
     a.add_argument("--neg-file", help="file with one negative prompt per line")
     a.add_argument("--reduce", default="last", help="last, max, mean (default: last)")
-    a = act.add_parser("scan", parents=[base, feat], help="one feature on each of several prompts")
+    a = act.add_parser("scan", parents=[latent], help="one feature on each of several prompts")
     a.add_argument("prompts", nargs="*", help="prompts (or --file)")
     a.add_argument("--file", help="file with one prompt per line")
     a.add_argument("--reduce", default="max", help="last, max, mean (default: max)")
-    a = act.add_parser(
-        "examples", parents=[base, feat], help="top dataset examples (shipped, or over --corpus)"
-    )
+    a = act.add_parser("examples", parents=[latent], help="top dataset examples (shipped, or over --corpus)")
     a.add_argument(
         "--corpus", nargs="+", help="text files or directories of *.txt / *.md (default: shipped examples)"
     )
-    a.add_argument("-k", type=_int, default=8, help="examples (default: 8)")
-    a.add_argument("--ctx", type=_int, default=64, help="tokens per corpus window (default: 64)")
-    a.add_argument("--batch-size", type=_int, default=32, help="windows per forward pass (default: 32)")
+    a.add_argument("-k", type=integer, default=8, help="examples (default: 8)")
+    a.add_argument("--ctx", type=integer, default=64, help="tokens per corpus window (default: 64)")
+    a.add_argument("--batch-size", type=integer, default=32, help="windows per forward pass (default: 32)")
     a.add_argument(
         "--keep",
         type=float,
@@ -91,17 +76,17 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         help="print the whole context (\u2502 marks where the minimal one starts), not just the minimal one",
     )
     a = act.add_parser(
-        "logits", parents=[base, feat], help="tokens the feature's decoder direction promotes / suppresses"
+        "logits", parents=[latent], help="tokens the feature's decoder direction promotes / suppresses"
     )
-    a.add_argument("-n", type=_int, default=10, help="tokens each way (default: 10)")
+    a.add_argument("-n", type=integer, default=10, help="tokens each way (default: 10)")
     a = act.add_parser("attribution", parents=[common], help="each input token's contribution to the feature")
     a.add_argument("prompt")
     a.add_argument(
-        "--position", type=_int, default=None, help="token to explain (default: the objective's reduction)"
+        "--position", type=integer, default=None, help="token to explain (default: the objective's reduction)"
     )
     a.add_argument("--method", default="grad_x_input", help="grad_x_input or integrated_gradients")
     a = act.add_parser(
-        "steer", parents=[base, feat], help="greedy continuations with the feature's direction added"
+        "steer", parents=[latent], help="greedy continuations with the feature's direction added"
     )
     a.add_argument("prompt")
     a.add_argument(
@@ -110,7 +95,7 @@ def register(sub, common: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated (default: 0,2,4,8 x the feature's dataset max, or 0,4,8 without statistics)",
     )
-    a.add_argument("--max-new-tokens", type=_int, default=20, help="tokens to generate (default: 20)")
+    a.add_argument("--max-new-tokens", type=integer, default=20, help="tokens to generate (default: 20)")
 
     c = sub.add_parser("card", parents=[common], help="write a self-contained HTML feature card")
     c.add_argument("--out", required=True, help="HTML path")
@@ -164,7 +149,7 @@ def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full:
     (\u2026 before it), or with ``full`` the whole context (\u2502 where the minimal one starts)."""
     import sys
 
-    from ..observe.inspect import minimal_context
+    from ..observe.examples import minimal_context
 
     if not exs:
         print("(no examples)")
@@ -186,6 +171,7 @@ def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full:
 def cmd_inspect(args) -> int:
     from ..observe import inspect as ins
     from ..observe import tracing
+    from ..observe.examples import top_examples
 
     model, tok, sae = _load(args)
     a = args.action
@@ -211,7 +197,7 @@ def cmd_inspect(args) -> int:
         rate = ins.fire_rate(model, tok, sae, prompts, args.feature, args.reduce)
         print(f"fire rate ({args.reduce} token): {rate:.2f}")
     elif a == "examples":
-        exs = ins.top_examples(
+        exs = top_examples(
             model,
             tok,
             sae,
@@ -240,7 +226,7 @@ def cmd_inspect(args) -> int:
     elif a == "steer":
         alphas = args.alphas
         if alphas is None:  # the direction's natural scale: a few times the feature's dataset maximum
-            from ..observe.report import STEER_SCALES
+            from ..observe.card import STEER_SCALES
 
             st = sae.stats
             ok = st is not None and st.has("max_activation") and float(st.max_activation[args.feature]) > 0
@@ -255,12 +241,12 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from .main import _check_out_path
-    from ..observe.report import STEER_PROMPT, feature_card, neuronpedia_json
     from ..engine.results import DreamResult, write_atomic
+    from ..observe.card import STEER_PROMPT, neuronpedia_json
+    from ..observe.report import feature_card
 
-    out = _check_out_path(args.out)
-    js = _check_out_path(args.json)
+    out = check_out_path(args.out)
+    js = check_out_path(args.json)
     dream = None
     if args.dream:
         p = Path(args.dream)

@@ -2,7 +2,7 @@
 
 Every task loads the model and SAE by their spec (absolute paths every node can read, or names; each
 worker process loads them once and reuses them for later tasks), dreams its group with
-:func:`featuredream.multi.dream_many`, and returns the results to the driver, the store's only writer.
+:func:`featuredream.dream_many` (:func:`featuredream.sweep.worker.run_group`), and returns the results to the driver, the store's only writer.
 
 **Resources.** A task asks for one GPU when the cluster has GPUs and the spec does not say
 ``device='cpu'``; else for :func:`task_cpus` CPUs (and as many torch threads), by default a quarter of
@@ -10,7 +10,7 @@ the smallest node's CPUs, so at most ``TASKS_PER_NODE`` model copies share a nod
 (``cpus_per_task`` / ``--cpus-per-task`` sets it).
 
 **Fingerprint.** The dtype, attention implementation and ``n_children`` a spec resolves to depend on the
-hardware (:func:`featuredream.sweep_store.resolve_runtime`), so a probe task with the sweep's resources
+hardware (:func:`featuredream.sweep.store.resolve_runtime`), so a probe task with the sweep's resources
 resolves them on a worker before the store is opened, and every task returns what it resolved: a group
 resolved differently (a cluster of mixed GPUs) is not written and is listed in ``outcome.failed``.
 
@@ -26,6 +26,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from ..checks import check_int
+from .spec import SweepSpec
+from .store import SweepStore, first_difference, resolve_runtime
+from .worker import SweepOutcome, load_spec, record, run_group, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,7 @@ def task_cpus(node_cpus: list[float], cpus_per_task: int | None, gpus: bool) -> 
     if biggest < 1:
         raise ValueError("the Ray cluster has no node with CPUs: valid is a cluster with at least one CPU")
     if cpus_per_task is not None:
-        if isinstance(cpus_per_task, bool) or not isinstance(cpus_per_task, int) or cpus_per_task < 1:
-            raise ValueError(f"cpus_per_task={cpus_per_task!r} is invalid: valid is an integer >= 1")
+        check_int("cpus_per_task", cpus_per_task)
         if cpus_per_task > biggest:
             raise ValueError(
                 f"cpus_per_task={cpus_per_task} is more than any Ray node has: valid are 1..{biggest}"
@@ -74,18 +78,12 @@ def _last_line(e: BaseException) -> str:
 
 def _probe_runtime(spec_dict: dict[str, Any]) -> dict[str, Any]:
     """Ray task body: what the spec resolves to on a worker with the sweep's resources."""
-    from .run import SweepSpec
-    from .store import resolve_runtime
-
     return resolve_runtime(SweepSpec.from_dict(spec_dict))
 
 
 def _dream_group(spec_dict: dict[str, Any], features: list[int], threads: int) -> tuple[str, dict, list]:
     """Ray task body: ``(worker name, resolved runtime, [(feature, DreamResult | FeatureError), ...])``."""
     import torch
-
-    from .run import SweepSpec, load_spec, run_group, worker_name
-    from .store import resolve_runtime
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -102,15 +100,14 @@ class RayRun:
     threads: int
     runtime: dict[str, Any]
 
-    def __call__(self, spec, groups: list[list[int]], store, bar, outcome) -> None:
+    def __call__(
+        self, spec: SweepSpec, groups: list[list[int]], store: SweepStore, bar, outcome: SweepOutcome
+    ) -> None:
         """Run ``groups`` as Ray tasks and write each finished group to ``store`` as it arrives.
 
         Groups that still fail after the retries are listed in ``outcome.failed``; rerunning with
         ``--resume`` retries exactly them.
         """
-        from .run import _record
-        from .store import _first_difference
-
         ray = self.ray
         task = ray.remote(_dream_group).options(**self.opts)
         log.info("ray: %d groups on %s", len(groups), ray.cluster_resources())
@@ -127,14 +124,14 @@ class RayRun:
                     log.error("features %d-%d failed: %s", group[0], group[-1], msg)
                     outcome.failed.append((group, msg))
                     continue
-                diff = _first_difference(self.runtime, runtime)
+                diff = first_difference(self.runtime, runtime)
                 if diff is not None:
                     key, a, b = diff
                     msg = f"worker {worker} resolved {key}={b!r}, the sweep has {key}={a!r}: not written"
                     log.error("features %d-%d: %s", group[0], group[-1], msg)
                     outcome.failed.append((group, msg))
                     continue
-                _record(store, results, bar, outcome, f"ray:{worker}")
+                record(store, results, bar, outcome, f"ray:{worker}")
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -143,7 +140,7 @@ class RayRun:
 
 @contextmanager
 def ray_backend(
-    spec,
+    spec: SweepSpec,
     *,
     address: str | None = None,
     workers: int | None = None,

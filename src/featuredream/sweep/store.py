@@ -20,11 +20,8 @@ the old fingerprint is then refused on its next write (every write checks the fi
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from dataclasses import asdict
@@ -32,7 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.config import default_children
-from ..engine.multi import FeatureError
+from ..engine.results import FeatureError
+from .spec import SweepSpec, model_identity, sae_identity
+
+__all__ = ["STORE_FILE", "SweepStore", "check_out_dir", "first_difference", "fingerprint", "resolve_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -45,59 +45,10 @@ SPEED_ONLY = ("progress", "batch_size", "prefix_cache")
 # ------------------------------------------------------------------------------------ fingerprint
 
 
-def _file_digest(path: Path, limit: int = 1 << 20) -> str:
-    """sha256 of a file's size and first ``limit`` bytes (cheap for multi-GB weights)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(limit))
-    return h.hexdigest()[:16]
-
-
-def _dir_identity(path: Path) -> str:
-    parts = [str(path.resolve())]
-    for name in sorted(os.listdir(path)):
-        p = path / name
-        if p.is_file() and (name.endswith((".json", ".safetensors"))):
-            parts.append(f"{name}:{_file_digest(p)}")
-    return "|".join(parts)
-
-
-def sae_identity(spec: str) -> tuple[str, Path | None]:
-    """A stable identity of an SAE spec, and its directory when it has one (fixture or local dir)."""
-    from ..lm.saes import FIXTURE_ALIASES, FIXTURE_DIR
-
-    name = FIXTURE_ALIASES.get(spec, spec)
-    if Path(name).name == name and (FIXTURE_DIR / name / "cfg.json").exists():
-        return f"fixture:{name}", FIXTURE_DIR / name
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return f"dir:{_dir_identity(p)}", p
-    return f"spec:{spec}", None
-
-
-def sae_width(spec: str) -> int:
-    """Number of latents of an SAE spec (read from ``cfg.json`` when there is one; no weights loaded)."""
-    _, path = sae_identity(spec)
-    if path is not None and (path / "cfg.json").exists():
-        try:
-            return int(json.loads((path / "cfg.json").read_text())["d_sae"])
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"SAE {spec!r}: cfg.json has no readable d_sae") from None
-    return _loaded_width(spec)
-
-
-@functools.lru_cache(maxsize=4)
-def _loaded_width(spec: str) -> int:
-    """Width of an SAE with no local ``cfg.json`` (loaded once per process: the CLI and the sweep ask)."""
-    from ..lm.saes import load_sae
-
-    return load_sae(spec, device="cpu").d_sae
-
-
-def resolve_runtime(spec) -> dict[str, Any]:
+def resolve_runtime(spec: SweepSpec) -> dict[str, Any]:
     """What ``spec`` resolves to on this machine: ``{"dtype", "attention", "n_children"}``.
 
-    The same choices :func:`featuredream.models.load_model` and :func:`featuredream.multi.dream_many` make
+    The same choices :func:`featuredream.load_model` and :func:`featuredream.dream_many` make
     (bfloat16 and maybe flash-attn on a GPU, float32 and SDPA on a CPU; 128 or 32 children), so a store
     fingerprints what really ran. ValueError for a device this machine lacks or float16 on a CPU.
     """
@@ -113,24 +64,16 @@ def resolve_runtime(spec) -> dict[str, Any]:
     return {"dtype": str(dtype).removeprefix("torch."), "attention": attn, "n_children": n}
 
 
-def fingerprint(spec, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+def fingerprint(spec: SweepSpec, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a store's records depend on (see module doc); compared key by key on every open.
 
     ``runtime``: :func:`resolve_runtime` where the features run (None: resolved in this process)."""
-    from ..lm.models import DEFAULT_ALIASES, DEFAULT_MODEL
-
     rt = resolve_runtime(spec) if runtime is None else runtime
-    if spec.model is None or spec.model in DEFAULT_ALIASES:
-        model = DEFAULT_MODEL
-    elif Path(spec.model).expanduser().is_dir():
-        model = f"dir:{_dir_identity(Path(spec.model).expanduser())}"
-    else:
-        model = spec.model
     cfg = {k: v for k, v in asdict(spec.config).items() if k not in SPEED_ONLY}
     cfg["n_children"] = rt["n_children"]
     return {
         "schema": SCHEMA_VERSION,
-        "model": model,
+        "model": model_identity(spec.model),
         "sae": sae_identity(spec.sae)[0],
         "objective": spec.kind,
         "reduce": spec.reduce,
@@ -141,11 +84,13 @@ def fingerprint(spec, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def _first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any, Any] | None:
+def first_difference(old: dict, new: dict, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """``(dotted key, old value, new value)`` of the first key (sorted, depth first) where two nested
+    dicts differ; None when they are equal."""
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            d = _first_difference(a, b, f"{prefix}{key}.")
+            d = first_difference(a, b, f"{prefix}{key}.")
             if d:
                 return d
         elif a != b:
@@ -197,7 +142,12 @@ class SweepStore:
 
     @classmethod
     def open(
-        cls, out_dir: str | Path, spec, *, resume: bool = False, runtime: dict[str, Any] | None = None
+        cls,
+        out_dir: str | Path,
+        spec: SweepSpec,
+        *,
+        resume: bool = False,
+        runtime: dict[str, Any] | None = None,
     ) -> SweepStore:
         """Open (or create) the store of ``out_dir`` for ``spec``; refuse another fingerprint or a finished
         sweep without ``resume``. ``runtime``: see :func:`fingerprint`."""
@@ -216,13 +166,13 @@ class SweepStore:
             raise
         return store
 
-    def _claim(self, out: Path, spec, fp: dict[str, Any], resume: bool) -> None:
+    def _claim(self, out: Path, spec: SweepSpec, fp: dict[str, Any], resume: bool) -> None:
         """Check ``fp`` against the stored fingerprint, or write it (see module doc)."""
         self.claimed = fp
         old = self.meta("fingerprint")
         n = len(self.done())
         if old is not None and old != fp and n == 0:
-            diff = _first_difference(old, fp) or ("fingerprint", old, fp)
+            diff = first_difference(old, fp) or ("fingerprint", old, fp)
             log.warning("%s holds no record yet: replacing its configuration (%s=%r -> %r)", out, *diff)
             old = None
         if old is None:
@@ -235,7 +185,7 @@ class SweepStore:
                 f"{str(out)!r} holds a sweep of store schema {old.get('schema')!r} (an older featuredream), "
                 f"this one writes schema {fp['schema']}: valid is a new --out"
             )
-        diff = _first_difference(old, fp)
+        diff = first_difference(old, fp)
         if diff is not None:
             key, a, b = diff
             raise ValueError(
@@ -272,10 +222,8 @@ class SweepStore:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def spec(self):
+    def spec(self) -> SweepSpec:
         """The :class:`~featuredream.sweep.SweepSpec` the store was created with."""
-        from .run import SweepSpec
-
         return SweepSpec.from_dict(self.meta("spec"))
 
     def done(self) -> set[int]:
@@ -331,7 +279,7 @@ class SweepStore:
         return [dict(zip(names, r)) for r in cur]
 
     def result(self, feature: int):
-        """The full :class:`~featuredream.results.DreamResult` of ``feature`` (None if absent or failed)."""
+        """The full :class:`~featuredream.DreamResult` of ``feature`` (None if absent or failed)."""
         from ..engine.results import DreamResult
 
         row = self.conn.execute("SELECT record FROM results WHERE feature = ?", (feature,)).fetchone()

@@ -1,6 +1,6 @@
 """Sweep summary: the dreamed / dataset-max ratio distribution, the worst features, the fraction that beat
-the dataset maximum; printed, plotted (matplotlib, as :mod:`featuredream.figures`) and written as an HTML
-index that links each feature to its card (``cards/feature_N.html``) when one exists.
+the dataset maximum; printed, plotted (matplotlib, as :mod:`featuredream.observe.figures`) and written as
+an HTML index that links each feature to its card (``cards/feature_N.html``) when one exists.
 
 Every string in the index that came from a record (dreamed texts, error messages, names) goes through
 :func:`html.escape`.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..observe.figures import _fig, png_data_uri
 from ..engine.results import write_atomic
+from ..observe.figures import new_figure, png_data_uri
 from .store import SweepStore
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def format_summary(s: SweepSummary, n_worst: int = 20) -> str:
 
 def ratio_figure(ratios: list[float]):
     """Histogram of dreamed / dataset-max ratios with the 1.0 line."""
-    fig, ax = _fig()
+    fig, ax = new_figure()
     if ratios:
         ax.hist(ratios, bins=40, color="#ea580c", alpha=0.8)
     ax.axvline(1.0, color="#111827", linestyle="--", lw=1.2)
@@ -150,7 +150,7 @@ def card_path(out_dir: Path, feature: int) -> Path:
 
 
 def write_cards(out_dir: str | Path, features: list[int], loaded=None) -> list[Path]:
-    """Write :func:`featuredream.report.feature_card` for ``features`` (their stored dream shown)."""
+    """Write :func:`featuredream.observe.report.feature_card` for ``features`` (their stored dream shown)."""
     from ..observe.report import feature_card
     from .run import load_spec
 

@@ -1,0 +1,80 @@
+"""What one sweep worker does: load the spec's model and SAE once per process, dream a group of features
+together, and record a group's results in the store (the driver's part, shared by every backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import ready
+from ..engine.results import FeatureError
+from .spec import SweepSpec
+from .store import SweepStore
+
+__all__ = ["SweepOutcome", "load_spec", "record", "run_group", "worker_name"]
+
+log = logging.getLogger(__name__)
+
+_LOADED: dict[tuple, tuple] = {}
+
+
+def load_spec(spec: SweepSpec, check: bool = True):
+    """``(model, tokenizer, sae)`` for ``spec``, loaded once per process (Ray workers reuse them)."""
+    key = (spec.model, spec.sae, spec.device, spec.dtype)
+    if key not in _LOADED:
+        from ..lm.models import load_model
+        from ..lm.sae_check import check_site
+        from ..lm.saes import load_sae
+
+        model, tok = load_model(spec.model, device=spec.device, dtype=spec.dtype)
+        sae = load_sae(spec.sae, model=model)
+        if check:
+            fvu = check_site(model, tok, sae)
+            log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
+        _LOADED.clear()
+        _LOADED[key] = (model, tok, sae)
+    return _LOADED[key]
+
+
+def run_group(spec: SweepSpec, features: list[int], loaded=None) -> list[tuple[int, Any]]:
+    """Dream ``features`` together; ``(feature, DreamResult | FeatureError)`` per feature."""
+    from ..engine.dream import dream_many
+    from ..engine.group import MultiLatentObjective
+
+    model, tok, sae = loaded or load_spec(spec)
+    obj = MultiLatentObjective(sae, features, spec.kind, spec.reduce, spec.norm_guard)
+    cfg = replace(spec.config, progress=False)
+    results = dream_many(model, tok, obj, cfg, errors="record", on_interrupt="raise")
+    return list(zip(features, results))
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process (stored with each record)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep run did: features asked, already done before, written now, failed groups."""
+
+    requested: int
+    skipped: int
+    written: int
+    errors: int
+    failed: list[tuple[list[int], str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def record(
+    store: SweepStore, results: list[tuple[int, Any]], bar, outcome: SweepOutcome, worker: str
+) -> None:
+    """Store a group's results (one transaction), count them, and pass the ``sweep-group-written`` ready
+    point (:mod:`featuredream.ready`: the group is durable)."""
+    outcome.written += store.put(results, worker)
+    outcome.errors += sum(isinstance(r, FeatureError) for _, r in results)
+    bar.update(len(results))
+    ready.reached("sweep-group-written")

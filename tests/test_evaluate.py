@@ -49,11 +49,11 @@ def test_oom_halves_batch_and_continues(tiny_llama, tiny_sae, monkeypatch):
     real = ev._run
     calls = []
 
-    def flaky(ids, lengths):
+    def flaky(ids, lengths, owner):
         calls.append(len(ids))
         if len(ids) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(ids, lengths)
+        return real(ids, lengths, owner)
 
     monkeypatch.setattr(ev, "_run", flaky)
     ids = torch.randint(1, 300, (6, 5))
@@ -146,10 +146,10 @@ def test_oom_as_runtime_error_frees_cuda_cache_and_other_errors_propagate(tiny_l
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
 
-    def flaky(ids, lengths):
+    def flaky(ids, lengths, owner):
         if len(ids) > 1:
             raise RuntimeError("CUDA error: out of memory")
-        return real(ids, lengths)
+        return real(ids, lengths, owner)
 
     monkeypatch.setattr(ev, "_run", flaky)
     ids = torch.randint(1, 300, (3, 5))
@@ -157,7 +157,7 @@ def test_oom_as_runtime_error_frees_cuda_cache_and_other_errors_propagate(tiny_l
     assert ev.batch_size == 1 and ev.n_oom == 2 and len(freed) == 2
     torch.testing.assert_close(out.scores, Evaluator(tiny_llama, obj)(ids, torch.full((3,), 5)).scores)
 
-    def broken(ids, lengths):
+    def broken(ids, lengths, owner):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(ev, "_run", broken)

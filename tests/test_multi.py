@@ -6,11 +6,13 @@ import torch
 
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.evaluate import Evaluator, pad_right
-from featuredream.engine.multi import FeatureError, dream_features, dream_many
-from featuredream.engine.multi_objective import MultiLatentObjective, OwnedEvaluator, batched_parent_signals
-from featuredream.engine.mutations import parent_signals
+from featuredream.engine.dream import dream, dream_features, dream_many
+from featuredream.engine.group import MultiLatentObjective
 from featuredream.engine.objectives import make_objective
-from featuredream.engine.optimizer import dream
+from featuredream.engine.results import FeatureError
+from featuredream.engine.signals import batched_parent_signals
+from featuredream.lm.models import embed_scale
+from featuredream.lm.sites import run_sites
 
 FAST = dict(
     iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
@@ -51,8 +53,8 @@ def test_multi_objective_scores_every_latent_like_single_objectives(
     owner = torch.tensor([2, 0, 3])
     own = multi(acts, mask, owner=owner)
     torch.testing.assert_close(own.scores, all_k.scores[torch.arange(3), owner])
-    # the owned evaluator (rows sorted by length, chunked) gives each row its own latent's score
-    out = OwnedEvaluator(tiny_llama, multi, need_xe=True, batch_size=2)(ids, lengths, owner)
+    # the evaluator (rows sorted by length, chunked) gives each row its own latent's score
+    out = Evaluator(tiny_llama, multi, need_xe=True, batch_size=2)(ids, lengths, owner)
     for i, k in enumerate(owner.tolist()):
         ref = Evaluator(tiny_llama, multi.singles[k], need_xe=True)(
             ids[i : i + 1, : lengths[i]], lengths[i : i + 1]
@@ -62,17 +64,34 @@ def test_multi_objective_scores_every_latent_like_single_objectives(
     del ev
 
 
-def test_batched_parent_signals_equal_single_passes(tiny_model, tiny_tokenizer, tiny_sae):
+def _one_hot_signals(model, objective, ids, xe_weight):
+    """Reference: autograd through ``(one_hot @ W_E) * scale`` for one unpadded parent."""
+    from featuredream.lm.xe import sequence_xe
+
+    W = model.get_input_embeddings().weight
+    one_hot = torch.nn.functional.one_hot(ids, W.shape[0]).to(W.dtype).requires_grad_(True)
+    mask = torch.ones(1, len(ids), dtype=torch.bool)
+    acts, logits = run_sites(
+        model, objective.sites, inputs_embeds=((one_hot @ W) * embed_scale(model))[None], logits=True
+    )
+    out = objective(acts, mask)
+    xe = sequence_xe(logits, ids[None], mask)
+    (-out.scores.sum() + xe_weight * xe.sum()).backward()
+    return one_hot.grad, torch.log_softmax(logits[0].detach().float(), -1), float(out.scores), float(xe)
+
+
+def test_batched_parent_signals_equal_one_hot_autograd(tiny_model, tiny_tokenizer, tiny_sae):
+    """K padded parents in one pass == each parent alone through a one-hot input, by plain autograd."""
     multi = MultiLatentObjective(tiny_sae, [3, 9, 40])
     parents = [_ids(tiny_tokenizer, t) for t in PROMPTS]
     owner, weights = [1, 2, 0], [0.0, 1.0, 10.0]
     batched = batched_parent_signals(tiny_model, multi, parents, owner, weights)
     for p, k, w, b in zip(parents, owner, weights, batched):
-        s = parent_signals(tiny_model, multi.singles[k], p, w)
-        assert b.grad.shape == s.grad.shape == (len(p), s.grad.shape[1])
-        torch.testing.assert_close(b.grad, s.grad, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(b.logprobs, s.logprobs, atol=1e-5, rtol=1e-5)
-        assert abs(b.score - s.score) < 1e-4 and abs(b.xe - s.xe) < 1e-5
+        grad, logprobs, score, xe = _one_hot_signals(tiny_model, multi.singles[k], p, w)
+        assert b.grad.shape == grad.shape == (len(p), grad.shape[1])
+        torch.testing.assert_close(b.grad, grad, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b.logprobs, logprobs, atol=1e-5, rtol=1e-5)
+        assert abs(b.score - score) < 1e-4 and abs(b.xe - xe) < 1e-5
 
 
 def test_owned_prefix_cache_equals_plain_path(tiny_model, tiny_tokenizer, tiny_sae):
@@ -93,8 +112,8 @@ def test_owned_prefix_cache_equals_plain_path(tiny_model, tiny_tokenizer, tiny_s
     ids, lengths = pad_right(kids, 0)
     owner = torch.tensor(owner)
     for need_xe in (False, True):
-        plain = OwnedEvaluator(tiny_model, multi, need_xe=need_xe)(ids, lengths, owner)
-        ev = OwnedEvaluator(tiny_model, multi, need_xe=need_xe, prefix_cache=True, batch_size=16)
+        plain = Evaluator(tiny_model, multi, need_xe=need_xe)(ids, lengths, owner)
+        ev = Evaluator(tiny_model, multi, need_xe=need_xe, prefix_cache=True, batch_size=16)
         ev.bucket_overhead = 1  # many buckets: exercise the bucketed path on tiny batches
         cached = ev(ids, lengths, owner, parents)
         assert ev.n_cached_tokens > 0
@@ -143,10 +162,11 @@ def _assert_same_run(m, s):
 )
 def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extra, monkeypatch):
     extra, cached = dict(extra), "bucket_overhead" in extra
-    if cached:  # cheap passes: both paths really split children into cached buckets
-        from featuredream.engine.prefix_cache import BUCKET_OVERHEAD
+    if cached:  # cheap passes, any batch size: both paths really split children into cached buckets
+        from featuredream.engine.prefix_cache import BUCKET_OVERHEAD, PREFIX_MIN_CHILDREN
 
         monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", extra.pop("bucket_overhead"))
+        monkeypatch.setitem(PREFIX_MIN_CHILDREN, "cpu", 0)
     latents, seeds = [11, 2, 63], [3, 3, 7]
     cfg = DreamConfig(**{**FAST, **extra})
     multi = dream_many(tiny_model, tiny_tokenizer, MultiLatentObjective(tiny_sae, latents), cfg, seeds=seeds)
@@ -180,7 +200,7 @@ def test_dream_features_groups_and_errors(tiny_llama, tiny_tokenizer, tiny_sae):
 def test_dream_features_stops_after_an_interrupted_group(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
     """Ctrl-C in group 2's loop: group 2 ends with its best so far, group 3 never starts, and every
     finished group reached on_group as it finished."""
-    import featuredream.engine.multi as multi
+    import featuredream.engine.loop as multi
 
     real, calls, seen = multi.batched_parent_signals, [], []
 

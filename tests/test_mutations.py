@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from featuredream.engine.mutations import delete, gcg_swap, parent_signals, sample_insert, sample_swap
+from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
+from featuredream.engine.signals import parent_signals
 from featuredream.engine.objectives import SAEEncoder
 
 V = 50

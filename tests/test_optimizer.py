@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from featuredream.engine.buffer import _frontier_update, rank_loss
+from featuredream.engine.buffer import frontier_update, rank_loss
 from featuredream.engine.config import DreamConfig, log_penalties
 from featuredream.engine.evaluate import reference_evaluate
 from featuredream.engine.objectives import SAEEncoder
-from featuredream.engine.optimizer import dream
+from featuredream.engine.dream import dream
 from featuredream.engine.results import DreamResult
 
 FAST = dict(
@@ -26,7 +26,7 @@ def test_rank_loss_orders_infeasible_by_excess():
 
 
 def test_frontier_is_non_dominated():
-    pts = _frontier_update(
+    pts = frontier_update(
         torch.empty(0, 2), torch.tensor([1.0, 3.0, 2.0, 5.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])
     )
     assert pts.tolist() == [[1.0, 1.0], [3.0, 2.0], [5.0, 4.0]]
@@ -41,8 +41,10 @@ def test_dream_improves_and_is_reproducible(tiny_llama, tiny_tokenizer, tiny_sae
     losses = [h["best_loss"] for h in r1.history]
     assert all(b <= a for a, b in zip(losses, losses[1:]))  # the buffer's best loss never gets worse
     start_act = reference_evaluate(tiny_llama, tiny_tokenizer, obj, ["The quick brown fox"]).scores[0]
-    assert r1.best.activation >= float(start_act)
-    # the reported score is reproduced by an independent forward pass on the reported string
+    # a real gain, not just 'no worse' (a loop that never mutates keeps the start): latent 11 varies with a
+    # std of ~0.02 over the fixture text and the start scores ~-0.01; seeds 0..4 all gain more than 0.08
+    assert r1.best.activation > float(start_act) + 0.05
+    # the reference path on the reported string (independent forward passes: test_verify.py)
     ref = reference_evaluate(tiny_llama, tiny_tokenizer, obj, [r1.best.text])
     assert abs(float(ref.scores[0]) - r1.best.activation) <= 1e-4
     assert r1.verification["abs_error"] <= r1.verification["tolerance"]
@@ -71,9 +73,9 @@ def test_xe_max_reaches_feasible_region_and_frontier(tiny_llama, tiny_tokenizer,
 
 
 def test_interrupt_returns_best_so_far(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
-    import featuredream.engine.optimizer as opt
+    import featuredream.engine.loop as loop
 
-    real = opt.parent_signals
+    real = loop.batched_parent_signals
     calls = {"n": 0}
 
     def interrupting(*a, **k):
@@ -82,7 +84,7 @@ def test_interrupt_returns_best_so_far(tiny_llama, tiny_tokenizer, tiny_sae, mon
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(opt, "parent_signals", interrupting)
+    monkeypatch.setattr(loop, "batched_parent_signals", interrupting)
     r = dream(
         tiny_llama,
         tiny_tokenizer,

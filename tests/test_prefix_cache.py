@@ -12,7 +12,7 @@ import torch
 from featuredream.engine.evaluate import Evaluator, pad_right
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.engine.objectives import DirectionObjective, SAEEncoder
-from featuredream.engine.prefix_cache import plan_buckets, shared_prefix
+from featuredream.engine.prefix_cache import plan_buckets, shared_prefixes
 from featuredream.lm.sites import Site
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -129,7 +129,25 @@ def test_shared_prefix_is_capped_to_leave_one_token():
         ],
         0,
     )
-    assert shared_prefix(parent, ids, lengths).tolist() == [2, 3, 2, 0, 3]
+    one = shared_prefixes(parent[None], torch.tensor([4]), torch.zeros(5, dtype=torch.long), ids, lengths)
+    assert one.tolist() == [2, 3, 2, 0, 3]
+
+
+def test_shared_prefixes_use_each_childs_own_parent():
+    """Two parents of different lengths (right-padded): each child is compared with its own parent only;
+    a child without a parent (row -1) shares nothing; padding of a short parent never matches."""
+    parents, plens = pad_right([torch.tensor([5, 6, 7, 8]), torch.tensor([9, 9])], 0)
+    ids, lengths = pad_right(
+        [
+            torch.tensor([5, 6, 1, 8]),  # parent 0, differs at 2
+            torch.tensor([9, 9, 0, 4]),  # parent 1 ([9, 9] + padding 0): shares 2, not the padding
+            torch.tensor([5, 6, 7, 8]),  # parent 1: differs at 0
+            torch.tensor([5, 6, 7, 8]),  # no parent
+        ],
+        0,
+    )
+    rows = torch.tensor([0, 1, 1, -1])
+    assert shared_prefixes(parents, plens, rows, ids, lengths).tolist() == [2, 2, 0, 0]
 
 
 def test_plan_buckets_partitions_children():
@@ -157,14 +175,14 @@ def test_prefix_cache_halves_batch_on_oom(tiny_llama, tiny_sae, monkeypatch):
     obj = SAEEncoder(tiny_sae, 2, reduce="max")
     seqs = _children(parent, 300, seed=10)
     ids, lengths = pad_right(seqs, 0)
-    real = evaluate.run_tail
+    real = evaluate.run_tails
 
-    def flaky(model, sites, par, p, c_ids, *a, **k):
+    def flaky(model, sites, par, rows, p, c_ids, *a, **k):
         if len(c_ids) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, sites, par, p, c_ids, *a, **k)
+        return real(model, sites, par, rows, p, c_ids, *a, **k)
 
-    monkeypatch.setattr(evaluate, "run_tail", flaky)
+    monkeypatch.setattr(evaluate, "run_tails", flaky)
     ev = Evaluator(tiny_llama, obj, batch_size=16, prefix_cache=True)
     ev.bucket_overhead = 0
     out = ev(ids, lengths, parent=parent)
@@ -191,14 +209,14 @@ def test_dream_with_prefix_cache_follows_the_same_path(
 ):
     """Early exit (no XE) and the cascade (xe_max) compose with the cache: the same search, step by step."""
     import featuredream.engine.evaluate as evaluate
-    import featuredream.engine.optimizer as optimizer
+    import featuredream.engine.loop as loop
     from featuredream import DreamConfig, dream
 
     parents = []
-    real = evaluate.run_parent
-    monkeypatch.setattr(evaluate, "run_parent", lambda m, s, p, **k: parents.append(p) or real(m, s, p, **k))
+    real = evaluate.run_parents
+    monkeypatch.setattr(evaluate, "run_parents", lambda m, s, p, **k: parents.append(p) or real(m, s, p, **k))
     monkeypatch.setattr(evaluate, "BUCKET_OVERHEAD", {"cpu": 0, "cuda": 0})  # always use the cache
-    monkeypatch.setattr(optimizer, "PREFIX_MIN_CHILDREN", {"cpu": 0, "cuda": 0})  # even for small batches
+    monkeypatch.setattr(loop, "PREFIX_MIN_CHILDREN", {"cpu": 0, "cuda": 0})  # even for small batches
 
     obj = SAEEncoder(tiny_sae, 11)
     common = dict(

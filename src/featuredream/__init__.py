@@ -2,7 +2,7 @@
 
 from .engine.config import DreamConfig
 from .lm.models import load_model
-from .engine.multi import dream_many
+from .engine.dream import dream_many
 from .engine.objectives import (
     DecoderProjection,
     DirectionObjective,
@@ -13,7 +13,7 @@ from .engine.objectives import (
     WeightedSum,
     make_objective,
 )
-from .engine.optimizer import dream
+from .engine.dream import dream
 from .engine.results import DreamResult, Prompt
 from .lm.saes import BoundSAE, load_sae
 from .lm.sites import Site, parse_hook_name

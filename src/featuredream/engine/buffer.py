@@ -30,7 +30,7 @@ def rank_loss(
 
 
 @dataclass
-class _Entry:
+class Entry:
     ids: torch.Tensor  # [L] on the model's device
     score: float
     xe: float
@@ -40,26 +40,26 @@ class _Entry:
         return tuple(self.ids.tolist())
 
 
-class _Buffer:
+class Buffer:
     """The union over penalties of the best ``per_penalty`` distinct prompts under each penalty."""
 
     def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: XeLimit | None):
         self.penalties, self.per, self.limit = penalties, per_penalty, xe_max
-        self.entries: list[_Entry] = []
+        self.entries: list[Entry] = []
 
-    def limits(self, entries: list[_Entry]) -> torch.Tensor | None:
+    def limits(self, entries: list[Entry]) -> torch.Tensor | None:
         """Each entry's XE ceiling at its own length ``[n]`` (None: no ceiling)."""
         return None if self.limit is None else self.limit.of([len(e.ids) for e in entries])
 
-    def feasible(self, e: _Entry) -> bool:
+    def feasible(self, e: Entry) -> bool:
         return self.limit is None or e.xe <= self.limit.at(len(e.ids))
 
-    def merge(self, cands: list[_Entry]) -> None:
+    def merge(self, cands: list[Entry]) -> None:
         pool = {e.key(): e for e in self.entries + cands}
         pool_l = list(pool.values())
         scores = torch.tensor([e.score for e in pool_l])
         xe = torch.tensor([e.xe for e in pool_l])
-        keep: dict[tuple, _Entry] = {}
+        keep: dict[tuple, Entry] = {}
         for lam, per in zip(self.penalties, self.per):
             order = torch.argsort(rank_loss(scores, xe, lam, self.limits(pool_l)), stable=True)
             for i in order[:per].tolist():
@@ -95,13 +95,13 @@ class _Buffer:
             bounds.append(-worst)
         return min(bounds)
 
-    def loss(self, e: _Entry) -> float:
+    def loss(self, e: Entry) -> float:
         return float(
             rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.limits([e]))
         )
 
 
-def _frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
+def frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
     """Non-dominated (max score, min XE) rows of ``[n, 2]`` (score, xe) points, sorted by XE."""
     pts = torch.cat([front, torch.stack([scores.float().cpu(), xe.float().cpu()], dim=1)])
     pts = pts[torch.isfinite(pts).all(dim=1)]
@@ -113,3 +113,28 @@ def _frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor
     keep = torch.ones(len(pts), dtype=torch.bool)
     keep[1:] = pts[1:, 0] > best[:-1]
     return pts[keep]
+
+
+class Frontier:
+    """The activation-vs-XE Pareto frontier of everything evaluated: ``points [n, 2]`` (score, xe) and the
+    ids of each point (``ids[(score, xe)]``), kept as new candidates arrive."""
+
+    def __init__(self) -> None:
+        self.points = torch.empty(0, 2)
+        self.ids: dict[tuple[float, float], list[int]] = {}
+
+    def add(
+        self, seqs: list[torch.Tensor], scores: torch.Tensor, xe: torch.Tensor, keep: torch.Tensor
+    ) -> None:
+        """Candidates ``seqs`` with ``scores [n]``, ``xe [n]``; only rows where ``keep [n]`` are points."""
+        old = {tuple(p) for p in self.points.tolist()}
+        self.points = frontier_update(self.points, scores[keep], xe[keep])
+        new = {tuple(p) for p in self.points.tolist()} - old
+        for i in torch.nonzero(keep).squeeze(1).tolist():
+            key = (float(scores[i]), float(xe[i]))
+            if key in new:
+                self.ids[key] = seqs[i].tolist()
+
+    def members(self) -> list[list[int]]:
+        """The ids of every point still on the frontier, in order of XE."""
+        return [self.ids[k] for k in map(tuple, self.points.tolist()) if k in self.ids]

@@ -2,8 +2,12 @@
 
 Fast path (:class:`Evaluator`): ids stay on the model's device, right-padded, and are run **without an
 attention mask**: in a causal model a real token never attends to the padding after it and position ids
-are unchanged, so the result equals the unpadded one while SDPA keeps its fast causal kernel. When XE is
-not needed the forward pass stops after the objective's last site. Batches halve on out-of-memory.
+are unchanged, so the result equals the unpadded one while SDPA keeps its fast causal kernel. Rows may
+belong to different members of an :class:`~.group.ObjectiveGroup` (``owner [b]``): one forward pass scores
+children of K features, each on its own. Rows are sorted by length so each chunk pads little. When XE is
+not needed the forward pass stops after the objective's last site. With the prefix cache, children run
+only from their first token that differs from their own parent (:mod:`.prefix_cache`). Batches halve on
+out-of-memory.
 
 Reference path (:func:`reference_evaluate`): one decoded string at a time, freshly tokenized, full
 forward, no padding at all. Every reported score is recomputed with it.
@@ -18,19 +22,31 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .fluency import sequence_xe
+from ..lm.sites import run_sites
+from .batch import length_mask, pad_right
+from ..lm.xe import sequence_xe
+from .group import ObjectiveGroup, as_group
 from .objectives import Objective
 from .prefix_cache import (
     BUCKET_OVERHEAD,
     plan_buckets,
-    run_parent,
-    run_tail,
-    shared_prefix,
+    run_parents,
+    run_tails,
+    shared_prefixes,
     supports_prefix,
 )
-from ..lm.sites import run_sites
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "EvalOutput",
+    "Evaluator",
+    "cat_outputs",
+    "halve_on_oom",
+    "length_mask",
+    "pad_right",
+    "reference_evaluate",
+]
 
 
 class EvalOutput(NamedTuple):
@@ -42,20 +58,6 @@ class EvalOutput(NamedTuple):
     valid: torch.Tensor
 
 
-def length_mask(lengths: torch.Tensor, seq: int) -> torch.Tensor:
-    """``[b] -> [b, seq]`` bool mask of real (left-aligned) tokens."""
-    return torch.arange(seq, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def pad_right(seqs: list[torch.Tensor], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of 1-D id tensors -> ``ids [b, max_len]`` right-padded with ``pad_id`` and ``lengths [b]``."""
-    lengths = torch.tensor([len(s) for s in seqs], device=device)
-    ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long, device=device)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-    return ids, lengths
-
-
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -65,24 +67,29 @@ class Evaluator:
 
     Args:
         model: the causal LM (frozen).
-        objective: what to score.
+        objective: an :class:`~.objectives.Objective` (a group of one) or an :class:`~.group.ObjectiveGroup`.
         need_xe: compute XE (full forward); otherwise stop at the objective's last site.
         batch_size: candidates per forward pass; halves on out-of-memory.
-        prefix_cache: when called with ``parent=``, run the parent once with a key/value cache and run
-            each child only from its first position that differs from the parent (see :mod:`.prefix_cache`).
+        prefix_cache: when called with parents, run them once with a key/value cache and run each child
+            only from its first position that differs from its own parent (see :mod:`.prefix_cache`).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        objective: Objective,
+        objective: Objective | ObjectiveGroup,
         *,
         need_xe: bool = True,
         batch_size: int = 256,
         prefix_cache: bool = False,
     ):
-        self.model, self.objective, self.need_xe, self.batch_size = model, objective, need_xe, batch_size
-        self.prefix_cache = prefix_cache
+        self.model, self.objective, self.need_xe, self.batch_size = (
+            model,
+            as_group(objective),
+            need_xe,
+            batch_size,
+        )
+        self.prefix_cache = prefix_cache and supports_prefix(self.objective)
         self.bucket_overhead = BUCKET_OVERHEAD["cuda" if next(model.parameters()).is_cuda else "cpu"]
         """Cost of one extra forward pass, in child tokens, when grouping children by shared prefix."""
         self.n_evaluated = 0
@@ -91,78 +98,95 @@ class Evaluator:
         """Child tokens not recomputed thanks to the prefix cache (summed over calls)."""
 
     def finish(
-        self, acts: dict, ids: torch.Tensor, lengths: torch.Tensor, xe: torch.Tensor | None
+        self, acts: dict, ids: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor, xe
     ) -> EvalOutput:
         """Objective on captured ``acts`` (``[b, s, ...]`` per site) of ``ids [b, s]``; XE NaN when None."""
-        out = self.objective(acts, length_mask(lengths, ids.shape[1]))
-        if xe is None:
-            xe = torch.full_like(out.scores, torch.nan)
+        out = self.objective(acts, length_mask(lengths, ids.shape[1]), owner)
+        xe = torch.full_like(out.scores, torch.nan) if xe is None else xe
         return EvalOutput(out.scores.float(), xe.float(), out.token_acts, out.valid)
 
     @torch.no_grad()
-    def _run(self, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
+    def _run(self, ids: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor) -> EvalOutput:
         acts, logits = run_sites(self.model, self.objective.sites, input_ids=ids, logits=self.need_xe)
         xe = sequence_xe(logits, ids, length_mask(lengths, ids.shape[1])) if self.need_xe else None
-        return self.finish(acts, ids, lengths, xe)
+        return self.finish(acts, ids, lengths, owner, xe)
 
-    def chunked(self, n: int, fn: Callable[[int, int], EvalOutput]) -> list[EvalOutput]:
-        """``fn(i, j)`` over ``[0, n)`` in chunks of ``batch_size``; on out-of-memory halve and retry."""
-        parts: list[EvalOutput] = []
-        i = 0
-        while i < n:
-            k = self.batch_size
+    def chunked(
+        self, idx: torch.Tensor, fn: Callable[[torch.Tensor], EvalOutput]
+    ) -> list[tuple[torch.Tensor, EvalOutput]]:
+        """``fn(rows)`` over the rows ``idx`` in chunks of ``batch_size``; on out-of-memory halve and retry."""
+        parts, i = [], 0
+        while i < len(idx):
+            n = self.batch_size
             try:
-                parts.append(fn(i, min(n, i + k)))
+                parts.append((idx[i : i + n], fn(idx[i : i + n])))
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 halve_on_oom(self, e)
                 continue
-            i += k
+            i += n
         return parts
 
     def __call__(
-        self, ids: torch.Tensor, lengths: torch.Tensor, parent: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        owner: torch.Tensor | None = None,
+        parents: dict[int, torch.Tensor] | None = None,
+        *,
+        parent: torch.Tensor | None = None,
     ) -> EvalOutput:
         """Evaluate ``ids [b, s]`` (right-padded; pad values are ignored) with ``lengths [b]``.
 
-        ``parent [L]``: the ids the candidates were mutated from; used (and only a speed-up) when the
-        evaluator was built with ``prefix_cache=True`` and the objective reads per-position sites.
+        ``owner [b]``: which member of the group scores each row (default: member 0). ``parents[k]``
+        (``[L]``): the ids member ``k``'s rows were mutated from (``parent``: the one parent of a group of
+        one); only a speed-up, used with ``prefix_cache`` (rows whose member has no parent run in full).
         """
-        if parent is not None and self.prefix_cache and len(ids) > 1 and supports_prefix(self.objective):
-            out = self._children(parent, ids, lengths)
-        else:
+        if owner is None:
+            owner = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
+        if parent is not None:
+            parents = {0: parent}
 
-            def run(i: int, j: int) -> EvalOutput:
-                return self._run(ids[i:j, : int(lengths[i:j].max())], lengths[i:j])
+        def plain(rows: torch.Tensor) -> EvalOutput:
+            return self._run(ids[rows, : int(lengths[rows].max())], lengths[rows], owner[rows])
 
-            out = cat_outputs(self.chunked(len(ids), run), ids.shape[1])
+        if parents and self.prefix_cache and len(ids) > 1:
+            parts = self._cached(ids, lengths, owner, parents, plain)
+        else:  # similar lengths share a chunk: little padding
+            parts = self.chunked(torch.argsort(lengths, stable=True), plain)
         self.n_evaluated += len(ids)
-        return out
+        out = cat_outputs([p for _, p in parts], ids.shape[1])
+        inv = torch.argsort(torch.cat([rows for rows, _ in parts]))
+        return EvalOutput(*(t[inv] for t in out))
 
     @torch.no_grad()
-    def _children(self, parent: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> EvalOutput:
-        """Prefix-cache path: ``parent [L]``, children ``ids [b, s]``, ``lengths [b]`` -> :class:`EvalOutput`."""
-        sites, parent = self.objective.sites, parent.to(ids.device)
-        prefix = shared_prefix(parent, ids, lengths)
-        buckets = plan_buckets(prefix, lengths, self.bucket_overhead, parent_len=len(parent))
-        par = run_parent(self.model, sites, parent, logits=self.need_xe) if buckets[-1][0] > 0 else None
-        parts: list[EvalOutput] = []
-        order: list[torch.Tensor] = []
+    def _cached(self, ids, lengths, owner, parents, plain) -> list[tuple[torch.Tensor, EvalOutput]]:
+        """Prefix-cache path: each child from its first token that differs from its own parent."""
+        used = sorted(k for k in set(owner.tolist()) if k in parents)
+        local = torch.full((len(self.objective),), -1, dtype=torch.long)
+        local[used] = torch.arange(len(used))
+        rows = local[owner.cpu()].to(ids.device)  # each child's parent row (-1: none)
+        if not used:
+            return self.chunked(torch.argsort(lengths, stable=True), plain)
+        par_ids, par_len = pad_right([parents[k].to(ids.device) for k in used], 0, ids.device)
+        prefix = shared_prefixes(par_ids, par_len, rows, ids, lengths)
+        buckets = plan_buckets(prefix, lengths, self.bucket_overhead, parent_len=int(par_len.sum()))
+        if buckets[-1][0] == 0:
+            return self.chunked(torch.argsort(lengths, stable=True), plain)
+        sites = self.objective.sites
+        par = run_parents(self.model, sites, [parents[k] for k in used], logits=self.need_xe)
+        parts = []
         for p, idx in buckets:
-            b_ids, b_len = ids[idx, : int(lengths[idx].max())], lengths[idx]
 
-            def run(i: int, j: int, p=p, b_ids=b_ids, b_len=b_len) -> EvalOutput:
-                c_ids, c_len = b_ids[i:j, : int(b_len[i:j].max())], b_len[i:j]
-                if p == 0 or par is None:
-                    return self._run(c_ids, c_len)
-                acts, xe = run_tail(self.model, sites, par, p, c_ids, c_len, logits=self.need_xe)
-                return self.finish(acts, c_ids, c_len, xe)
+            def tail(sel: torch.Tensor, p=p) -> EvalOutput:
+                c_ids, c_len = ids[sel, : int(lengths[sel].max())], lengths[sel]
+                if p == 0:
+                    return self._run(c_ids, c_len, owner[sel])
+                acts, xe = run_tails(self.model, sites, par, rows[sel], p, c_ids, c_len, logits=self.need_xe)
+                return self.finish(acts, c_ids, c_len, owner[sel], xe)
 
-            parts.extend(self.chunked(len(idx), run))
-            order.append(idx)
+            parts += self.chunked(idx[torch.argsort(lengths[idx], stable=True)], tail)
             self.n_cached_tokens += p * len(idx)
-        out = cat_outputs(parts, ids.shape[1])
-        inv = torch.argsort(torch.cat(order))
-        return EvalOutput(*(t[inv] for t in out))
+        return parts
 
 
 def halve_on_oom(evaluator, error: BaseException) -> None:

@@ -4,58 +4,15 @@ Each operator takes the parent ``ids [L]`` and returns ``children [n, L']`` (``L
 ``L + 1`` for insert, ``L - 1`` for delete) and the edited position of each child ``[n]``. Randomness comes
 only from the ``torch.Generator`` passed in. Token proposals never include ``banned`` ids (special tokens).
 
-``parent_signals`` computes, in one forward + backward pass of the parent, what the operators need:
-the gradient of the *whole* loss (-activation + lambda * XE) with respect to the one-hot ids (for GCG;
-seed bug 5 ignored the XE term) and the next-token log-probabilities (for sampled swap / insert).
+:mod:`.signals` computes what the operators need (the gradient for GCG, the next-token log-probabilities
+for sampled swap / insert); :mod:`.children` mixes the operators into one parent's children.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
-from torch import nn
-
-from .fluency import sequence_xe
-from ..lm.models import embed_scale
-from .objectives import Objective
-from ..lm.sites import run_sites
 
 OPERATORS = ("gcg_swap", "sample_swap", "sample_insert", "delete")
-
-
-class ParentSignals(NamedTuple):
-    """``grad [L, V]`` of the loss w.r.t. one-hot ids, ``logprobs [L, V]`` (row t predicts token t+1)."""
-
-    grad: torch.Tensor
-    logprobs: torch.Tensor
-    score: float
-    xe: float
-
-
-def parent_signals(
-    model: nn.Module, objective: Objective, ids: torch.Tensor, xe_weight: float
-) -> ParentSignals:
-    """One forward + backward on ``ids [L]`` (see module doc). Embedding scale (Gemma) is applied by hand."""
-    emb = model.get_input_embeddings()
-    W = emb.weight
-    with torch.enable_grad():
-        one_hot = torch.zeros(len(ids), W.shape[0], dtype=W.dtype, device=W.device)
-        one_hot.scatter_(1, ids[:, None], 1.0)
-        one_hot.requires_grad_(True)
-        embeds = (one_hot @ W) * embed_scale(model)
-        mask = torch.ones(1, len(ids), dtype=torch.bool, device=W.device)
-        acts, logits = run_sites(model, objective.sites, inputs_embeds=embeds[None], logits=True)
-        out = objective(acts, mask)
-        xe = sequence_xe(logits, ids[None], mask)
-        loss = -out.scores.sum() + xe_weight * xe.sum()
-        if torch.isfinite(loss):
-            loss.backward()
-            grad = one_hot.grad
-        else:
-            grad = torch.zeros_like(one_hot)
-    logprobs = torch.log_softmax(logits[0].detach().float(), dim=-1)
-    return ParentSignals(grad.detach(), logprobs, float(out.scores.detach()), float(xe.detach()))
 
 
 def _banned_mask(vocab: int, banned: torch.Tensor | None, device) -> torch.Tensor:

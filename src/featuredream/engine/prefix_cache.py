@@ -1,16 +1,19 @@
-"""Prefix key/value cache: children of one parent reuse the parent's forward pass for their shared prefix.
+"""Prefix key/value cache: children reuse their parent's forward pass for the prefix they share with it.
 
 Every mutation operator keeps the parent's tokens up to the edited position, and in a causal model the
-activations, keys and values at a position depend only on the tokens up to it. So the parent is run once
-with a key/value cache (to the objective's layer, or through the head when XE is needed), and a child
-whose first ``p`` tokens equal the parent's is run only from position ``p``, on the parent's cache cut
-to ``p`` positions. Its activations at positions ``< p`` are the parent's; its XE is the parent's
+activations, keys and values at a position depend only on the tokens up to it. So the K parents of one
+iteration (one per feature; K = 1 for a single dream) run once, right-padded, with a key/value cache (to
+the objective's layer, or through the head when XE is needed), and a child whose first ``p`` tokens equal
+**its own** parent's runs only from position ``p``, on its parent's cache rows cut to ``p`` positions. A
+parent row's positions ``< p`` are real tokens of that parent (``p <= len(parent)``), so padding never
+reaches a child. The child's activations at positions ``< p`` are its parent's; its XE is the parent's
 per-token loss on positions ``< p - 1``, plus the loss of its own token ``p`` under the parent's logits at
 ``p - 1``, plus the losses on its tail.
 
 Children are grouped in buckets of nearby ``p`` (each bucket is one forward pass from the bucket's
-smallest ``p``); :func:`plan_buckets` chooses them by dynamic programming on a cost of child tokens run
-plus a fixed cost per forward pass (``BUCKET_OVERHEAD``, in child tokens).
+smallest ``p``, mixing children of different parents); :func:`plan_buckets` chooses them by dynamic
+programming on a cost of child tokens run plus a fixed cost per forward pass (``BUCKET_OVERHEAD``, in child
+tokens).
 
 Only objectives whose sites are per-position activations ``[b, s, ...]`` can use this
 (:func:`supports_prefix`); the evaluator falls back to the plain path for anything else.
@@ -23,8 +26,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .fluency import token_xe
-from ..lm.sites import Site, _StopForward, capture
+from ..lm.sites import Site, forward_with_capture
+from .batch import pad_right
+from ..lm.xe import token_xe
 
 PER_POSITION_KINDS = (
     "resid_pre",
@@ -39,7 +43,7 @@ PER_POSITION_KINDS = (
 """Site kinds captured as ``[b, s, ...]`` with position ``t`` depending only on tokens ``<= t``."""
 
 PREFIX_MIN_CHILDREN = {"cpu": 64, "cuda": 0}
-"""A single dream uses the cache only for batches of at least this many children. CPU: measured on the
+"""The loop uses a parent's cache only when it has at least this many fresh children. CPU: measured on the
 free 2-core machine (benchmarks/README.md, scaling table): 0.87-0.88x at 16-32 children of 16 tokens,
 1.1-1.2x from 64. CUDA: left to the bucket planner (not measured)."""
 
@@ -53,17 +57,6 @@ unless a benchmark on the GPU says otherwise."""
 def supports_prefix(objective) -> bool:
     """True when every site the objective reads is a per-position activation."""
     return all(s.kind in PER_POSITION_KINDS for s in objective.sites)
-
-
-def shared_prefix(parent: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Positions each child shares with the parent from the start, capped so one token is left to run.
-
-    ``parent [L]``, ``ids [b, s]`` (right-padded), ``lengths [b]`` -> ``prefix [b]`` in ``0..lengths-1``.
-    """
-    m = min(len(parent), ids.shape[1])
-    pos = torch.arange(m, device=ids.device)
-    same = (ids[:, :m] == parent[None, :m].to(ids.device)) & (pos[None, :] < lengths[:, None])
-    return torch.minimum(same.long().cumprod(dim=1).sum(dim=1), lengths - 1)
 
 
 def plan_buckets(
@@ -108,78 +101,95 @@ def plan_buckets(
     return out
 
 
-class ParentRun(NamedTuple):
-    """The parent's pass: ``acts`` (``[1, L, ...]`` per site), ``kv`` (per layer run, ``[1, H_kv, L, d]``
-    keys and values), and when XE is needed ``logprobs [L, V]`` and ``nll_before [L]`` (``nll_before[k]``:
-    summed loss of parent tokens ``1..k``, i.e. of predictions made at positions ``< k``)."""
+def _forward(model: nn.Module, sites, logits: bool, **kwargs) -> tuple[dict, torch.Tensor | None, object]:
+    """One cached forward pass; stops after the last site unless ``logits``. Returns acts, logits, cache."""
+    acts, out = forward_with_capture(model, sites, stop_early=not logits, use_cache=True, **kwargs)
+    return acts, (out.logits if out is not None and logits else None), kwargs["past_key_values"]
 
+
+class ParentsRun(NamedTuple):
+    """K parents' cached pass: ``ids [K, L]`` (right-padded), ``lengths [K]``, ``acts`` (``[K, L, ...]`` per
+    site), ``kv`` (per layer run, ``[K, H_kv, L, d_head]`` keys and values), and when XE is needed
+    ``logprobs [K, L, V]`` and ``nll_before [K, L]`` (summed loss of tokens ``1..t`` of each parent)."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
     acts: dict[Site, torch.Tensor]
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     logprobs: torch.Tensor | None
     nll_before: torch.Tensor | None
 
 
-def _forward(model: nn.Module, sites, logits: bool, **kwargs) -> tuple[dict, torch.Tensor | None, object]:
-    """One cached forward pass; stops after the last site unless ``logits``. Returns acts, logits, cache."""
-    out = None
-    with capture(model, sites, stop_early=not logits) as store:
-        try:
-            out = model(use_cache=True, **kwargs)
-        except _StopForward:
-            pass
-    return dict(store), (out.logits if out is not None and logits else None), kwargs["past_key_values"]
-
-
 @torch.no_grad()
-def run_parent(model: nn.Module, sites, parent: torch.Tensor, *, logits: bool) -> ParentRun:
-    """Run ``parent [L]`` once with a key/value cache (through the head only when ``logits``)."""
+def run_parents(model: nn.Module, sites, parents: list[torch.Tensor], *, logits: bool) -> ParentsRun:
+    """Run the ``K`` parents (``[L_k]`` each) once, right-padded, with a key/value cache."""
     from transformers import DynamicCache
 
-    ids = parent[None]
+    dev = next(model.parameters()).device
+    ids, lengths = pad_right([p.to(dev) for p in parents], 0, dev)
     acts, lg, cache = _forward(model, sites, logits, input_ids=ids, past_key_values=DynamicCache())
-    kv = [(item[0], item[1]) for item in cache]  # layers that ran: (keys, values) [1, H_kv, L, d_head]
+    kv = [(item[0], item[1]) for item in cache]
     if lg is None:
-        return ParentRun(acts, kv, None, None)
-    logprobs = torch.log_softmax(lg[0].float(), dim=-1)
-    nll = -logprobs[:-1].gather(1, parent[1:, None]).squeeze(1)  # [L-1]
-    return ParentRun(acts, kv, logprobs, torch.cat([nll.new_zeros(1), nll.cumsum(0)]))
+        return ParentsRun(ids, lengths, acts, kv, None, None)
+    logprobs = torch.log_softmax(lg.float(), dim=-1)
+    nll = -logprobs[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)  # [K, L-1]; padding never read
+    return ParentsRun(
+        ids, lengths, acts, kv, logprobs, torch.cat([nll.new_zeros(len(ids), 1), nll.cumsum(1)], 1)
+    )
+
+
+def shared_prefixes(
+    parents: torch.Tensor,
+    parent_lengths: torch.Tensor,
+    rows: torch.Tensor,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Positions each child shares with its own parent from the start, capped so one token is left to run.
+
+    ``parents [K, L]``, ``parent_lengths [K]``, ``rows [b]`` (each child's parent row; ``-1``: no parent,
+    prefix 0), ``ids [b, s]``, ``lengths [b]`` -> ``prefix [b]`` in ``0..lengths-1``.
+    """
+    m = min(parents.shape[1], ids.shape[1])
+    pos = torch.arange(m, device=ids.device)
+    has = rows >= 0
+    rows = rows.clamp_min(0)
+    real = (pos[None, :] < lengths[:, None]) & (pos[None, :] < parent_lengths[rows][:, None]) & has[:, None]
+    same = (ids[:, :m] == parents[rows, :m]) & real
+    return torch.minimum(same.long().cumprod(dim=1).sum(dim=1), lengths - 1)
 
 
 @torch.no_grad()
-def run_tail(
+def run_tails(
     model: nn.Module,
     sites,
-    parent: ParentRun,
+    par: ParentsRun,
+    rows: torch.Tensor,
     p: int,
     ids: torch.Tensor,
     lengths: torch.Tensor,
     *,
     logits: bool,
 ) -> tuple[dict[Site, torch.Tensor], torch.Tensor | None]:
-    """Children ``ids [n, s]`` (``lengths [n] > p``) sharing the parent's first ``p >= 1`` tokens.
-
-    Runs positions ``p..s-1`` on the parent's cache and returns the full-length acts (``[n, s, ...]``
-    per site, the first ``p`` positions copied from the parent) and, when ``logits``, ``xe [n]``.
-    """
+    """Children ``ids [n, s]`` (``lengths [n] > p``), child ``i`` sharing the first ``p >= 1`` tokens of
+    parent ``rows[i]``. Returns full-length acts (``[n, s, ...]`` per site) and, with ``logits``, ``xe [n]``."""
     from transformers import DynamicCache
 
-    n = len(ids)
-    cache = DynamicCache(
-        [(k[:, :, :p].expand(n, -1, -1, -1), v[:, :, :p].expand(n, -1, -1, -1)) for k, v in parent.kv]
-    )
+    def take(t: torch.Tensor) -> torch.Tensor:
+        """Each child's parent row of ``t [K, ...]``; one parent: a broadcast view, no copy."""
+        return t.expand(len(rows), *t.shape[1:]) if len(t) == 1 else t[rows]
+
+    cache = DynamicCache([(take(k[:, :, :p]), take(v[:, :, :p])) for k, v in par.kv])
     tail = ids[:, p:]
     # explicit positions p..: models with absolute position embeddings (GPT-2) need them even when the
     # parent's pass stopped before any layer ran (an empty cache would restart them at 0)
     pos = torch.arange(p, ids.shape[1], device=ids.device)[None].expand(len(ids), -1)
     acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache, position_ids=pos)
-    full = {}
-    for site, a in acts.items():
-        head = parent.acts[site][:, :p]
-        full[site] = torch.cat([head.expand(n, *head.shape[1:]).to(a.dtype), a], dim=1)
+    full = {site: torch.cat([take(par.acts[site][:, :p]).to(a.dtype), a], dim=1) for site, a in acts.items()}
     if lg is None:
         return full, None
     tail_mask = torch.arange(tail.shape[1], device=ids.device)[None, :] < (lengths - p)[:, None]
     xe_tail, _ = token_xe(lg, tail, tail_mask)  # [n, s-p-1], 0 where not counted
-    boundary = -parent.logprobs[p - 1].gather(0, ids[:, p])  # child token p under the parent's logits
-    total = parent.nll_before[p - 1] + boundary + xe_tail.sum(dim=1)
+    boundary = -par.logprobs[rows, p - 1].gather(1, ids[:, p : p + 1]).squeeze(1)
+    total = par.nll_before[rows, p - 1] + boundary + xe_tail.sum(dim=1)
     return full, total / (lengths - 1).clamp_min(1)

@@ -23,6 +23,14 @@ class Prompt:
 
 
 @dataclass
+class FeatureError:
+    """A feature of a group that could not be dreamed (e.g. every start prompt scored non-finite)."""
+
+    feature: int | None
+    message: str
+
+
+@dataclass
 class DreamResult:
     """The outcome of :func:`featuredream.dream`.
 

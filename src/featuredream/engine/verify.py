@@ -10,9 +10,9 @@ from dataclasses import asdict
 
 import torch
 
+from ..lm.models import model_name
 from .buffer import rank_loss
 from .evaluate import reference_evaluate
-from ..lm.models import model_name
 from .results import DreamResult, Prompt
 
 log = logging.getLogger(__name__)
@@ -29,34 +29,19 @@ def prompt_record(tokenizer, ids: list[int], score: float, xe: float, token_acts
     )
 
 
-def finish_result(
-    model,
-    tokenizer,
-    objective,
-    cfg,
-    best,
-    buffer,
-    history,
-    front,
-    front_ids,
-    *,
-    counts,
-    t0,
-    limit=None,
-    start,
-    interrupted,
-    stop_reason,
-) -> DreamResult:
-    """Re-score the best prompt (and buffer) from their decoded strings with the reference path."""
-    entries = [best] + [e for e in buffer.entries if e is not best]
+def finish_result(model, tokenizer, run, *, t0: float, interrupted: bool) -> DreamResult:
+    """Re-score ``run``'s best prompt (and buffer, and frontier) from their decoded strings with the
+    reference path and build its :class:`DreamResult`. ``run``: a :class:`~.state.FeatureRun`."""
+    objective, cfg, limit = run.objective, run.cfg, run.buffer.limit
+    entries = [run.best] + [e for e in run.buffer.entries if e is not run.best]
     texts = [tokenizer.decode(e.ids.tolist()) for e in entries]
     ref = reference_evaluate(model, tokenizer, objective, texts)
     # The reported best is chosen on the reference values, so feasibility cannot flip between the paths.
     ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
     lims = None if limit is None else limit.of([len(e.ids) for e in entries])
     i_best = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, lims)))
-    best, best_text = entries[i_best], texts[i_best]
-    best_ids = tokenizer(best_text, add_special_tokens=False)["input_ids"]
+    best = entries[i_best]
+    best_ids = tokenizer(texts[i_best], add_special_tokens=False)["input_ids"]
     best_p = prompt_record(
         tokenizer,
         best_ids,
@@ -64,21 +49,6 @@ def finish_result(
         ref.xe[i_best],
         ref.token_acts[i_best, : len(best_ids)].tolist(),
     )
-    buf_p = [
-        prompt_record(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i]) for i, e in enumerate(entries)
-    ]
-    fast_xe = best.xe if cfg.needs_xe else float("nan")
-    err = abs(best.score - best_p.activation)
-    tol = 1e-3 * max(1.0, abs(best_p.activation)) + (
-        5e-2 if next(model.parameters()).dtype != torch.float32 else 0
-    )
-    if err > tol:
-        log.warning(
-            "fast-path score %.4f differs from the reference %.4f by more than %.4g",
-            best.score,
-            best_p.activation,
-            tol,
-        )
     xe_limit = None if limit is None else limit.at(len(best_ids))
     feasible = xe_limit is None or best_p.xe <= xe_limit
     if not feasible:
@@ -89,20 +59,15 @@ def finish_result(
             len(best_ids),
             best_p.xe,
         )
-    front_texts = [tokenizer.decode(front_ids[k]) for k in map(tuple, front.tolist()) if k in front_ids]
-    front_ref = reference_evaluate(model, tokenizer, objective, front_texts) if front_texts else None
-    frontier = [  # re-scored from the text by the reference path, like the best prompt
-        {"activation": float(front_ref.scores[i]), "xe": float(front_ref.xe[i]), "text": t}
-        for i, t in enumerate(front_texts)
-    ]
+    counts = run.counts()
     sae = getattr(objective, "sae", None)
-    dmax = objective.dataset_max() if hasattr(objective, "dataset_max") else None
-    p0 = next(model.parameters())
     return DreamResult(
         best=best_p,
-        buffer=buf_p,
-        history=history,
-        frontier=frontier,
+        buffer=[
+            prompt_record(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i]) for i, e in enumerate(entries)
+        ],
+        history=run.history,
+        frontier=_frontier(model, tokenizer, objective, run.frontier.members()),
         config=asdict(cfg),
         objective=objective.name,
         model=model_name(model),
@@ -111,26 +76,59 @@ def finish_result(
         site=", ".join(str(s) for s in objective.sites),
         seed=cfg.seed,
         wall_time=time.time() - t0,
-        start=start,
+        start=run.start,
         feasible=feasible,
         xe_limit=xe_limit,
         xe_limits=None if limit is None else limit.describe(cfg.min_tokens, cfg.max_tokens),
         interrupted=interrupted,
-        stop_reason=stop_reason,
+        stop_reason=run.stop_reason,
         n_evaluated=counts["evaluated"],
         n_nonfinite=counts["nonfinite"],
         n_dropped_retokenization=counts["dropped"],
         n_capped_positions=counts["capped"],
-        dataset_max=dmax,
-        verification={"fast_activation": best.score, "fast_xe": fast_xe, "abs_error": err, "tolerance": tol},
-        environment={
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(p0.device),
-            "dtype": str(p0.dtype).replace("torch.", ""),
-            "featuredream": _version(),
-        },
+        dataset_max=objective.dataset_max() if hasattr(objective, "dataset_max") else None,
+        verification=_verification(model, best, best_p, cfg.needs_xe),
+        environment=_environment(model),
     )
+
+
+def _verification(model, fast, reported: Prompt, needs_xe: bool) -> dict:
+    """The fast path's score and XE of the reported prompt, their difference from the reference path's,
+    and the tolerance (a warning above it)."""
+    err = abs(fast.score - reported.activation)
+    low_precision = next(model.parameters()).dtype != torch.float32
+    tol = 1e-3 * max(1.0, abs(reported.activation)) + (5e-2 if low_precision else 0)
+    if err > tol:
+        log.warning(
+            "fast-path score %.4f differs from the reference %.4f by more than %.4g",
+            fast.score,
+            reported.activation,
+            tol,
+        )
+    fast_xe = fast.xe if needs_xe else float("nan")
+    return {"fast_activation": fast.score, "fast_xe": fast_xe, "abs_error": err, "tolerance": tol}
+
+
+def _frontier(model, tokenizer, objective, members: list[list[int]]) -> list[dict]:
+    """The frontier's prompts re-scored from their text by the reference path, like the best prompt."""
+    texts = [tokenizer.decode(ids) for ids in members]
+    if not texts:
+        return []
+    ref = reference_evaluate(model, tokenizer, objective, texts)
+    return [
+        {"activation": float(ref.scores[i]), "xe": float(ref.xe[i]), "text": t} for i, t in enumerate(texts)
+    ]
+
+
+def _environment(model) -> dict:
+    p0 = next(model.parameters())
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(p0.device),
+        "dtype": str(p0.dtype).replace("torch.", ""),
+        "featuredream": _version(),
+    }
 
 
 def _version() -> str:

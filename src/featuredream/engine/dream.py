@@ -1,0 +1,105 @@
+"""The front doors: :func:`dream` (one objective), :func:`dream_many` (K latents of one SAE together) and
+:func:`dream_features` (many latents, in groups). All three run the one :class:`~.loop.DreamLoop`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from ..checks import check_int
+from .config import DreamConfig
+from .group import MultiLatentObjective, Single
+from .loop import DreamLoop
+from .objectives import Objective
+from .results import DreamResult, FeatureError
+
+log = logging.getLogger(__name__)
+
+
+def dream(
+    model: nn.Module, tokenizer, objective: Objective, config: DreamConfig | None = None
+) -> DreamResult:
+    """Find a short, fluent prompt that maximizes ``objective``. See :class:`DreamConfig` for the knobs.
+
+    Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
+    """
+    return DreamLoop(model, tokenizer, Single(objective), config or DreamConfig()).run()[0]
+
+
+def dream_many(
+    model: nn.Module,
+    tokenizer,
+    objective: MultiLatentObjective,
+    config: DreamConfig | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    errors: str = "raise",
+    on_interrupt: str = "finish",
+) -> list[DreamResult | FeatureError]:
+    """Dream each latent of ``objective`` together (:mod:`.loop`); one :class:`DreamResult` per latent.
+
+    The K parents' gradient passes are one forward + backward, all K features' children go to the model in
+    one batch and one SAE matmul scores them; each feature keeps its own seed, generator, buffer and
+    restarts, so the run equals K single runs (see :mod:`.loop`). ``seeds[k]`` (default: ``config.seed`` for
+    all) is feature k's seed. ``errors='raise'``: a feature that cannot start raises ``ValueError`` naming
+    it; ``'record'``: it yields a :class:`FeatureError` instead. Ctrl-C: ``on_interrupt='finish'`` stops the
+    loop and returns the best so far of every feature (``interrupted=True``); ``'raise'`` re-raises at once
+    (a sweep discards unfinished features anyway). ``wall_time`` is the group's time divided among the
+    features; the undivided figures are in ``environment["multi"]``.
+    """
+    if errors not in ("raise", "record"):
+        raise ValueError(f"errors={errors!r}: valid are 'raise', 'record'")
+    if on_interrupt not in ("finish", "raise"):
+        raise ValueError(f"on_interrupt={on_interrupt!r}: valid are 'finish', 'raise'")
+    loop = DreamLoop(model, tokenizer, objective, config or DreamConfig(), seeds)
+    log.info("dreaming %d features of %s together", len(objective), objective.sae.name)
+    results = loop.run(errors, on_interrupt)
+    total = time.time() - loop.t0
+    for res in results:
+        if isinstance(res, DreamResult):
+            res.wall_time = total / len(objective)
+            res.environment["multi"] = {
+                "features": len(objective),
+                "group_wall_time": total,
+                "loop_seconds": loop.loop_seconds,
+                "cached_tokens": loop.scorer.n_cached_tokens + loop.full.n_cached_tokens,
+            }
+    return results
+
+
+def dream_features(
+    model: nn.Module,
+    tokenizer,
+    sae,
+    features: Sequence[int],
+    config: DreamConfig | None = None,
+    *,
+    kind: str = "encoder",
+    reduce: str = "last",
+    norm_guard: bool | float = True,
+    group_size: int = 32,
+    errors: str = "raise",
+    on_group: Callable[[list[int], list[DreamResult | FeatureError]], None] | None = None,
+) -> list[DreamResult | FeatureError]:
+    """Dream ``features`` of ``sae`` in groups of ``group_size`` (one :func:`dream_many` per group).
+
+    ``on_group(group, results)`` is called as each group finishes (e.g. to write its files at once). Ctrl-C
+    in a group's loop ends that group with its best so far (``interrupted=True``) and stops: the list then
+    ends with that group. A Ctrl-C elsewhere propagates; groups already given to ``on_group`` are done.
+    """
+    check_int("group_size", group_size)
+    out: list[DreamResult | FeatureError] = []
+    for i in range(0, len(features), group_size):
+        group = list(features[i : i + group_size])
+        obj = MultiLatentObjective(sae, group, kind, reduce, norm_guard)
+        results = dream_many(model, tokenizer, obj, config, errors=errors)
+        out += results
+        if on_group is not None:
+            on_group(group, results)
+        if any(isinstance(r, DreamResult) and r.interrupted for r in results):
+            log.warning("interrupted: stopping after features %d..%d", group[0], group[-1])
+            break
+    return out

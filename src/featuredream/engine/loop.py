@@ -1,0 +1,361 @@
+"""The dreaming loop, for K >= 1 features at once (a single dream is K = 1).
+
+:class:`DreamLoop` holds the state (one :class:`~.state.FeatureRun` per feature, the shared evaluators)
+and runs in small named steps: :meth:`~DreamLoop.start` (start pools), then per iteration
+:meth:`~DreamLoop.step` = :meth:`~DreamLoop.signals` (the K parents' gradient passes as one forward +
+backward), :meth:`~DreamLoop.children` (each feature's own children, re-encoded, unseen),
+:meth:`~DreamLoop.evaluate` (every feature's children in one batch; the cascade scores to the objective's
+layer first and finishes XE only for children that could enter their own buffer; the prefix cache runs
+each child from its first token that differs from its own parent) and :meth:`~DreamLoop.update` (buffer,
+best, history, patience and restarts), and finally :meth:`~DreamLoop.finish` (verification by the
+reference path and the :class:`~.results.DreamResult`).
+
+Ranking (per penalty lambda; :mod:`.buffer`): feasible prompts (XE <= ``xe_max``) by ``-activation +
+lambda * XE``; infeasible prompts after all feasible ones, by how far their XE exceeds ``xe_max`` (seed
+bug 9); non-finite scores are dropped and counted, never chosen. The parent stays in the buffer, so the
+best loss never gets worse.
+
+**K features and K single runs.** Each feature keeps everything its own single run has (config and
+seed, random generator, buffer, seen set, frontier, patience and restarts); what is shared is compute.
+Every random draw comes from the feature's own generator in the same order as in a single run, so a
+feature's trajectory equals its single run with the same seed whenever the batched float arithmetic
+rounds alike (rows never interact; differently shaped matmuls differ by ~1e-6 relative, which can flip a
+discrete choice only at a near-exact tie). Differences by design: ``time_budget`` bounds the whole group,
+and per-iteration ``seconds`` is the group's time divided among the features that ran it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batch import pad_right
+from .buffer import Buffer, Entry
+from .children import Canonicalizer, banned_ids, make_children
+from .config import DreamConfig, default_children
+from .evaluate import EvalOutput, Evaluator
+from .fluency import resolve_xe_limit
+from .group import ObjectiveGroup
+from .interrupt import stop_requested
+from .prefix_cache import PREFIX_MIN_CHILDREN
+from .results import FeatureError
+from .signals import batched_parent_signals
+from .starts import check_context, model_samples, start_pool
+from .state import FeatureRun
+from .verify import finish_result
+
+log = logging.getLogger(__name__)
+
+Job = tuple[FeatureRun, list[torch.Tensor], list[str], "float | None"]
+"""One feature's candidates for one evaluation: (run, ids, operators / sources, buffer bound)."""
+
+
+class DreamLoop:
+    """The engine: ``DreamLoop(model, tokenizer, group, config, seeds).run()`` -> one result per feature.
+
+    ``seeds[k]`` (default: ``config.seed`` for all) is feature k's seed.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, group: ObjectiveGroup, config: DreamConfig, seeds=None):
+        K = len(group)
+        seeds = [config.seed] * K if seeds is None else list(seeds)
+        if len(seeds) != K:
+            raise ValueError(f"{len(seeds)} seeds for {K} latents: valid is one seed per latent")
+        self.model, self.tok, self.group = model, tokenizer, group
+        self.dev = next(model.parameters()).device
+        self.t0 = time.time()
+        torch.manual_seed(config.seed)
+        if config.n_children is None:
+            config = replace(config, n_children=default_children(self.dev.type))
+        self.cfg = cfg = config
+        self.vocab = model.get_input_embeddings().weight.shape[0]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never read
+        for single in group.singles:
+            _check_device(single, self.dev)
+            check_context(cfg, single)
+        self.banned = banned_ids(tokenizer, self.vocab).to(self.dev)
+        fast = dict(batch_size=cfg.batch_size, prefix_cache=cfg.prefix_cache)
+        self.full = Evaluator(model, group, need_xe=cfg.needs_xe, **fast)
+        # The cascade skips XE for children that cannot enter the buffer; a Pareto frontier needs every point.
+        self.cascade = cfg.needs_xe and cfg.cascade and cfg.pareto is None
+        self.scorer = Evaluator(model, group, need_xe=False, **fast)
+        self.runs = [self._new_run(k, seed) for k, seed in enumerate(seeds)]
+        self.interrupted = False
+        self.loop_seconds = 0.0
+        self._samples: dict[int, list[list[int]]] = {}  # model samples per seed
+
+    def _new_run(self, k: int, seed: int) -> FeatureRun:
+        cfg, single = replace(self.cfg, seed=seed), self.group.singles[k]
+        penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
+        per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
+        limit = resolve_xe_limit(cfg.xe_max, single, cfg.max_tokens)
+        return FeatureRun(
+            k,
+            single,
+            cfg,
+            torch.Generator(device="cpu").manual_seed(seed),
+            Buffer(penalties, per, limit),
+            Canonicalizer(self.tok, cfg.min_tokens, cfg.max_tokens),
+            label=self.group.label(k),
+            restarts_left=cfg.restarts,
+        )
+
+    # ---- start ----
+    def start(self, errors: str = "raise") -> None:
+        """Score every feature's start pool in one batch and fill the buffers. A feature that cannot start
+        raises ``ValueError`` (``errors='raise'``) or is recorded and skipped (``'record'``)."""
+        jobs = [job for r in self.runs if (job := self._start_job(r)) is not None]
+        entries = self.evaluate(jobs)
+        for r in self.runs:
+            if r.error is None and not entries.get(r.k):
+                r.error = "every start prompt scored non-finite (norm cap on every position?)"
+            if r.error is not None:
+                r.active = False
+                if errors == "raise":
+                    raise ValueError(f"{r.label}: {r.error}" if r.label else r.error)
+                continue
+            r.unused = sorted(entries[r.k], key=r.buffer.loss)
+            r.buffer.merge(r.unused[: r.cfg.buffer_size])
+            r.unused = r.unused[r.cfg.buffer_size :]
+            r.best = r.buffer.entries[0]
+            r.start = r.best.source
+            log.info(
+                "dreaming %s: %d start prompts, best from %s", r.objective.name, len(entries[r.k]), r.start
+            )
+
+    def _start_job(self, r: FeatureRun) -> Job | None:
+        """Feature ``r``'s start pool, canonical; model samples are made once per seed for all features."""
+        pool = start_pool(self.model, self.tok, r.objective, replace(r.cfg, n_start_samples=0), r.gen)
+        if r.cfg.start in ("samples", "auto") and r.cfg.n_start_samples > 0:
+            samples = self._samples.get(r.cfg.seed)
+            if samples is None:
+                length = (r.cfg.min_tokens + r.cfg.max_tokens) // 2
+                samples = model_samples(self.model, self.tok, r.cfg.n_start_samples, length, r.cfg.seed)
+                self._samples[r.cfg.seed] = samples
+            pool += [(s, "samples") for s in samples]
+        canon = r.canon([torch.tensor(ids, device=self.dev) for ids, _ in pool])
+        seqs = [c for c in canon if c is not None]
+        sources = [src for c, (_, src) in zip(canon, pool) if c is not None]
+        if not seqs:
+            r.error = (
+                f"no start prompt has {r.cfg.min_tokens}..{r.cfg.max_tokens} tokens: give an init_prompt "
+                "within the bounds"
+            )
+            return None
+        r.seen.update(tuple(s.tolist()) for s in seqs)
+        return (r, seqs, sources, None)
+
+    # ---- one iteration ----
+    def step(self, it: int) -> None:
+        """One iteration of every active feature: parent signals, children, one evaluation, update."""
+        active = [r for r in self.runs if r.active]
+        t_it = time.time()
+        parents = [r.buffer.entries[it % len(r.buffer.entries)] for r in active]
+        sigs = self.signals(active, parents)
+        jobs, cache_parents, n_fresh = [], {}, {}
+        for r, parent, sig in zip(active, parents, sigs):
+            kids, ops = self.children(r, parent, sig)
+            n_fresh[r.k] = len(kids)
+            if kids:
+                jobs.append((r, kids, ops, r.buffer.entry_bound()))
+            if len(kids) >= PREFIX_MIN_CHILDREN.get(self.dev.type, 0):
+                cache_parents[r.k] = parent.ids
+        entries = self.evaluate(jobs, cache_parents)
+        dt = time.time() - t_it
+        self.loop_seconds += dt
+        for r in active:  # this iteration's time, shared among the features that ran it
+            self.update(r, entries.get(r.k, []), it, n_fresh[r.k], dt / len(active))
+
+    def signals(self, active: list[FeatureRun], parents: list[Entry]):
+        """The K parents' gradients and next-token distributions, one forward + backward pass."""
+        weights = [r.xe_weight(p) for r, p in zip(active, parents)]
+        return batched_parent_signals(
+            self.model, self.group, [p.ids for p in parents], [r.k for r in active], weights
+        )
+
+    def children(self, r: FeatureRun, parent: Entry, sig) -> tuple[list[torch.Tensor], list[str]]:
+        """Feature ``r``'s children of ``parent``: made, re-encoded, and not seen before."""
+        kids, ops = make_children(parent.ids, sig, r.cfg, r.gen, self.banned, self.vocab)
+        return r.fresh(r.canon(kids), ops)
+
+    def update(self, r: FeatureRun, entries: list[Entry], it: int, n_fresh: int, seconds: float) -> None:
+        """Merge ``entries`` into ``r``'s buffer, track its best, log the iteration, apply patience."""
+        r.buffer.merge(entries)
+        top = min(entries, key=r.buffer.loss) if entries else None
+        if r.buffer.loss(r.buffer.entries[0]) < r.buffer.loss(r.best):
+            r.best, r.since_improved = r.buffer.entries[0], 0
+        else:
+            r.since_improved += 1
+        r.history.append(
+            {
+                "iter": it,
+                "operator": top.source if top else None,
+                "child_activation": top.score if top else None,
+                "child_xe": top.xe if top else None,
+                "best_activation": r.best.score,
+                "best_xe": r.best.xe,
+                "best_loss": r.buffer.loss(r.best),
+                "best_feasible": r.buffer.feasible(r.best),
+                "best_tokens": len(r.best.ids),
+                "candidates": n_fresh,
+                "seconds": seconds,
+                "elapsed": time.time() - self.t0,
+            }
+        )
+        if r.cfg.patience is not None and r.since_improved >= r.cfg.patience:
+            self._restart_or_stop(r, it)
+
+    def _restart_or_stop(self, r: FeatureRun, it: int) -> None:
+        if r.restarts_left > 0 and r.unused:
+            r.restarts_left -= 1
+            r.since_improved = 0
+            r.buffer.entries = []
+            r.buffer.merge(r.unused[: r.cfg.buffer_size] + [r.best])
+            r.unused = r.unused[r.cfg.buffer_size :]
+            log.info("%srestart at iteration %d", f"{r.label}: " if r.label else "", it)
+        else:
+            r.active, r.stop_reason = False, "patience"
+
+    # ---- evaluation ----
+    def evaluate(
+        self, jobs: list[Job], parents: dict[int, torch.Tensor] | None = None
+    ) -> dict[int, list[Entry]]:
+        """All jobs' candidates in one batch -> per feature, the entries that may enter its buffer.
+
+        ``parents``: ``{k: parent ids}`` whose children may use the prefix cache."""
+        seqs = [s for _, ss, _, _ in jobs for s in ss]
+        if not seqs:
+            return {}
+        owner = torch.tensor([r.k for r, ss, _, _ in jobs for _ in ss], device=self.dev)
+        bound = torch.tensor(
+            [float("nan") if b is None else b for _, ss, _, b in jobs for _ in ss], dtype=torch.float64
+        )
+        ids, lengths = pad_right(seqs, self.pad_id, self.dev)
+        if self.cascade:
+            out = self._cascade(ids, lengths, owner, bound, parents)
+        else:
+            o = self.full(ids, lengths, owner, parents)
+            out = EvalOutput(o.scores.cpu(), o.xe.cpu(), None, o.valid)
+        entries, i = {}, 0
+        for r, ss, sources, _ in jobs:
+            j = i + len(ss)
+            part = EvalOutput(out.scores[i:j], out.xe[i:j], None, out.valid[i:j])
+            entries[r.k] = self.ingest(r, ss, sources, part, lengths[i:j])
+            i = j
+        return entries
+
+    def _cascade(self, ids, lengths, owner, bound: torch.Tensor, parents) -> EvalOutput:
+        """Rows with a bound: score to the objective's layer, finish XE only for those above it (XE = +inf
+        for the others, which then never enter). Rows without a bound (NaN): one full pass."""
+        direct = torch.isnan(bound)
+        scores = torch.full((len(ids),), torch.nan)
+        valid = torch.zeros(ids.shape, dtype=torch.bool, device=self.dev)
+        go = direct.clone()
+        casc = (~direct).nonzero().squeeze(1)
+        if len(casc):
+            c = casc.to(self.dev)
+            first = self.scorer(ids[c], lengths[c], owner[c], parents)
+            scores[casc], valid[c] = first.scores.cpu(), first.valid
+            go[casc] = first.scores.double().cpu() > bound[casc]
+        xe = torch.full((len(ids),), torch.inf)
+        fin = go.nonzero().squeeze(1)
+        if len(fin):
+            f = fin.to(self.dev)
+            out = self.full(ids[f], lengths[f], owner[f], parents)
+            xe[fin] = out.xe.cpu()
+            d = direct[fin]
+            scores[fin[d]] = out.scores.cpu()[d]
+            valid[f[d.to(self.dev)]] = out.valid[d.to(self.dev)]
+        return EvalOutput(scores, xe, None, valid)
+
+    def ingest(self, r: FeatureRun, seqs, sources, out: EvalOutput, lengths: torch.Tensor) -> list[Entry]:
+        """Feature ``r``'s share of an evaluated batch -> its entries; counts non-finite and capped scores
+        and updates its frontier."""
+        scores, xe = out.scores, out.xe
+        bad = torch.isnan(scores) | torch.isposinf(scores)
+        if r.cfg.needs_xe:
+            bad |= torch.isnan(xe)
+        r.stats["nonfinite"] += int(bad.sum())
+        r.stats["evaluated"] += len(seqs)
+        # -inf scores (norm guard) and children the cascade cut off (XE +inf) never enter
+        finite = torch.isfinite(scores) & ~bad & ~torch.isinf(xe)
+        real = torch.arange(out.valid.shape[1], device=out.valid.device)[None] < lengths[:, None]
+        r.stats["capped"] += int((~out.valid & real).sum())
+        if r.cfg.needs_xe:
+            r.frontier.add(seqs, scores, xe, finite)
+        return [
+            Entry(s, float(sc), float(x), src)
+            for s, sc, x, src, ok in zip(seqs, scores.tolist(), xe.tolist(), sources, finite.tolist())
+            if ok
+        ]
+
+    # ---- the whole run ----
+    def run(self, errors: str = "raise", on_interrupt: str = "finish") -> list:
+        """Start, iterate until ``iters`` / patience / ``time_budget`` / Ctrl-C, and finish.
+
+        Ctrl-C: ``on_interrupt='finish'`` stops and returns every feature's best so far
+        (``interrupted=True``); ``'raise'`` re-raises at once."""
+        self.start(errors)
+        bar = tqdm(
+            total=self.cfg.iters,
+            desc="dream" if len(self.runs) == 1 else f"dream x{len(self.runs)}",
+            unit="it",
+            disable=not self.cfg.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            self._iterate(bar)
+        except KeyboardInterrupt:
+            if on_interrupt == "raise":
+                raise
+            self.interrupted = True
+            for r in self.runs:
+                if r.active:
+                    r.stop_reason = "interrupted"
+            log.warning("interrupted: returning the best prompt(s) so far")
+        finally:
+            bar.close()
+        return self.finish()
+
+    def _iterate(self, bar) -> None:
+        for it in range(self.cfg.iters):
+            if not any(r.active for r in self.runs):
+                break
+            self.step(it)
+            bar.update()
+            best = [r.best for r in self.runs if r.best is not None]
+            if len(self.runs) == 1 and best:
+                bar.set_postfix(act=f"{best[0].score:.2f}", xe=f"{best[0].xe:.2f}")
+            else:
+                bar.set_postfix(active=sum(r.active for r in self.runs))
+            if stop_requested():  # first Ctrl-C under graceful_sigint: stop cleanly after this iteration
+                raise KeyboardInterrupt
+            if self.cfg.time_budget is not None and time.time() - self.t0 >= self.cfg.time_budget:
+                for r in self.runs:
+                    if r.active:
+                        r.active, r.stop_reason = False, "time budget"
+                break
+
+    def finish(self) -> list:
+        """Verify each feature's best by the reference path: a :class:`DreamResult` or a FeatureError each."""
+        out: list = []
+        for r in self.runs:
+            if r.error is not None:
+                out.append(FeatureError(getattr(r.objective, "latent", None), r.error))
+                continue
+            interrupted = self.interrupted and r.stop_reason == "interrupted"
+            out.append(finish_result(self.model, self.tok, r, t0=self.t0, interrupted=interrupted))
+        return out
+
+
+def _check_device(objective, dev: torch.device) -> None:
+    sae = getattr(objective, "sae", None)
+    if sae is not None and sae.sae.W_enc.device != dev:
+        raise ValueError(
+            f"the SAE is on {sae.sae.W_enc.device} but the model is on {dev}: load it with load_sae(..., model=model)"
+        )

@@ -1,0 +1,122 @@
+"""The package's structure, checked: layers import only those below them, no import cycle, no module
+imports another module's private ``_name``, files stay small, and the engine's functions stay short."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "featuredream"
+LAYERS = ["", "lm", "engine", "observe", "sweep", "cli"]
+"""Bottom to top; "" is the top-level helper modules (``checks``, ...). ``__init__`` is the public facade."""
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in SRC.rglob("*.py"):
+        parts = f.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> list[tuple[str, str]]:
+    """``(target module, imported name)`` for every import of a featuredream module in ``path``."""
+    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                pkg = base[: len(base) - node.level + 1]
+                target = ".".join(pkg + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                out.append((full, "") if full in mods else (target, alias.name))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "") for a in node.names]
+    return [(t, n) for t, n in out if t in mods and t != name]
+
+
+def _layer(name: str) -> int:
+    parts = name.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else 0
+
+
+MODS = _modules()
+EDGES = {name: _imports(name, path, MODS) for name, path in MODS.items()}
+
+
+def test_every_module_is_in_a_layer():
+    for name in MODS:
+        parts = name.split(".")
+        assert len(parts) <= 3 and (len(parts) < 3 or parts[1] in LAYERS), name
+
+
+def test_layers_import_only_those_below():
+    bad = [
+        f"{src} -> {dst}"
+        for src, edges in EDGES.items()
+        if src != "featuredream"
+        for dst, _ in edges
+        if dst != "featuredream" and _layer(dst) > _layer(src)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle():
+    graph = {src: {dst for dst, _ in edges} for src, edges in EDGES.items()}
+    state: dict[str, int] = {}
+
+    def visit(v: str, path: list[str]) -> None:
+        state[v] = 1
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(w) :] + [w]))
+            if w not in state:
+                visit(w, path + [w])
+        state[v] = 2
+
+    for v in sorted(graph):
+        if v not in state:
+            visit(v, [v])
+
+
+def test_no_private_cross_module_import():
+    bad = [
+        f"{src} imports {dst}.{n}" for src, edges in EDGES.items() for dst, n in edges if n.startswith("_")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_files_stay_small():
+    big = {str(p.relative_to(SRC)): n for p in MODS.values() if (n := len(p.read_text().splitlines())) > 400}
+    assert not big, big
+
+
+def test_engine_functions_stay_short():
+    long_ = []
+    for p in (SRC / "engine").glob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef) and (n := node.end_lineno - node.lineno + 1) > 62:
+                long_.append(f"{p.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long_, long_
+
+
+def test_the_checks_can_fail():
+    """The graph reader sees relative imports of private names and upward imports (a fabricated module)."""
+    fake = SRC / "lm" / "models.py"
+    edges = _imports("featuredream.lm.models", fake, MODS)
+    assert all(_layer(dst) <= _layer("featuredream.lm.models") for dst, _ in edges)
+    assert (
+        _layer("featuredream.cli.main") > _layer("featuredream.engine.loop") > _layer("featuredream.lm.sites")
+    )
+    src = "from ..engine.loop import _x\nfrom . import sites\n"
+    tmp = SRC / "lm" / "__probe__.py"
+    try:
+        tmp.write_text(src)
+        got = _imports("featuredream.lm.__probe__", tmp, MODS)
+    finally:
+        tmp.unlink()
+    assert ("featuredream.engine.loop", "_x") in got and ("featuredream.lm.sites", "") in got

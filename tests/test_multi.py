@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from featuredream.engine.config import DreamConfig
-from featuredream.engine.evaluate import Evaluator, pad_right
 from featuredream.engine.dream import dream, dream_features, dream_many
+from featuredream.engine.evaluate import Evaluator, pad_right
 from featuredream.engine.group import MultiLatentObjective
 from featuredream.engine.objectives import make_objective
 from featuredream.engine.results import FeatureError

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
-from featuredream.engine.signals import parent_signals
 from featuredream.engine.objectives import SAEEncoder
+from featuredream.engine.signals import parent_signals
 
 V = 50
 

@@ -5,9 +5,9 @@ import torch
 
 from featuredream.engine.buffer import frontier_update, rank_loss
 from featuredream.engine.config import DreamConfig, log_penalties
+from featuredream.engine.dream import dream
 from featuredream.engine.evaluate import reference_evaluate
 from featuredream.engine.objectives import SAEEncoder
-from featuredream.engine.dream import dream
 from featuredream.engine.results import DreamResult
 
 FAST = dict(

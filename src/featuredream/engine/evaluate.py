@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..lm.sites import run_sites
-from .batch import length_mask, pad_right
 from ..lm.xe import sequence_xe
+from .batch import length_mask, pad_right
 from .group import ObjectiveGroup, as_group
 from .objectives import Objective
 from .prefix_cache import (

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from ..lm.sites import Site, forward_with_capture
-from .batch import pad_right
 from ..lm.xe import token_xe
+from .batch import pad_right
 
 PER_POSITION_KINDS = (
     "resid_pre",

@@ -15,8 +15,8 @@ from torch import nn
 
 from ..lm.models import embed_scale
 from ..lm.sites import run_sites
-from .batch import length_mask, pad_right
 from ..lm.xe import sequence_xe
+from .batch import length_mask, pad_right
 from .group import ObjectiveGroup, Single
 from .objectives import Objective
 

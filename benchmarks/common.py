@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from featuredream.lm.corpus import default_corpus
-from featuredream.engine.fluency import sequence_xe
 from featuredream.lm.train_sae import make_windows
+from featuredream.lm.xe import sequence_xe
 
 
 @torch.no_grad()

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from featuredream import DirectionObjective, SAEEncoder, load_model, load_sae  # noqa: E402
 from featuredream.engine.evaluate import Evaluator  # noqa: E402
-from featuredream.engine.fluency import sequence_xe  # noqa: E402
 from featuredream.lm.models import text_config  # noqa: E402
 from featuredream.lm.sites import Site, run_sites  # noqa: E402
+from featuredream.lm.xe import sequence_xe  # noqa: E402
 
 
 def candidate_batches(tok, n_batches: int, n: int, length: int, seed: int) -> list[torch.Tensor]:

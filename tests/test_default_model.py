@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from featuredream.lm.models import load_model
-from featuredream.lm.saes import check_site, load_sae, site_fvu
+from featuredream.lm.sae_check import check_site, site_fvu
+from featuredream.lm.saes import load_sae
 from featuredream.lm.sites import Site
 
 pytestmark = pytest.mark.slow

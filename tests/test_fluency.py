@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from featuredream.engine.fluency import sequence_xe
+from featuredream.lm.xe import sequence_xe
 
 
 def test_masked_xe_equals_unpadded_xe(tiny_llama):

@@ -8,23 +8,20 @@ import pytest
 import torch
 from conftest import _TEXT, identity_sae_dir, write_sae_dir
 
-from featuredream.observe.examples import corpus_stats
+from featuredream.engine.objectives import FunctionObjective, SAEEncoder
+from featuredream.lm.activations import site_activations
+from featuredream.lm.saes import load_sae
+from featuredream.lm.sites import Site, run_sites
+from featuredream.observe.examples import Example, corpus_stats, minimal_context, top_examples
 from featuredream.observe.inspect import (
-    Example,
     differential_features,
     encode_prompts,
     fire_rate,
     format_ranking,
-    minimal_context,
     rank_differential,
     scan,
-    site_activations,
-    top_examples,
     top_features,
 )
-from featuredream.engine.objectives import FunctionObjective, SAEEncoder
-from featuredream.lm.saes import load_sae
-from featuredream.lm.sites import Site, run_sites
 from featuredream.observe.tracing import attribution, format_attribution, logit_effects, steer, steering
 
 PROMPTS = [
@@ -366,13 +363,18 @@ def test_steering_alpha_zero_is_plain_generation(tiny_model, tiny_tokenizer, sae
         max_new_tokens=12,
         pad_token_id=tiny_tokenizer.pad_token_id,
     )[0, ids.shape[1] :].tolist()
+    layer = tiny_model.model.layers[1]
+    before = _hooks(layer)  # transformers installs its own output-capturing hooks once per model
     out = steering(
         tiny_model, tiny_tokenizer, sae, 4, "The quick brown", alphas=(0.0, 50.0), max_new_tokens=12
     )
     assert out[0].alpha == 0 and out[0].ids == plain
     assert out[1].ids != plain  # a large push changes the continuation
-    layer = tiny_model.model.layers[1]
-    assert not layer._forward_hooks and not layer._forward_pre_hooks  # hooks removed
+    assert _hooks(layer) == before  # ours removed
+
+
+def _hooks(module) -> tuple[list, list]:
+    return list(module._forward_hooks), list(module._forward_pre_hooks)
 
 
 def test_steer_hook_adds_exactly_alpha_direction(tiny_llama, tiny_tokenizer, tiny_sae):
@@ -380,6 +382,7 @@ def test_steer_hook_adds_exactly_alpha_direction(tiny_llama, tiny_tokenizer, tin
     d = tiny_sae.decoder_direction(3)
     site = tiny_sae.site  # resid_post of layer 1
     base = run_sites(tiny_llama, [site], input_ids=ids)[0][site]
+    before = _hooks(tiny_llama.model.layers[1])
     with steer(tiny_llama, site, 2.5 * d):
         got = run_sites(tiny_llama, [site], input_ids=ids)[0][site]
         _, logits_post = run_sites(tiny_llama, [site], input_ids=ids, logits=True)
@@ -389,7 +392,7 @@ def test_steer_hook_adds_exactly_alpha_direction(tiny_llama, tiny_tokenizer, tin
     torch.testing.assert_close(logits_pre, logits_post)
     with pytest.raises(RuntimeError), steer(tiny_llama, site, d):
         raise RuntimeError("boom")
-    assert not tiny_llama.model.layers[1]._forward_hooks
+    assert _hooks(tiny_llama.model.layers[1]) == before
 
 
 def test_bad_input_gives_one_line_errors(tiny_llama, tiny_tokenizer, tiny_sae, tmp_path):

@@ -13,7 +13,8 @@ from featuredream.engine.config import DreamConfig
 from featuredream.engine.evaluate import reference_evaluate
 from featuredream.engine.objectives import QueryDirection, QueryFeature, make_objective
 from featuredream.engine.optimizer import dream
-from featuredream.lm.saes import _adjacent, load_sae
+from featuredream.lm.sae_check import adjacent_sites
+from featuredream.lm.saes import load_sae
 from featuredream.lm.sites import Site, run_sites
 
 
@@ -77,16 +78,19 @@ def test_query_bad_input(tiny_llama, tmp_path):
 
 
 def test_adjacent_sites_of_a_head(tiny_llama):  # 3 layers, 4 query heads, 2 key/value heads
-    alt = set(_adjacent(Site("attn_q", 1, 2), tiny_llama))
+    alt = set(adjacent_sites(Site("attn_q", 1, 2), tiny_llama))
     assert {Site("attn_q", 1, h) for h in (0, 1, 3)} <= alt
     assert {Site("attn_q", 0, 2), Site("attn_q", 2, 2), Site("attn_q_rot", 1, 2)} <= alt
     # key heads: one representative of each *other* key/value group
-    assert set(_adjacent(Site("attn_k", 0, 0), tiny_llama)) == {Site("attn_k", 0, 2), Site("attn_k", 1, 0)}
+    assert set(adjacent_sites(Site("attn_k", 0, 0), tiny_llama)) == {
+        Site("attn_k", 0, 2),
+        Site("attn_k", 1, 0),
+    }
 
 
 def test_check_site_catches_wrong_head(tiny_llama, tiny_tokenizer, tmp_path):
     """A query SAE fitted to head 1 but declared for head 2 is caught by comparing the heads."""
-    from featuredream.lm.saes import check_site
+    from featuredream.lm.sae_check import check_site
     from featuredream.lm.sites import run_sites
 
     ids = torch.randint(1, 300, (8, 12))

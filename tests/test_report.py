@@ -19,10 +19,11 @@ from conftest import _TEXT, write_sae_dir
 
 from featuredream.engine.config import DreamConfig, log_penalties
 from featuredream.observe.examples import corpus_stats
-from featuredream.observe.inspect import Example, minimal_context
+from featuredream.observe.examples import Example, minimal_context
 from featuredream.engine.objectives import SAEEncoder
 from featuredream.engine.optimizer import dream
-from featuredream.observe.report import CardData, CardExample, card_data, feature_card, neuronpedia_json, render_card
+from featuredream.observe.card import CardData, CardExample, card_data, neuronpedia_json
+from featuredream.observe.report import feature_card, render_card
 from featuredream.lm.saes import load_sae
 
 EVIL = "<script>alert('x')</script>"
@@ -206,7 +207,7 @@ def test_card_rejects_a_dream_for_another_feature(tiny_llama, tiny_tokenizer, se
 
 
 def test_render_card_escapes_every_field():
-    from featuredream.observe.report import CardData
+    from featuredream.observe.card import CardData
 
     d = CardData(
         feature=1,
@@ -328,7 +329,7 @@ def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
 
 def test_card_with_statistics_but_no_examples(setup, tiny_llama, tiny_tokenizer):
     """Statistics holding only maxima and fire rates (no top examples) give a card without examples."""
-    from featuredream.observe.report import card_data
+    from featuredream.observe.card import card_data
     from featuredream.lm.saes import FeatureStats
 
     st = setup["stats"]

@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import write_sae_dir
 
-from featuredream.engine.fluency import sequence_xe
 from featuredream.lm.sae_stats import (
     Encoder,
     feature_statistics,
@@ -18,6 +17,7 @@ from featuredream.lm.sae_stats import (
 from featuredream.lm.saes import FeatureStats, load_sae
 from featuredream.lm.sites import parse_hook_name
 from featuredream.lm.train_sae import TrainConfig, captured
+from featuredream.lm.xe import sequence_xe
 
 
 def _windows(n=12, ctx=16, vocab=300, seed=0):
@@ -102,7 +102,7 @@ def test_xe_table_is_the_xe_of_each_truncated_window(tiny_llama, one_thread):
     windows = _windows(20)
     table = xe_quantile_table(tiny_llama, windows, batch=8)
     assert table["xe_lengths"].tolist() == list(range(2, 17))
-    for length in (2, 7, 16):  # the text of `length` tokens alone, through fluency.sequence_xe
+    for length in (2, 7, 16):  # the text of `length` tokens alone, through lm.xe.sequence_xe
         ids = windows[:, :length]
         with torch.no_grad():
             xe = sequence_xe(tiny_llama(input_ids=ids).logits, ids, torch.ones_like(ids, dtype=torch.bool))

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine.fluency import token_xe
+from .activations import latent_values, pad_batch, site_activations
+from .xe import token_xe
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,6 @@ def verify_examples(model: nn.Module, sae, pairs: list[tuple[int, int]], batch: 
     """Score each stored example ``(latent, slot)`` **alone** from its tokens (context up to the
     activating token) with a plain forward pass; returns the relative errors ``[len(pairs)]`` against the
     recorded ``top_values``. Examples of one window share one pass (the longest context among them)."""
-    from ..observe.inspect import _values, pad_batch, site_activations
-
     st, dev = sae.stats, next(model.parameters()).device
     by_window: dict[tuple[int, ...], list[int]] = {}
     ctxs = []
@@ -193,7 +192,7 @@ def verify_examples(model: nn.Module, sae, pairs: list[tuple[int, int]], batch: 
         group = keys[b : b + batch]
         ids, mask = pad_batch([list(g) for g in group], 0, "right", dev)
         x = site_activations(model, sae.site, ids, mask)
-        pre = _values(sae, x, "pre").cpu()  # [b, s, d_sae]
+        pre = latent_values(sae, x, "pre").cpu()  # [b, s, d_sae]
         for row, key in enumerate(group):
             for i in by_window[key]:
                 lat, slot = pairs[i]

@@ -17,18 +17,25 @@ attn_z         per-head attention output, input of the output projection    ``[b
 Without ``head``, head sites are flattened to ``[b, s, H * d_head]`` (the width sae-lens SAEs on a whole
 attention layer read). With ``head`` set, they give ``[b, s, d_head]`` for that (query) head; for k / v
 the query head is mapped to its key/value group (grouped-query attention).
+
+One resolver, :func:`hook_site`, knows where each kind lives in a model (which module, its input or its
+output); activation capture (:func:`capture`, :func:`forward_with_capture`) and steering
+(:func:`featuredream.observe.tracing.steer`) both go through it.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .models import decoder_layers, text_config
 
@@ -119,22 +126,26 @@ def parse_hook_name(name: str, head: int | None = None) -> Site:
     )
 
 
-class _StopForward(Exception):
-    """Raised inside a hook once every requested site is captured, to skip the remaining layers."""
+class StopForward(Exception):
+    """Raised inside a hook once every requested site is captured, to skip the remaining layers.
+
+    Caught in one place: :func:`forward_with_capture`."""
 
 
-def _attention(layer: nn.Module) -> nn.Module:
+def attention(layer: nn.Module) -> nn.Module:
+    """The attention module of a decoder ``layer`` (the one with ``q_proj / k_proj / v_proj / o_proj``)."""
     for mod in layer.modules():
         if all(hasattr(mod, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
             return mod
     raise ValueError(f"{type(layer).__name__} has no attention with q_proj/k_proj/v_proj/o_proj")
 
 
-def _mlp(layer: nn.Module) -> nn.Module:
-    mlp = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
-    if mlp is None:
+def mlp(layer: nn.Module) -> nn.Module:
+    """The MLP (feed-forward) module of a decoder ``layer``."""
+    mod = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+    if mod is None:
         raise ValueError(f"{type(layer).__name__} has no 'mlp' submodule")
-    return mlp
+    return mod
 
 
 def kv_head(model: nn.Module, head: int) -> int:
@@ -144,13 +155,101 @@ def kv_head(model: nn.Module, head: int) -> int:
     return head // (cfg.num_attention_heads // n_kv)
 
 
-def _head_dim(model: nn.Module) -> int:
+def head_dim(model: nn.Module) -> int:
+    """Width of one attention head."""
     cfg = text_config(model)
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
+def head_columns(model: nn.Module, site: Site) -> slice | None:
+    """The columns of ``site.head`` in the site's flattened ``[..., H * d_head]`` activation (for k / v: the
+    head's key/value group); None when the site has no head."""
+    if site.head is None:
+        return None
+    h = kv_head(model, site.head) if site.kind in ("attn_k", "attn_v") else site.head
+    d = head_dim(model)
+    return slice(h * d, (h + 1) * d)
+
+
+EDITABLE_KINDS = ("resid_pre", "resid_post", "mlp_out", "attn_z", "attn_q", "attn_k", "attn_v")
+"""Kinds whose activation a hook can replace: ``attn_q_rot`` is computed from the query inside attention."""
+
+SiteFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def hook_site(model: nn.Module, site: Site, fn: SiteFn) -> list[RemovableHandle]:
+    """The one hook-point resolver: register hooks that call ``fn(x)`` at ``site`` on every forward pass.
+
+    ``x`` is the site's whole activation ``[b, s, width]``, attention heads flattened to ``H * d_head``
+    (``site.head`` is not applied: see :func:`head_columns`). When ``fn`` returns a tensor it replaces the
+    activation in the forward pass (any kind in :data:`EDITABLE_KINDS`; for ``attn_q_rot``: ValueError).
+    ValueError if the site does not exist in ``model``. Returns the handles: the caller removes them.
+    """
+    site.validate(model)
+    layer = decoder_layers(model)[site.layer]
+    if site.kind == "attn_q_rot":
+        return _hook_rotary_query(model, site, attention(layer), fn)
+    if site.kind in ("resid_pre", "attn_z"):  # the input of the layer / of the output projection
+
+        def pre(mod, args, kwargs):
+            new = fn(args[0] if args else kwargs["hidden_states"])
+            if new is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        module = layer if site.kind == "resid_pre" else attention(layer).o_proj
+        return [module.register_forward_pre_hook(pre, with_kwargs=True)]
+
+    def post(mod, args, out):
+        new = fn(out[0] if isinstance(out, tuple) else out)
+        if new is None:
+            return None
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    if site.kind == "resid_post":
+        module = layer
+    elif site.kind == "mlp_out":
+        module = mlp(layer)
+    else:  # attn_q / attn_k / attn_v: the projection's output, before rotary
+        module = getattr(attention(layer), site.kind[-1] + "_proj")
+    return [module.register_forward_hook(post)]
+
+
+def _hook_rotary_query(model: nn.Module, site: Site, attn: nn.Module, fn: SiteFn) -> list[RemovableHandle]:
+    """``attn_q_rot``: the query after q-norm (if any) and rotary, recomputed from ``q_proj``'s output with the
+    attention's own ``apply_rotary_pos_emb`` and the layer's position embeddings (read only)."""
+    rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    if rope is None:
+        raise ValueError(f"{type(attn).__name__}: no apply_rotary_pos_emb found for site {site}")
+    d_head = head_dim(model)
+    state: dict = {}
+
+    def pre(mod, args, kwargs):
+        state["pe"] = kwargs.get("position_embeddings")
+
+    def qhook(mod, args, out):
+        # Qwen3 / Gemma-3 normalize each head's query, OLMo-2 the whole projection; then rotary
+        qn = getattr(attn, "q_norm", None)
+        whole = (
+            qn is not None
+            and getattr(qn, "weight", None) is not None
+            and (qn.weight.shape[-1] == out.shape[-1] != d_head)
+        )
+        q = (qn(out) if whole else out).view(*out.shape[:-1], -1, d_head)
+        if qn is not None and not whole:
+            q = qn(q)
+        q = q.transpose(1, 2)
+        cos, sin = state["pe"]
+        q_rot, _ = rope(q, q, cos, sin)
+        if fn(q_rot.transpose(1, 2).flatten(-2)) is not None:
+            raise ValueError(
+                f"{site} cannot be replaced (computed inside attention): valid kinds are {', '.join(EDITABLE_KINDS)}"
+            )
+
+    return [
+        attn.register_forward_pre_hook(pre, with_kwargs=True),
+        attn.q_proj.register_forward_hook(qhook),
+    ]
 
 
 @contextmanager
@@ -159,93 +258,47 @@ def capture(
 ) -> Iterator[dict[Site, torch.Tensor]]:
     """Capture ``sites`` during forward passes run inside the block; hooks are always removed.
 
-    With ``stop_early`` the forward pass is cut short (an exception caught by :func:`run_sites`) as soon as
-    every site has been captured, so layers after the last needed one never run.
+    With ``stop_early`` the forward pass is cut short (:class:`StopForward`, caught by
+    :func:`forward_with_capture`) as soon as every site has been captured, so layers after the last needed
+    one never run.
 
     Yields a dict filled by each forward pass: ``Site -> tensor`` (shapes in the module doc).
     """
     sites = list(dict.fromkeys(sites))
-    for s in sites:
-        s.validate(model)
-    layers = decoder_layers(model)
+    cols = {s: head_columns(model, s) for s in sites}
     store: dict[Site, torch.Tensor] = {}
-    d_head = _head_dim(model)
-    handles = []
+    handles: list[RemovableHandle] = []
 
-    def put(site: Site, value: torch.Tensor) -> None:
-        if site.head is not None:
-            h = kv_head(model, site.head) if site.kind in ("attn_k", "attn_v") else site.head
-            value = value[:, :, h]
-        elif site.kind in HEAD_KINDS:
-            value = value.flatten(-2)
-        store[site] = value
+    def put(site: Site, x: torch.Tensor) -> None:
+        store[site] = x if cols[site] is None else x[..., cols[site]]
         if stop_early and len(store) == len(sites):
-            raise _StopForward
+            raise StopForward
 
     try:  # registered inside try: a failure while registering still removes what was added
         for site in sites:
-            layer = layers[site.layer]
-            if site.kind == "resid_pre":
-
-                def hook(mod, args, kwargs, site=site):
-                    put(site, args[0] if args else kwargs["hidden_states"])
-
-                handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-            elif site.kind == "resid_post":
-                handles.append(layer.register_forward_hook(lambda m, a, o, site=site: put(site, _first(o))))
-            elif site.kind == "mlp_out":
-                handles.append(
-                    _mlp(layer).register_forward_hook(lambda m, a, o, site=site: put(site, _first(o)))
-                )
-            elif site.kind == "attn_z":
-                attn = _attention(layer)
-
-                def zhook(mod, args, site=site):
-                    z = args[0]
-                    put(site, z.view(*z.shape[:-1], -1, d_head))
-
-                handles.append(attn.o_proj.register_forward_pre_hook(zhook))
-            elif site.kind == "attn_q_rot":
-                attn = _attention(layer)
-                rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-                if rope is None:
-                    raise ValueError(f"{type(attn).__name__}: no apply_rotary_pos_emb found for site {site}")
-                state: dict = {}
-
-                def pre(mod, args, kwargs, state=state):
-                    state["pe"] = kwargs.get("position_embeddings")
-
-                def qhook(mod, args, out, site=site, state=state, rope=rope, attn=attn):
-                    # Qwen3 / Gemma-3 normalize each head's query, OLMo-2 the whole projection; then rotary
-                    qn = getattr(attn, "q_norm", None)
-                    whole = (
-                        qn is not None
-                        and getattr(qn, "weight", None) is not None
-                        and (qn.weight.shape[-1] == out.shape[-1] != d_head)
-                    )
-                    q = (qn(out) if whole else out).view(*out.shape[:-1], -1, d_head)
-                    if qn is not None and not whole:
-                        q = qn(q)
-                    q = q.transpose(1, 2)
-                    cos, sin = state["pe"]
-                    q_rot, _ = rope(q, q, cos, sin)
-                    put(site, q_rot.transpose(1, 2))
-
-                handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
-                handles.append(attn.q_proj.register_forward_hook(qhook))
-            else:
-                proj = getattr(
-                    _attention(layer), {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj"}[site.kind]
-                )
-
-                def phook(mod, args, out, site=site):
-                    put(site, out.view(*out.shape[:-1], -1, d_head))
-
-                handles.append(proj.register_forward_hook(phook))
+            handles += hook_site(model, site, functools.partial(put, site))
         yield store
     finally:
         for h in handles:
             h.remove()
+
+
+def forward_with_capture(
+    model: nn.Module, sites: Sequence[Site], *, stop_early: bool = True, **model_kwargs
+) -> tuple[dict[Site, torch.Tensor], Any | None]:
+    """``model(**model_kwargs)`` with ``sites`` captured: returns ``(acts, output)``.
+
+    With ``stop_early`` the pass stops after the last needed site and ``output`` is None (unless some site
+    was never reached: then the pass ran to the end). ``acts``: ``Site -> tensor`` (shapes in the module
+    doc); a site the pass never reached is missing from it.
+    """
+    out = None
+    with capture(model, sites, stop_early=stop_early) as store:
+        try:
+            out = model(**model_kwargs)
+        except StopForward:
+            pass
+    return dict(store), out
 
 
 def run_sites(
@@ -262,21 +315,19 @@ def run_sites(
     Without ``logits`` the pass stops after the last needed site. Shapes: ids ``[b, s]``, embeds
     ``[b, s, d_model]``, mask ``[b, s]``; logits ``[b, s, vocab]``.
     """
-    out = None
-    with capture(model, sites, stop_early=not logits) as store:
-        try:
-            out = model(
-                input_ids=input_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                use_cache=False,
-            )
-        except _StopForward:
-            pass
-    missing = [str(s) for s in sites if s not in store]
+    acts, out = forward_with_capture(
+        model,
+        sites,
+        stop_early=not logits,
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        use_cache=False,
+    )
+    missing = [str(s) for s in sites if s not in acts]
     if missing:
         raise RuntimeError(f"sites not captured: {missing}")
-    return dict(store), (out.logits if out is not None and logits else None)
+    return acts, (out.logits if out is not None and logits else None)
 
 
 @torch.no_grad()
@@ -284,7 +335,7 @@ def key_vector(model: nn.Module, tokenizer, layer: int, head: int, text: str) ->
     """The pre-rotary key ``[d_head]`` that query ``head`` of ``layer`` sees at the last token of ``text``.
 
     Under grouped-query attention this is the key of the head's key/value group. Use it as a
-    :class:`~featuredream.objectives.QueryDirection` to ask which prompt makes the head look for it.
+    :class:`~featuredream.engine.objectives.QueryDirection` to ask which prompt makes the head look for it.
     """
     site = Site("attn_k", layer, head)
     site.validate(model)

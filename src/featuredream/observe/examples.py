@@ -1,4 +1,9 @@
-"""Dataset examples over a user's own text files: top-k windows of **every** latent in one streaming pass.
+"""Dataset examples: a feature's top examples, their minimal contexts, and the corpus scan behind them.
+
+A dataset example holds its whole context (corpus window start .. activating token) and its value in
+that context; :func:`minimal_context` finds how much of it the feature needs (local or contextual).
+:func:`top_examples` reads the SAE's shipped examples, or scans a user's own text files
+(:func:`corpus_stats`): the top-k windows of **every** latent in one streaming pass.
 
 Documents are cut into non-overlapping ``ctx``-token windows (a document's tail is a shorter window),
 run in right-padded batches to the SAE's site, and each latent keeps its ``k`` best windows (one example
@@ -14,16 +19,60 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int
+from ..lm.activations import latent_values, model_device, pad_batch, site_activations, valid_positions
 from ..lm.corpus import read_text_files
-from .inspect import _check_int, _device, _valid, _values, pad_batch, site_activations
 from ..lm.saes import BoundSAE, FeatureStats
 
 log = logging.getLogger(__name__)
+
+
+class Example(NamedTuple):
+    """A dataset example: token ``ids``, ``index`` of the activating token, per-token ``acts``, ``value``.
+
+    ``ids[: index + 1]`` is the example's whole context (its corpus window from the first token up to the
+    activating token), ``ids[index + 1 :]`` a few tokens after it for display; ``value`` is the activation
+    in that context, so scoring :attr:`context` alone reproduces it.
+    """
+
+    ids: list[int]
+    index: int
+    acts: list[float]
+    value: float
+
+    @property
+    def context(self) -> list[int]:
+        """The tokens up to and including the activating one."""
+        return self.ids[: self.index + 1]
+
+
+class MinimalContext(NamedTuple):
+    """The shortest suffix of an example's context (ending at the activating token) that keeps a share of
+    its in-context activation when scored alone (see :func:`minimal_context`).
+
+    ``length``: its tokens; ``full``: the whole context's tokens; ``value``: its activation alone (``-inf``
+    where the norm guard drops the position); ``found``: False when no suffix kept enough, and then
+    ``length == full``.
+    """
+
+    length: int
+    full: int
+    value: float
+    found: bool
+
+    @property
+    def start(self) -> int:
+        """Index in the example's ids of the minimal context's first token."""
+        return self.full - self.length
+
+
+# ---------------------------------------------------------------------------------------------- corpus scan
 
 
 def _paths(corpus: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -91,13 +140,13 @@ def corpus_stats(
     window's first token (``before = ctx - 1``), so every example scored alone reproduces its value.
     """
     for name, v, lo in (("ctx", ctx, 1), ("k", k, 1), ("batch_size", batch_size, 1), ("after", after, 0)):
-        _check_int(name, v, lo)
+        check_int(name, v, lo)
     if before is not None:
-        _check_int("before", before, 0)
+        check_int("before", before, 0)
     whole = before is None
     before = ctx - 1 if whole else before
     docs = _read_corpus(corpus)
-    dev, d, w = _device(model), sae.d_sae, before + 1 + after
+    dev, d, w = model_device(model), sae.d_sae, before + 1 + after
     best_v = torch.full((k, d), -torch.inf, device=dev)
     best_tok = torch.full((k, d, w), -1, dtype=torch.long, device=dev)
     best_act = torch.zeros((k, d, w), device=dev)
@@ -108,10 +157,10 @@ def corpus_stats(
     for seqs, doc in _windows(tok, docs, ctx, batch_size):
         ids, mask = pad_batch(seqs, tok.pad_token_id, "right", dev)
         x = site_activations(model, sae.site, ids, mask)
-        valid = _valid(sae, x, mask, norm_guard)
+        valid = valid_positions(sae, x, mask, norm_guard)
         n_pos += int(valid.sum())
-        fires += ((_values(sae, x, "code") > 0) & valid[..., None]).sum((0, 1)).float()
-        pre = _values(sae, x, "pre").masked_fill(~valid[..., None], -torch.inf)  # [b, s, d]
+        fires += ((latent_values(sae, x, "code") > 0) & valid[..., None]).sum((0, 1)).float()
+        pre = latent_values(sae, x, "pre").masked_fill(~valid[..., None], -torch.inf)  # [b, s, d]
         m, p = pre.max(dim=1)  # [b, d]
         top_v, idx = torch.cat([best_v, m]).topk(k, dim=0)  # [k, d]
         new = idx >= k
@@ -148,3 +197,100 @@ def corpus_stats(
     )
     log.info("scanned %d documents, %d positions", len(docs), n_pos)
     return FeatureStats(tensors, info)
+
+
+# ---------------------------------------------------------------------------------------------- top examples
+
+
+def top_examples(
+    model: nn.Module,
+    tok,
+    sae: BoundSAE,
+    feature: int,
+    corpus: str | Path | Sequence[str | Path] | None = None,
+    *,
+    k: int = 8,
+    **kwargs,
+) -> list[Example]:
+    """Top examples of ``feature``: the SAE's shipped ones (``corpus=None``) or a scan of a user's text files
+    (see :func:`corpus_stats` for ``ctx``, ``batch_size``, ...)."""
+    f = sae.check_latent(feature)
+    if corpus is None:
+        if sae.stats is None:
+            raise ValueError(f"SAE {sae.name!r} ships no dataset examples: pass corpus=<text files>")
+        stats = sae.stats
+    else:
+        stats = corpus_stats(model, tok, sae, corpus, k=k, **kwargs)
+    return [Example(*e) for e in stats.examples(f)[:k]]
+
+
+@torch.no_grad()
+def last_token_values(
+    model: nn.Module,
+    tok,
+    sae: BoundSAE,
+    feature: int,
+    seqs: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 64,
+    norm_guard: bool = True,
+) -> torch.Tensor:
+    """Encoder pre-activation of ``feature`` at the last token of each of ``seqs`` (lists of ids), each
+    scored alone -> ``[n]`` float32 on the CPU; ``-inf`` where the norm guard drops that position.
+
+    Runs right-padded batches of ``batch_size`` sequences of similar lengths up to the SAE's site.
+    """
+    f = sae.check_latent(feature)
+    check_int("batch_size", batch_size)
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("a sequence to score is empty: valid are non-empty lists of token ids")
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    dev, out = model_device(model), torch.empty(len(seqs))
+    for c in range(0, len(order), batch_size):
+        chunk = order[c : c + batch_size]
+        ids, mask = pad_batch([seqs[i] for i in chunk], tok.pad_token_id, "right", dev)
+        x = site_activations(model, sae.site, ids, mask)  # [b, s, d_in]
+        rows, last = torch.arange(len(chunk), device=dev), mask.sum(1) - 1
+        ok = valid_positions(sae, x, mask, norm_guard)[rows, last]  # [b]
+        v = latent_values(sae, x[rows, last], "pre")[:, f]  # [b]
+        out[chunk] = v.masked_fill(~ok, -torch.inf).cpu()
+    return out
+
+
+def minimal_context(
+    model: nn.Module,
+    tok,
+    sae: BoundSAE,
+    feature: int,
+    examples: Sequence[Example | tuple],
+    keep: float = 0.9,
+    *,
+    batch_size: int = 64,
+    norm_guard: bool = True,
+) -> list[MinimalContext]:
+    """For each example, the shortest suffix of its context (``ids[: index + 1]``, so ending at the
+    activating token) whose activation scored alone keeps ``keep`` of the in-context ``value``: at least
+    ``value - (1 - keep) * |value|`` (``keep * value`` for a positive value).
+
+    Every suffix of every example is scored (:func:`last_token_values`; the activation is not monotone in
+    the length). Where none keeps enough (e.g. the norm guard drops the short ones) the full context is
+    reported with ``found=False``. Length 1: the feature reads the token alone; near the full length: it
+    reads the context.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
+        raise ValueError(f"keep={keep!r} is invalid: valid is a share in (0, 1], e.g. 0.9")
+    exs = [Example(*e) for e in examples]
+    for e in exs:
+        if not 0 <= e.index < len(e.ids):
+            raise ValueError(f"example index {e.index} is outside its {len(e.ids)} tokens")
+    # suffixes of lengths 1..n of each context, in that order
+    seqs = [e.context[len(e.context) - n :] for e in exs for n in range(1, len(e.context) + 1)]
+    vals = last_token_values(model, tok, sae, feature, seqs, batch_size=batch_size, norm_guard=norm_guard)
+    out, at = [], 0
+    for e in exs:
+        n = e.index + 1
+        v, at = vals[at : at + n], at + n  # v[m - 1]: the suffix of length m
+        hit = (v >= e.value - (1 - keep) * abs(e.value)).nonzero()
+        m = int(hit[0]) + 1 if len(hit) else n
+        out.append(MinimalContext(m, n, float(v[m - 1]), bool(len(hit))))
+    return out

@@ -12,7 +12,8 @@ from ..engine.results import Prompt
 _ACT_HEX = "#ea580c"
 
 
-def _fig(w: float = 6.0, h: float = 3.2):
+def new_figure(w: float = 6.0, h: float = 3.2):
+    """A matplotlib ``(figure, axes)`` of ``w`` x ``h`` inches in the house style (no pyplot state)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(w, h), dpi=110)
@@ -43,7 +44,7 @@ def histogram_figure(
     generic: list[float], examples: list[float], dataset_max: float | None, dream: float | None
 ):
     """Per-token activations on generic text and in the top-example windows, with the maxima marked."""
-    fig, ax = _fig()
+    fig, ax = new_figure()
     vals = [v for v in generic + examples if math.isfinite(v)]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     for m in (dataset_max, dream):
@@ -69,7 +70,7 @@ def histogram_figure(
 
 def trajectory_figure(history: list[dict[str, Any]]):
     """Best activation (and its XE) per iteration, with each iteration's best child."""
-    fig, ax = _fig()
+    fig, ax = new_figure()
     it = [h["iter"] for h in history]
     child = [(h["iter"], h["child_activation"]) for h in history if h.get("child_activation") is not None]
     if child:
@@ -92,7 +93,7 @@ def trajectory_figure(history: list[dict[str, Any]]):
 
 def frontier_figure(frontier: list[dict[str, Any]], best: Prompt | None):
     """The activation-vs-XE Pareto frontier, with the reported best prompt."""
-    fig, ax = _fig()
+    fig, ax = new_figure()
     pts = sorted((p["xe"], p["activation"]) for p in frontier)
     ax.step([x for x, _ in pts], [a for _, a in pts], where="post", color=_ACT_HEX, lw=1.5)
     ax.scatter([x for x, _ in pts], [a for _, a in pts], s=14, color=_ACT_HEX, label="Pareto frontier")

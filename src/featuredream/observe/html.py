@@ -8,11 +8,12 @@ from __future__ import annotations
 import html
 import math
 
-_ACT_RGB, _NEG_RGB = "234,88,12", "37,99,235"
+ACT_RGB, NEG_RGB = "234,88,12", "37,99,235"  # activation (orange) and negative (blue) colours
 _DOT = "\u00b7"
 
 
-_CSS = """
+# The card's whole style sheet (inlined in its <style>).
+CSS = """
 *{box-sizing:border-box}body{margin:0;background:#f8fafc;color:#0f172a;font:14px/1.5 system-ui,-apple-system,
 "Segoe UI",Roboto,"DejaVu Sans",sans-serif}main{max-width:1080px;margin:0 auto;padding:24px}
 header{background:#0f172a;color:#f8fafc;border-radius:12px;padding:20px 24px;margin-bottom:18px}
@@ -37,7 +38,7 @@ background:#f8fafc;border-radius:6px}.cut{border-left:2px dashed #64748b;margin:
 """
 
 
-def _show(token: str) -> str:
+def show_token(token: str) -> str:
     """A token as escaped HTML, with newlines, tabs and other control characters made visible."""
     out = []
     for ch in token:
@@ -61,37 +62,41 @@ def token_spans(tokens: list[str], acts: list[float], vmax: float, peak: int | N
         cls = "tok peak" if i == peak else "tok"
         title = html.escape(f"{t!r}: {a:.3f}", quote=True)
         visible = t.strip(" ") or (i != peak and alpha < 0.15)  # a highlighted run of spaces shows as dots
-        shown = _show(t) if visible else f'<span class="ctl">{_DOT * len(t)}</span>'
-        style = f"background:rgba({_ACT_RGB},{alpha:.2f})"
+        shown = show_token(t) if visible else f'<span class="ctl">{_DOT * len(t)}</span>'
+        style = f"background:rgba({ACT_RGB},{alpha:.2f})"
         parts.append(f'<span class="{cls}" style="{style}" title="{title}">{shown}</span>')
     return "".join(parts)
 
 
-def _multiple(alpha: float, dataset_max: float | None) -> str:
+def alpha_multiple(alpha: float, dataset_max: float | None) -> str:
+    """A steering scale as a multiple of the dataset max (empty without one)."""
     if not alpha or not dataset_max or dataset_max <= 0:
         return ""
     return f"<small>{alpha / dataset_max:.2g} \u00d7 dataset max</small>"
 
 
-def _chip(label: str, value: str) -> str:
+def chip(label: str, value: str) -> str:
+    """One header chip: a small label over a value (both escaped)."""
     return f'<div class="chip"><span>{html.escape(label)}</span><b>{html.escape(value)}</b></div>'
 
 
-def _fmt(v: float | None, spec: str = ".3f") -> str:
+def fmt_value(v: float | None, spec: str = ".3f") -> str:
+    """A number formatted with ``spec``; ``n/a`` for None or a non-finite float."""
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
-def _logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
+def logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
+    """Rows of ``(token, value)`` as a table with a bar per value in colour ``rgb``."""
     top = max((abs(v) for _, v in rows), default=1.0) or 1.0
     body = "".join(
-        f'<tr><td>{_show(t)}</td><td class="num">{v:+.3g}</td><td style="width:40%"><div class="bar" '
+        f'<tr><td>{show_token(t)}</td><td class="num">{v:+.3g}</td><td style="width:40%"><div class="bar" '
         f'style="width:{100 * abs(v) / top:.0f}%;background:rgb({rgb})"></div></td></tr>'
         for t, v in rows
     )
     return f"<table>{body}</table>"
 
 
-def _scored(acts: list[float], value: float) -> int | None:
+def scored_index(acts: list[float], value: float) -> int | None:
     """Index of the token whose activation is the prompt's score (the last one for ``last``)."""
     if not acts or not math.isfinite(value):
         return None

@@ -22,10 +22,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..lm.models import decoder_layers, embed_scale
+from ..checks import check_int
 from ..engine.objectives import Objective
+from ..lm.models import decoder_layers, embed_scale
 from ..lm.saes import BoundSAE
-from ..lm.sites import Site, _attention, _head_dim, _mlp, kv_head, run_sites
+from ..lm.sites import EDITABLE_KINDS, Site, attention, head_columns, head_dim, hook_site, run_sites
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ def residual_direction(model: nn.Module, sae: BoundSAE, feature: int) -> torch.T
     if site.kind in RESIDUAL_KINDS:
         return d
     if site.kind == "attn_z":
-        W = _attention(decoder_layers(model)[site.layer]).o_proj.weight.float()  # [d_model, H * d_head]
+        W = attention(decoder_layers(model)[site.layer]).o_proj.weight.float()  # [d_model, H * d_head]
         if site.head is not None:
-            dh = _head_dim(model)
+            dh = head_dim(model)
             W = W[:, site.head * dh : (site.head + 1) * dh]
         return W @ d.to(W.device)
     raise ValueError(
@@ -121,8 +122,7 @@ def residual_direction(model: nn.Module, sae: BoundSAE, feature: int) -> torch.T
 @torch.no_grad()
 def logit_effects(model: nn.Module, tok, sae: BoundSAE, feature: int, n: int = 10) -> LogitEffects:
     """Top / bottom ``n`` tokens of ``W_U @ norm_as_linear(direction)`` (see module doc)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} is invalid: valid is an integer >= 1")
+    check_int("n", n)
     v = norm_as_linear(model, residual_direction(model, sae, feature))
     W_U = model.get_output_embeddings().weight  # [vocab, d_model]
     vals = (W_U.float() @ v.to(W_U.device))[: len(tok)].cpu()
@@ -183,8 +183,7 @@ def attribution(
                 val.sum().backward()
             grad = e.grad[0] if e.grad is not None else torch.zeros_like(x)
         else:
-            if steps < 1:
-                raise ValueError(f"steps={steps} is invalid: valid is an integer >= 1")
+            check_int("steps", steps)
             a = (torch.arange(steps, device=x.device, dtype=x.dtype) + 0.5) / steps
             e = (a[:, None, None] * x[None]).requires_grad_(True)
             val = f(e)
@@ -214,58 +213,30 @@ def format_attribution(a: Attribution) -> str:
 # ---------------------------------------------------------------------------------------------- steering
 
 
-def _add_slice(t: torch.Tensor, vec: torch.Tensor, head: int | None, d_head: int) -> torch.Tensor:
-    if head is None:
-        return t + vec.to(t.dtype)
-    t = t.clone()
-    t[..., head * d_head : (head + 1) * d_head] += vec.to(t.dtype)
-    return t
-
-
 @contextmanager
 def steer(model: nn.Module, site: Site, vector: torch.Tensor) -> Iterator[None]:
     """Add ``vector`` (``[width]`` of ``site``, e.g. ``[d_model]``) to ``site`` at every position of every
-    forward pass inside the block; the hooks are removed in ``finally``."""
+    forward pass inside the block, through the hook-point resolver :func:`featuredream.lm.sites.hook_site`
+    (for a head site, to that head's columns); the hooks are removed in ``finally``."""
     site.validate(model)
-    layer = decoder_layers(model)[site.layer]
+    if site.kind not in EDITABLE_KINDS:
+        raise ValueError(
+            f"steering at {site} ({site.kind!r}) is not supported: valid kinds are resid_pre, "
+            "resid_post, mlp_out, attn_z, attn_q, attn_k, attn_v"
+        )
     vec = vector.detach().to(next(model.parameters()).device)
-    d_head = _head_dim(model)
+    cols = head_columns(model, site)
 
-    def add(t: torch.Tensor) -> torch.Tensor:
-        return t + vec.to(t.dtype)
-
-    def out_hook(mod, args, out):
-        return (add(out[0]), *out[1:]) if isinstance(out, tuple) else add(out)
+    def add(x: torch.Tensor) -> torch.Tensor:
+        if cols is None:
+            return x + vec.to(x.dtype)
+        x = x.clone()
+        x[..., cols] += vec.to(x.dtype)
+        return x
 
     handles = []
     try:
-        if site.kind == "resid_pre":
-
-            def pre(mod, args, kwargs):
-                if args:
-                    return (add(args[0]), *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": add(kwargs["hidden_states"])}
-
-            handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        elif site.kind == "resid_post":
-            handles.append(layer.register_forward_hook(out_hook))
-        elif site.kind == "mlp_out":
-            handles.append(_mlp(layer).register_forward_hook(out_hook))
-        elif site.kind == "attn_z":
-
-            def zhook(mod, args):
-                return (_add_slice(args[0], vec, site.head, d_head), *args[1:])
-
-            handles.append(_attention(layer).o_proj.register_forward_pre_hook(zhook))
-        elif site.kind in ("attn_q", "attn_k", "attn_v"):
-            proj = getattr(_attention(layer), site.kind[-1] + "_proj")
-            h = site.head if site.kind == "attn_q" or site.head is None else kv_head(model, site.head)
-            handles.append(proj.register_forward_hook(lambda m, a, o: _add_slice(o, vec, h, d_head)))
-        else:
-            raise ValueError(
-                f"steering at {site} ({site.kind!r}) is not supported: valid kinds are resid_pre, "
-                "resid_post, mlp_out, attn_z, attn_q, attn_k, attn_v"
-            )
+        handles += hook_site(model, site, add)
         yield
     finally:
         for h in handles:
@@ -304,8 +275,7 @@ def steering(
         raise ValueError(f"steering prompt {prompt!r} is empty: valid is a non-empty string")
     if not alphas:
         raise ValueError("alphas is empty: valid is a non-empty list of numbers, e.g. 0,4,8")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: valid is an integer >= 1")
+    check_int("max_new_tokens", max_new_tokens)
     dev = next(model.parameters()).device
     ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], device=dev)
     direction = sae.decoder_direction(f).detach()

@@ -1,0 +1,68 @@
+"""Activations of padded batches at an SAE's site, and the SAE's latent values on them.
+
+Sequences are right- or left-padded (:func:`pad_batch`); position ids come from the mask, so every real
+token sees the position it has alone, and the pass stops after the site's layer
+(:func:`site_activations`). Values: ``"code"`` is the SAE's own sparse code (``sae.sae.encode``: after
+ReLU / TopK / threshold); ``"pre"`` is the encoder pre-activation. Positions whose activation norm exceeds
+the SAE's norm cap (the "massive activations" of the first token) are not valid (:func:`valid_positions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..checks import check_choice
+from .saes import BoundSAE
+from .sites import Site, forward_with_capture
+
+VALUES = ("code", "pre")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters."""
+    return next(model.parameters()).device
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right", device=None):
+    """Lists of ids -> ``ids [b, s]`` and ``mask [b, s]`` (bool), padded on ``side``."""
+    check_choice(side, ("right", "left"), "padding side")
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(n - len(s), n)
+        ids[i, sl] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, sl] = True
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def site_activations(model: nn.Module, site: Site, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Activation at ``site`` for padded ``ids [b, s]`` with ``mask [b, s]`` -> ``[b, s, width]``.
+
+    Position ids come from the mask (``cumsum - 1``), so left padding gives each real token the position it
+    has alone; the pass stops after ``site``'s layer.
+    """
+    pos = (mask.long().cumsum(1) - 1).clamp_min(0)
+    acts, _ = forward_with_capture(
+        model, [site], input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=False
+    )
+    x = acts[site]
+    return x.reshape(*x.shape[:2], -1)
+
+
+def valid_positions(sae: BoundSAE, x: torch.Tensor, mask: torch.Tensor, norm_guard: bool) -> torch.Tensor:
+    """``[b, s]`` bool: real tokens (``mask``) whose activation ``x [b, s, d_in]`` is under the SAE's norm
+    cap (every real token without ``norm_guard`` or without a cap)."""
+    cap = sae.stats.norm_cap if (norm_guard and sae.stats is not None) else None
+    return mask if cap is None else mask & (x.float().norm(dim=-1) <= cap)
+
+
+def latent_values(sae: BoundSAE, x: torch.Tensor, values: str) -> torch.Tensor:
+    """``[..., d_in] -> [..., d_sae]`` float32 codes (``values="code"``) or pre-activations (``"pre"``)."""
+    if values == "pre":
+        return sae.pre_activation(x).float()
+    return sae.sae.encode(x.to(sae.sae.W_enc.dtype)).float()

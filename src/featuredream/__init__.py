@@ -1,8 +1,7 @@
 """featuredream: dream short, fluent prompts that maximally activate a feature of a language model."""
 
 from .engine.config import DreamConfig
-from .lm.models import load_model
-from .engine.dream import dream_many
+from .engine.dream import dream, dream_many
 from .engine.objectives import (
     DecoderProjection,
     DirectionObjective,
@@ -13,8 +12,8 @@ from .engine.objectives import (
     WeightedSum,
     make_objective,
 )
-from .engine.dream import dream
 from .engine.results import DreamResult, Prompt
+from .lm.models import load_model
 from .lm.saes import BoundSAE, load_sae
 from .lm.sites import Site, parse_hook_name
 

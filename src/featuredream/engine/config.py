@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from ..checks import check_int
 from .fluency import parse_xe_max
 
 STARTS = ("auto", "prompt", "dataset", "samples")
@@ -82,11 +83,8 @@ class DreamConfig:
 
         names = ["iters", "min_tokens", "max_tokens", "buffer_size", "sample_k2", "gcg_topk", "batch_size"]
         for name in names + (["n_children"] if self.n_children is not None else []):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(name, "an integer >= 1")
-        if self.min_tokens < 2:
-            raise bad("min_tokens", "an integer >= 2")
+            check_int(name, getattr(self, name))
+        check_int("min_tokens", self.min_tokens, 2)
         if self.min_tokens > self.max_tokens:
             raise ValueError(
                 f"min_tokens={self.min_tokens} > max_tokens={self.max_tokens}: valid is min_tokens <= max_tokens"

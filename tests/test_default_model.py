@@ -137,9 +137,9 @@ def test_cli_bad_feature_one_line(tmp_path):
 
 def test_shipped_query_sae_binds_to_the_induction_head(default):
     from featuredream.engine.config import DreamConfig
+    from featuredream.engine.dream import dream
     from featuredream.engine.evaluate import reference_evaluate
     from featuredream.engine.objectives import QueryFeature, make_objective
-    from featuredream.engine.optimizer import dream
 
     model, tok = default
     sae = load_sae("query", model=model)

@@ -42,7 +42,7 @@ def test_one_token_sequence_is_zero():
 # ------------------------------------------------------------------------------ length-fair XE ceilings
 import pytest  # noqa: E402
 
-from featuredream.engine.buffer import _Buffer, _Entry  # noqa: E402
+from featuredream.engine.buffer import Buffer, Entry  # noqa: E402
 from featuredream.engine.fluency import XeLimit, parse_xe_max, resolve_xe_limit  # noqa: E402
 from featuredream.lm.saes import FeatureStats  # noqa: E402
 
@@ -92,13 +92,13 @@ def test_pnn_limit_is_read_at_each_length():
 def test_buffer_feasibility_is_per_length():
     """The same XE is within the ceiling for a short prompt and above it for a long one."""
     lim = XeLimit("p90", torch.tensor([10.0 - n / 8 + 0.9 for n in range(33)], dtype=torch.float64))
-    short = _Entry(torch.arange(8), score=1.0, xe=9.0, source="x")  # ceiling 9.9
-    long_ = _Entry(torch.arange(32), score=5.0, xe=9.0, source="x")  # ceiling 6.9
-    buf = _Buffer([0.0], [2], lim)
+    short = Entry(torch.arange(8), score=1.0, xe=9.0, source="x")  # ceiling 9.9
+    long_ = Entry(torch.arange(32), score=5.0, xe=9.0, source="x")  # ceiling 6.9
+    buf = Buffer([0.0], [2], lim)
     buf.merge([long_, short])
     assert buf.feasible(short) and not buf.feasible(long_)
     assert buf.entries[0] is short  # feasible first, although the long prompt scores higher
     assert buf.loss(long_) > 1e5
-    fixed = _Buffer([0.0], [2], XeLimit(9.5))
+    fixed = Buffer([0.0], [2], XeLimit(9.5))
     fixed.merge([long_, short])
     assert fixed.entries[0] is long_  # one number: both feasible, the higher score wins

@@ -10,9 +10,9 @@ from conftest import write_sae_dir
 from test_cli import _base, _run
 
 from featuredream.engine.config import DreamConfig
+from featuredream.engine.dream import dream
 from featuredream.engine.evaluate import reference_evaluate
 from featuredream.engine.objectives import QueryDirection, QueryFeature, make_objective
-from featuredream.engine.optimizer import dream
 from featuredream.lm.sae_check import adjacent_sites
 from featuredream.lm.saes import load_sae
 from featuredream.lm.sites import Site, run_sites

@@ -18,13 +18,12 @@ import pytest
 from conftest import _TEXT, write_sae_dir
 
 from featuredream.engine.config import DreamConfig, log_penalties
-from featuredream.observe.examples import corpus_stats
-from featuredream.observe.examples import Example, minimal_context
+from featuredream.engine.dream import dream
 from featuredream.engine.objectives import SAEEncoder
-from featuredream.engine.optimizer import dream
-from featuredream.observe.card import CardData, CardExample, card_data, neuronpedia_json
-from featuredream.observe.report import feature_card, render_card
 from featuredream.lm.saes import load_sae
+from featuredream.observe.card import CardData, CardExample, card_data, neuronpedia_json
+from featuredream.observe.examples import Example, corpus_stats, minimal_context
+from featuredream.observe.report import feature_card, render_card
 
 EVIL = "<script>alert('x')</script>"
 
@@ -329,8 +328,8 @@ def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
 
 def test_card_with_statistics_but_no_examples(setup, tiny_llama, tiny_tokenizer):
     """Statistics holding only maxima and fire rates (no top examples) give a card without examples."""
-    from featuredream.observe.card import card_data
     from featuredream.lm.saes import FeatureStats
+    from featuredream.observe.card import card_data
 
     st = setup["stats"]
     bare = FeatureStats({k: st.tensors[k] for k in ("max_activation", "fire_rate")}, {})

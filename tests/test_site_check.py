@@ -127,3 +127,16 @@ def test_cli_refuses_an_sae_read_at_the_wrong_site(
         capsys, ["score", "--model", tiny_dirs["model"], "--sae", str(good), "--feature", "0", "To be"]
     )
     assert code == 0, cap.err
+
+
+def test_exact_sae_with_a_decoder_bias_is_accepted(tiny_llama, tiny_tokenizer, tmp_path):
+    """An exact SAE (identity with a non-zero b_dec) reconstructs every site to FVU ~1e-7; float noise
+    between two such near-zero FVUs must not read as 'reconstructs better elsewhere'."""
+    from conftest import identity_sae_dir
+    from safetensors.torch import load_file
+
+    path = identity_sae_dir(tmp_path / "sae")
+    w = load_file(str(path / "sae_weights.safetensors"))
+    w["b_dec"] = torch.linspace(-0.5, 0.5, 64)
+    save_file(w, str(path / "sae_weights.safetensors"))
+    assert check_site(tiny_llama, tiny_tokenizer, load_sae(str(path), model=tiny_llama)) < 1e-4

@@ -242,3 +242,26 @@ def test_multi_bad_input(tiny_llama, tiny_tokenizer, tiny_sae):
         )
     with pytest.raises(ValueError, match="group_size=0"):
         dream_features(tiny_llama, tiny_tokenizer, tiny_sae, [1], DreamConfig(**FAST), group_size=0)
+
+
+def test_prefix_cache_threshold_counts_the_whole_batch(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
+    """PREFIX_MIN_CHILDREN is a batch size: 3 features x 32 children reach it together (the cache is used),
+    one feature's 32 children alone do not (a single dream runs them plainly)."""
+    import featuredream.engine.evaluate as evaluate
+    from featuredream.engine.prefix_cache import BUCKET_OVERHEAD, PREFIX_MIN_CHILDREN
+
+    monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", 0)  # the planner always prefers the cache when offered
+    monkeypatch.setitem(PREFIX_MIN_CHILDREN, "cpu", 64)
+    calls = []
+    real = evaluate.run_parents
+    monkeypatch.setattr(
+        evaluate, "run_parents", lambda m, s, p, **k: calls.append(len(p)) or real(m, s, p, **k)
+    )
+    cfg = DreamConfig(
+        **{**FAST, "iters": 3, "n_children": 32}, start="prompt", init_prompt="The quick brown fox"
+    )
+    multi = dream_many(tiny_llama, tiny_tokenizer, MultiLatentObjective(tiny_sae, [1, 2, 3]), cfg)
+    assert calls and max(calls) == 3 and multi[0].environment["multi"]["cached_tokens"] > 0
+    calls.clear()
+    dream(tiny_llama, tiny_tokenizer, make_objective(tiny_sae, 1), cfg)
+    assert calls == []

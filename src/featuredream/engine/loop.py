@@ -40,7 +40,7 @@ from .children import Canonicalizer, banned_ids, make_children
 from .config import DreamConfig, default_children
 from .evaluate import EvalOutput, Evaluator
 from .fluency import resolve_xe_limit
-from .group import ObjectiveGroup
+from .group import ObjectiveGroup, Single
 from .interrupt import stop_requested
 from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import FeatureError
@@ -157,19 +157,22 @@ class DreamLoop:
         t_it = time.time()
         parents = [r.buffer.entries[it % len(r.buffer.entries)] for r in active]
         sigs = self.signals(active, parents)
-        jobs, cache_parents, n_fresh = [], {}, {}
+        jobs, n_fresh = [], {}
         for r, parent, sig in zip(active, parents, sigs):
             kids, ops = self.children(r, parent, sig)
             n_fresh[r.k] = len(kids)
             if kids:
                 jobs.append((r, kids, ops, r.buffer.entry_bound()))
-            if len(kids) >= PREFIX_MIN_CHILDREN.get(self.dev.type, 0):
-                cache_parents[r.k] = parent.ids
-        entries = self.evaluate(jobs, cache_parents)
+        # the cache pays only for batches large enough (PREFIX_MIN_CHILDREN: measured on CPU)
+        use_cache = sum(n_fresh.values()) >= PREFIX_MIN_CHILDREN.get(self.dev.type, 0)
+        entries = self.evaluate(jobs, {r.k: p.ids for r, p in zip(active, parents)} if use_cache else None)
+        for r in active:
+            self.update(r, entries.get(r.k, []), it, n_fresh[r.k])
         dt = time.time() - t_it
         self.loop_seconds += dt
         for r in active:  # this iteration's time, shared among the features that ran it
-            self.update(r, entries.get(r.k, []), it, n_fresh[r.k], dt / len(active))
+            r.history[-1]["seconds"] = dt / len(active)
+            r.history[-1]["elapsed"] = time.time() - self.t0
 
     def signals(self, active: list[FeatureRun], parents: list[Entry]):
         """The K parents' gradients and next-token distributions, one forward + backward pass."""
@@ -183,8 +186,8 @@ class DreamLoop:
         kids, ops = make_children(parent.ids, sig, r.cfg, r.gen, self.banned, self.vocab)
         return r.fresh(r.canon(kids), ops)
 
-    def update(self, r: FeatureRun, entries: list[Entry], it: int, n_fresh: int, seconds: float) -> None:
-        """Merge ``entries`` into ``r``'s buffer, track its best, log the iteration, apply patience."""
+    def update(self, r: FeatureRun, entries: list[Entry], it: int, n_fresh: int) -> None:
+        """Merge ``entries`` into ``r``'s buffer, track its best and log the iteration."""
         r.buffer.merge(entries)
         top = min(entries, key=r.buffer.loss) if entries else None
         if r.buffer.loss(r.buffer.entries[0]) < r.buffer.loss(r.best):
@@ -203,12 +206,17 @@ class DreamLoop:
                 "best_feasible": r.buffer.feasible(r.best),
                 "best_tokens": len(r.best.ids),
                 "candidates": n_fresh,
-                "seconds": seconds,
-                "elapsed": time.time() - self.t0,
+                "seconds": 0.0,  # set by step once the whole iteration is timed
+                "elapsed": 0.0,
             }
         )
-        if r.cfg.patience is not None and r.since_improved >= r.cfg.patience:
-            self._restart_or_stop(r, it)
+
+    def patience(self, it: int) -> None:
+        """Every active feature whose best has not improved for ``patience`` iterations restarts from its
+        next unused starts (keeping its best) while restarts are left, else stops."""
+        for r in self.runs:
+            if r.active and r.cfg.patience is not None and r.since_improved >= r.cfg.patience:
+                self._restart_or_stop(r, it)
 
     def _restart_or_stop(self, r: FeatureRun, it: int) -> None:
         if r.restarts_left > 0 and r.unused:
@@ -303,7 +311,7 @@ class DreamLoop:
         self.start(errors)
         bar = tqdm(
             total=self.cfg.iters,
-            desc="dream" if len(self.runs) == 1 else f"dream x{len(self.runs)}",
+            desc="dream" if isinstance(self.group, Single) else f"dream x{len(self.runs)}",
             unit="it",
             disable=not self.cfg.progress,
             dynamic_ncols=True,
@@ -329,7 +337,7 @@ class DreamLoop:
             self.step(it)
             bar.update()
             best = [r.best for r in self.runs if r.best is not None]
-            if len(self.runs) == 1 and best:
+            if isinstance(self.group, Single) and best:
                 bar.set_postfix(act=f"{best[0].score:.2f}", xe=f"{best[0].xe:.2f}")
             else:
                 bar.set_postfix(active=sum(r.active for r in self.runs))
@@ -340,6 +348,7 @@ class DreamLoop:
                     if r.active:
                         r.active, r.stop_reason = False, "time budget"
                 break
+            self.patience(it)
 
     def finish(self) -> list:
         """Verify each feature's best by the reference path: a :class:`DreamResult` or a FeatureError each."""

@@ -43,7 +43,8 @@ PER_POSITION_KINDS = (
 """Site kinds captured as ``[b, s, ...]`` with position ``t`` depending only on tokens ``<= t``."""
 
 PREFIX_MIN_CHILDREN = {"cpu": 64, "cuda": 0}
-"""The loop uses a parent's cache only when it has at least this many fresh children. CPU: measured on the
+"""The loop uses the parents' caches only for iterations with at least this many fresh children (all
+features together). CPU: measured on the
 free 2-core machine (benchmarks/README.md, scaling table): 0.87-0.88x at 16-32 children of 16 tokens,
 1.1-1.2x from 64. CUDA: left to the bucket planner (not measured)."""
 

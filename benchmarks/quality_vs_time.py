@@ -1,7 +1,7 @@
 """Activation reached vs wall time: the optimized and the plain dream on the same features.
 
     python benchmarks/quality_vs_time.py [--n-latents 8] [--budget 60] [--step 10] [--seed 0]
-        [--xe-max p90|NUMBER] [--threads N] [--out benchmarks/quality_vs_time.json]
+        [--xe-max p90|NUMBER] [--threads N] [--wait-load 1.0] [--out benchmarks/quality_vs_time.json]
         [--plot benchmarks/quality_vs_time.png]
 
 Features: the fixed-seed sample of live latents of the default SAE that benchmarks/quality.py uses.
@@ -20,17 +20,14 @@ median activation at the full budget of optimized minus plain (the target: > 0).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import corpus_xe_quantile, live_sample  # noqa: E402
+from common import add_run_args, begin_run, corpus_xe_quantile, end_run, live_sample, machine_info, write_json  # noqa: E402
 
 from featuredream import DreamConfig, SAEEncoder, dream, load_model, load_sae  # noqa: E402
 
@@ -93,13 +90,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--xe-max", default="p90", help="p90 (of 16-token corpus windows) or a number")
     ap.add_argument("--start", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when the CPU is shared)")
-    ap.add_argument("--out", default="benchmarks/quality_vs_time.json")
     ap.add_argument("--plot", default="benchmarks/quality_vs_time.png")
+    add_run_args(ap, "quality_vs_time")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    idle, monitor = begin_run(args)
     model, tok = load_model(None, device="cpu")
     sae = load_sae("default", model=model)
     xe_max = corpus_xe_quantile(model, tok, length=16) if args.xe_max == "p90" else float(args.xe_max)
@@ -161,10 +156,29 @@ def main() -> None:
         f"median iterations: optimized {iters['optimized']:g}, plain {iters['plain']:g}; median start phase "
         f"{start:.1f} s ('-': no iteration finished yet)"
     )
-    Path(args.out).write_text(
-        json.dumps(
-            {"args": vars(args), "xe_max": xe_max, "latents": latents, "rows": rows, "table": table}, indent=1
-        )
+    run = end_run(idle, monitor)
+    write_json(
+        args.out,
+        {
+            "args": vars(args),
+            "machine": machine_info("cpu", next(model.parameters()).dtype),
+            **run,
+            "config": {k: str(v) for k, v in vars(DreamConfig()).items()},
+            "xe_max": xe_max,
+            "latents": latents,
+            "rows": rows,
+            "table": table,
+            "median_iterations": iters,
+            "median_start_seconds": start,
+            "final_median_act_diff": table[-1]["optimized_act"] - table[-1]["plain_act"],
+            "final_higher": sum(
+                a["final_activation"] > b["final_activation"]
+                for a in rows
+                if a["config"] == "optimized"
+                for b in rows
+                if b["config"] == "plain" and b["latent"] == a["latent"]
+            ),
+        },
     )
     plot(rows, times, Path(args.plot))
     last = table[-1]

@@ -2,7 +2,8 @@
 
     python benchmarks/scaling.py [--models default,smollm2-360m] [--lengths 8,16,32,64]
         [--children 16,32,64,128] [--base-length 16] [--base-children 32] [--reps 3]
-        [--device cpu|cuda] [--dtype float32|bfloat16] [--threads N] [--out benchmarks/scaling.json]
+        [--device cpu|cuda] [--dtype float32|bfloat16] [--threads N] [--wait-load 1.0]
+        [--out benchmarks/scaling.json]
 
 For each model, one axis is swept at a time around the base point (lengths at ``--base-children``,
 children at ``--base-length``). A batch is ``n`` children of one random parent, each with one token
@@ -22,7 +23,6 @@ markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -32,6 +32,10 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import add_run_args, begin_run, end_run, machine_info, write_json  # noqa: E402
 
 from featuredream import DirectionObjective, load_model
 from featuredream.engine.evaluate import Evaluator
@@ -114,12 +118,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when the CPU is shared)")
-    ap.add_argument("--out", default="benchmarks/scaling.json")
+    add_run_args(ap, "scaling")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    idle, monitor = begin_run(args)
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype) or torch.float32
     points = [(int(n), args.base_length) for n in args.children.split(",")]
@@ -165,7 +167,16 @@ def main() -> None:
             f"| {r['model']} | {r['params_m']} | {r['children']} | {r['length']} | {r['early_ms']:.0f} | "
             f"{r['cached_ms']:.0f} | {r['full_ms']:.0f} | {r['full_ms'] / r['early_ms']:.2f} |"
         )
-    Path(args.out).write_text(json.dumps({"args": vars(args), "device": str(device), "rows": rows}, indent=1))
+    write_json(
+        args.out,
+        {
+            "args": vars(args),
+            "device": str(device),
+            "machine": machine_info(device, dtype),
+            **end_run(idle, monitor),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""The tables of benchmarks/README.md, printed from the JSON files the benchmark scripts wrote.
+
+    python benchmarks/tables.py                      # every table, with the JSON it comes from
+    python benchmarks/tables.py --check              # exit 1 unless each table is in benchmarks/README.md as is
+
+Covers throughput.json, prefix_cache.json, quality_vs_time.json, scaling.json, multi_feature.json and the
+quality JSONs (through quality_table.py). The tuning table's labels are prose; tune_round*.json hold its
+figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from quality_table import rows_table, summary_table  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def _f(x, spec: str, none: str = "–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def throughput_tables(d: dict) -> list[str]:
+    peak = d["peak_gflop_per_s"]
+    where = "measured peak" if d["machine"]["device"] == "cpu" else "datasheet peak"
+    head = f"% of {where} ({peak:.0f} GFLOP/s in this run)" if peak else "% of peak (device not in the table)"
+    names = {
+        "reference": "reference (strings, fp32, mask)",
+        "full": "optimized, with XE (full forward)",
+        "early": f"optimized, no XE (early exit at layer {d['objective_layer']})",
+    }
+    a = [
+        f"| path | ms / batch | candidates / s | GFLOP / batch | GFLOP/s | {head} |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        a.append(
+            f"| {names[r['path']]} | {r['ms']:.0f} | {r['cand_per_s']:.0f} | {r['gflop']:.0f} | "
+            f"{r['gflop_per_s']:.0f} | {_f(r['pct_peak'], '.0f')}{'%' if r['pct_peak'] is not None else ''} |"
+        )
+    out = ["\n".join(a)]
+    c = d.get("cascade")
+    if c:
+        b = [
+            "| path (the loop's own children) | ms / batch | candidates / s | children finished with XE |",
+            "|---|---:|---:|---:|",
+            f"| reference (strings, fp32, mask) | {c['ms_reference']:.0f} | {c['cand_per_s_reference']:.0f} | "
+            f"{c['children']}/{c['children']} |",
+            f"| `DreamLoop.evaluate`, cascade off (XE for every child) | {c['ms_cascade_off']:.0f} | "
+            f"{c['cand_per_s_cascade_off']:.0f} | {c['children']}/{c['children']} |",
+            f"| `DreamLoop.evaluate`, cascade on (the default) | {c['ms_cascade']:.0f} | "
+            f"{c['cand_per_s_cascade']:.0f} | **{c['finished']}/{c['children']} "
+            f"({100 * c['finished_share']:.0f}%)** |",
+        ]
+        out.append("\n".join(b))
+    return out
+
+
+def prefix_cache_table(d: dict) -> str:
+    names = {"early": "to layer 12 (early exit)", "xe": "full forward with XE"}
+    lines = [
+        "| children | path | no cache (ms) | prefix cache (ms) | ratio | child tokens from the cache | "
+        "max diff score / XE |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['children']} | {names[r['path']]} | {r['ms_plain']:.0f} | {r['ms_cache']:.0f} | "
+            f"**{r['ratio']:.2f}×** | {100 * r['cached_share']:.0f}% | {r['max_dscore']:.1e} / "
+            f"{_f(r['max_dxe'], '.1e')} |"
+        )
+    return "\n".join(lines)
+
+
+def quality_vs_time_table(d: dict) -> str:
+    lines = [
+        "| t (s) | optimized: median activation | plain: median activation | optimized: median ratio | "
+        "plain: median ratio |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(d["table"]):
+        last = i == len(d["table"]) - 1
+        acts = [_f(r[f"{n}_act"], ".2f") for n in ("optimized", "plain")]
+        if last:
+            acts = [f"**{a}**" for a in acts]
+        lines.append(
+            f"| {r['t']:g} | {acts[0]} | {acts[1]} | {_f(r['optimized_ratio'], '.2f')} | "
+            f"{_f(r['plain_ratio'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_table(d: dict) -> str:
+    lines = [
+        "| model | params (M) | children | tokens | early exit (ms) | + prefix cache (ms) | full + XE (ms) | "
+        "full / early |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['params_m']} | {r['children']} | {r['length']} | {r['early_ms']:.0f} | "
+            f"{r['cached_ms']:.0f} | {r['full_ms']:.0f} | {r['full_ms'] / r['early_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def multi_feature_table(d: dict) -> str:
+    lines = [
+        "| K | s / iteration / feature | start + verification / feature (s) | all-in s / feature | "
+        "same best prompt as the smaller K |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    same = {s["k_large"]: s for s in d["shared_same"]}
+    for r in d["rows"]:
+        s = same.get(r["k"])
+        if s is None:
+            cell = "–"
+            if d.get("single") is not None:
+                cell += f" (and equal to `dream()`: {'yes' if d['single']['same_best_as_first_k'] else 'no'})"
+        else:
+            cell = f"{'yes' if s['same'] == s['shared'] else 'no'} ({s['same']}/{s['shared']} shared with K = {s['k_small']})"
+        lines.append(
+            f"| {r['k']} | {r['s_per_iter_per_feature']:.3f} | {r['start_verify_per_feature']:.2f} | "
+            f"{r['all_in_per_feature']:.1f} | {cell} |"
+        )
+    return "\n".join(lines)
+
+
+def all_tables() -> list[tuple[str, str]]:
+    """``(json file, markdown table)`` for every table this script covers whose JSON exists."""
+    out: list[tuple[str, str]] = []
+
+    def load(name: str) -> dict | None:
+        p = HERE / name
+        return json.loads(p.read_text()) if p.exists() else None
+
+    for name in ("quality.json", "quality_240.json", "quality_query.json"):
+        if (d := load(name)) is not None:
+            out += [(name, summary_table(d)), (name, rows_table(d))]
+    if (d := load("throughput.json")) is not None:
+        out += [("throughput.json", t) for t in throughput_tables(d)]
+    if (d := load("prefix_cache.json")) is not None:
+        out.append(("prefix_cache.json", prefix_cache_table(d)))
+    if (d := load("quality_vs_time.json")) is not None:
+        out.append(("quality_vs_time.json", quality_vs_time_table(d)))
+    if (d := load("scaling.json")) is not None:
+        out.append(("scaling.json", scaling_table(d)))
+    if (d := load("multi_feature.json")) is not None:
+        out.append(("multi_feature.json", multi_feature_table(d)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true", help="each table must be in the README verbatim")
+    ap.add_argument("--readme", default=str(HERE / "README.md"))
+    args = ap.parse_args()
+    tables = all_tables()
+    if not args.check:
+        for name, table in tables:
+            print(f"<!-- from benchmarks/{name} (python benchmarks/tables.py) -->\n{table}\n")
+        return
+    readme = Path(args.readme).read_text()
+    missing = [(name, t) for name, t in tables if t not in readme]
+    for name, t in missing:
+        print(f"not in {args.readme} as generated from benchmarks/{name}:\n{t}\n")
+    print(f"{len(tables) - len(missing)}/{len(tables)} tables match their JSON")
+    sys.exit(1 if missing else 0)
+
+
+if __name__ == "__main__":
+    main()

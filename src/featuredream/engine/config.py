@@ -69,7 +69,8 @@ class DreamConfig:
     prefix_cache: bool = True
     """Run each parent once with a key/value cache and each child only from its first token that differs
     from the parent (same scores and XE to ~1e-6; benchmarks/prefix_cache.py). Used for batches of at
-    least ``prefix_cache.PREFIX_MIN_CHILDREN`` children (64 on CPU: smaller ones measured slower)."""
+    least ``prefix_cache.PREFIX_MIN_CHILDREN`` fresh children per iteration (48 on CPU: smaller ones measured
+    slower)."""
     batch_size: int = 256
     """Candidates per forward pass (halves automatically on out-of-memory)."""
     n_start_samples: int = 8

@@ -42,11 +42,12 @@ PER_POSITION_KINDS = (
 )
 """Site kinds captured as ``[b, s, ...]`` with position ``t`` depending only on tokens ``<= t``."""
 
-PREFIX_MIN_CHILDREN = {"cpu": 64, "cuda": 0}
+PREFIX_MIN_CHILDREN = {"cpu": 48, "cuda": 0}
 """The loop uses the parents' caches only for iterations with at least this many fresh children (all
-features together). CPU: measured on the
-free 2-core machine (benchmarks/README.md, scaling table): 0.87-0.88x at 16-32 children of 16 tokens,
-1.1-1.2x from 64. CUDA: left to the bucket planner (not measured)."""
+features together). CPU: measured on the free 2-core machine (benchmarks/prefix_cache_threshold.json,
+16-token parent, no cache / cache): 0.90-1.00x at 24, 0.92-1.00x at 32, 1.03-1.14x at 48 children
+(benchmarks/prefix_cache.json: 1.13-1.23x at 64). 64 children made leave 46-61 fresh ones, so the CPU
+default mostly uses the cache. CUDA: left to the bucket planner (not measured)."""
 
 BUCKET_OVERHEAD = {"cpu": 32, "cuda": 2048}
 """Fixed cost of one more forward pass, in child tokens. CPU (SmolLM2-135M to layer 12, one thread):

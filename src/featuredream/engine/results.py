@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .result_html import dream_result_html
+
 
 @dataclass
 class Prompt:
@@ -74,6 +76,10 @@ class DreamResult:
         if self.dataset_max is None or self.dataset_max <= 0:
             return None
         return self.best.activation / self.dataset_max
+
+    def _repr_html_(self) -> str:
+        """Jupyter's inline view: the prompt's tokens coloured by activation, ratio, XE, trajectory."""
+        return dream_result_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,15 +1,29 @@
 """HTML building blocks of the feature card: CSS, escaped token spans, chips and tables.
 
 Every string that may come from a tokenizer, a corpus or a result file goes through :func:`html.escape`.
+The token spans, chips and number formats are :mod:`featuredream.html_parts`' (shared with the notebook
+views of a dream result and a sweep summary), re-exported here.
 """
 
 from __future__ import annotations
 
 import html
-import math
 
-ACT_RGB, NEG_RGB = "234,88,12", "37,99,235"  # activation (orange) and negative (blue) colours
-_DOT = "\u00b7"
+from ..html_parts import ACT_RGB, NEG_RGB, chip, fmt_value, scored_index, show_token, token_spans
+
+__all__ = [
+    "ACT_RGB",
+    "CSS",
+    "NEG_RGB",
+    "alpha_multiple",
+    "chip",
+    "context_spans",
+    "fmt_value",
+    "logit_table",
+    "scored_index",
+    "show_token",
+    "token_spans",
+]
 
 
 # The card's whole style sheet (inlined in its <style>).
@@ -38,51 +52,11 @@ background:#f8fafc;border-radius:6px}.cut{border-left:2px dashed #64748b;margin:
 """
 
 
-def show_token(token: str) -> str:
-    """A token as escaped HTML, with newlines, tabs and other control characters made visible."""
-    out = []
-    for ch in token:
-        if ch == "\n":
-            out.append('<span class="ctl">\u21b5</span>')
-        elif ch == "\t":
-            out.append('<span class="ctl">\u2192</span>')
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f'<span class="ctl">\\x{ord(ch):02x}</span>')
-        else:
-            out.append(html.escape(ch))
-    return "".join(out) or '<span class="ctl">\u2205</span>'
-
-
-def token_spans(tokens: list[str], acts: list[float], vmax: float, peak: int | None = None) -> str:
-    """Tokens as ``<span>`` highlighted by activation (orange, full at ``vmax``); the value is in the tooltip."""
-    parts = []
-    for i, (t, a) in enumerate(zip(tokens, acts)):
-        a = float(a) if math.isfinite(a) else 0.0
-        alpha = max(0.0, min(a / vmax, 1.0))  # negative pre-activations do not fire: no colour
-        cls = "tok peak" if i == peak else "tok"
-        title = html.escape(f"{t!r}: {a:.3f}", quote=True)
-        visible = t.strip(" ") or (i != peak and alpha < 0.15)  # a highlighted run of spaces shows as dots
-        shown = show_token(t) if visible else f'<span class="ctl">{_DOT * len(t)}</span>'
-        style = f"background:rgba({ACT_RGB},{alpha:.2f})"
-        parts.append(f'<span class="{cls}" style="{style}" title="{title}">{shown}</span>')
-    return "".join(parts)
-
-
 def alpha_multiple(alpha: float, dataset_max: float | None) -> str:
     """A steering scale as a multiple of the dataset max (empty without one)."""
     if not alpha or not dataset_max or dataset_max <= 0:
         return ""
     return f"<small>{alpha / dataset_max:.2g} \u00d7 dataset max</small>"
-
-
-def chip(label: str, value: str) -> str:
-    """One header chip: a small label over a value (both escaped)."""
-    return f'<div class="chip"><span>{html.escape(label)}</span><b>{html.escape(value)}</b></div>'
-
-
-def fmt_value(v: float | None, spec: str = ".3f") -> str:
-    """A number formatted with ``spec``; ``n/a`` for None or a non-finite float."""
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 def logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
@@ -94,13 +68,6 @@ def logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
         for t, v in rows
     )
     return f"<table>{body}</table>"
-
-
-def scored_index(acts: list[float], value: float) -> int | None:
-    """Index of the token whose activation is the prompt's score (the last one for ``last``)."""
-    if not acts or not math.isfinite(value):
-        return None
-    return min(reversed(range(len(acts))), key=lambda i: abs(acts[i] - value))
 
 
 def context_spans(

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from ..engine.results import DreamResult, write_atomic
+from ..html_parts import HTMLPage
 from ..lm.saes import BoundSAE
 from .card import CardData, CardExample, card_data
 from .html import (
@@ -42,8 +43,9 @@ SHOWN_TAIL = 12  # context tokens shown when the minimal context is not known
 # ---------------------------------------------------------------------------------------------- HTML
 
 
-def render_card(d: CardData) -> str:
-    """The card as one self-contained HTML document (see module doc)."""
+def render_card(d: CardData) -> HTMLPage:
+    """The card as one self-contained HTML document (see module doc): a ``str`` that a notebook shows
+    inline (:class:`~featuredream.html_parts.HTMLPage`)."""
     e = html.escape
     vmax = max(
         [d.dataset_max or 0.0]
@@ -120,7 +122,7 @@ def render_card(d: CardData) -> str:
     out.append(
         "<footer>featuredream feature card \u00b7 self-contained, no network</footer></main></body></html>"
     )
-    return "\n".join(out)
+    return HTMLPage("\n".join(out))
 
 
 def _example_row(ex: CardExample, vmax: float) -> str:
@@ -161,8 +163,9 @@ def feature_card(
     dream: DreamResult | None = None,
     out_path: str | Path | None = None,
     **kwargs,
-) -> str:
-    """Build the HTML feature card (see :func:`card_data` for options); written atomically to ``out_path``."""
+) -> HTMLPage:
+    """Build the HTML feature card (see :func:`card_data` for options); written atomically to ``out_path``.
+    The page is a ``str`` that shows inline as the last expression of a notebook cell."""
     page = render_card(card_data(model, tok, sae, feature, dream, **kwargs))
     if out_path is not None:
         write_atomic(out_path, page)

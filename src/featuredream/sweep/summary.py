@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.results import write_atomic
+from ..html_parts import fmt_value, inline_view, table
 from ..observe.figures import new_figure, png_data_uri
 from .store import SweepStore
 
@@ -57,6 +58,43 @@ class SweepSummary:
         their ratio were -inf, whatever ratio their dream reached."""
         rows = [r for r in self.ok if r["ratio"] is not None]
         return sorted(rows, key=lambda r: (r["ratio"] if r["feasible"] else -math.inf, r["feature"]))[:n]
+
+    def _repr_html_(self) -> str:
+        return summary_html(self)
+
+
+def summary_html(s: SweepSummary, n_worst: int = 10) -> str:
+    """Jupyter's inline view of a summary: counts, the ratio quantiles, the share that beat the dataset
+    maximum, the worst features and the first failures (every record string escaped)."""
+    e = html.escape
+    fp = s.fingerprint
+    beat = s.beat_fraction
+    rows = [
+        ("features", f"{len(s.rows)} stored, {len(s.ok)} dreamed, {len(s.errors)} failed"),
+        ("dreamed / dataset max", e(_quantiles(s.ratios)) if s.ratios else "n/a (no dataset statistics)"),
+        ("beat the dataset max", "n/a" if beat is None else f"{100 * beat:.1f}% (ratio ≥ 1, feasible)"),
+    ]
+    worst = "".join(
+        f'<tr><td class="num">{w["feature"]}</td><td class="num">{fmt_value(w["ratio"], ".2f")}</td>'
+        f'<td class="num{"" if w["feasible"] else " bad"}">{fmt_value(w["xe"], ".2f")}</td>'
+        f"<td><code>{e(repr(w['text']))}</code></td></tr>"
+        for w in s.worst(n_worst)
+    )
+    body = [
+        f"<h4>Sweep of {e(str(fp.get('sae')))}</h4><div class='sub'>{e(str(fp.get('model')))} · "
+        f"{e(str(fp.get('objective')))} · reduce {e(str(fp.get('reduce')))} · xe_max "
+        f"{e(str(fp.get('config', {}).get('xe_max')))}</div>",
+        table(rows),
+    ]
+    if worst:
+        body.append(
+            "<b>worst features</b> <span class='sub'>(red XE: infeasible)</span><table><tr><th>feature</th>"
+            f"<th>ratio</th><th>XE</th><th>dreamed prompt</th></tr>{worst}</table>"
+        )
+    body += [
+        f"<div class='bad'>failed {r['feature']}: {e(str(r['error']))}</div>" for r in s.errors[:n_worst]
+    ]
+    return inline_view("".join(body))
 
 
 def summarize(out_dir: str | Path) -> SweepSummary:

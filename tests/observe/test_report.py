@@ -406,3 +406,23 @@ def test_context_without_minimal_length_shows_the_last_tokens():
     (summary,) = _summaries(page)
     assert "t05" not in summary and all(f"t{i:02d}" in summary for i in range(6, 20))
     assert "12 / 18 tok" in page and "2 / 2 tok" in page and page.count("<details") == 1
+
+
+def test_card_colours_scale_to_scores_not_to_an_attention_sink():
+    """A first-token spike (300, an attention sink) must not wash out the scored token (10 = the dream's
+    score and the dataset max): the scored token is drawn at full colour."""
+    from featuredream.observe.card import CardData
+
+    d = CardData(
+        feature=1, sae_name="s", site="x", model="m", d_sae=8, dataset_max=10.0, fire_rate=0.1, fvu=0.1,
+        examples=[(["a", "b"], 1, [300.0, 10.0], 10.0)],
+        dreams=[("best", ["sink", "mid", "peak"], [300.0, 5.0, 10.0], 10.0, 3.0)],
+        dream_summary={"ratio": 1.0, "activation": 10.0, "xe": 3.0, "start": "dataset", "objective": "o",
+                       "iterations": 1, "stop": "iterations", "feasible": True, "seconds": 1.0},
+        logits_top=[], logits_bottom=[], logits_note="", steering=[], steer_prompt="", figures={},
+    )  # fmt: skip
+    page = render_card(d)
+    dream_row = page[page.index(">peak<") - 200 : page.index(">peak<")]
+    assert "rgba(" in dream_row and ",1.00)" in dream_row.split("rgba(")[-1]
+    mid = page[page.index(">mid<") - 200 : page.index(">mid<")]
+    assert ",0.50)" in mid.split("rgba(")[-1]

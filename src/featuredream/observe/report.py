@@ -47,10 +47,10 @@ def render_card(d: CardData) -> HTMLPage:
     """The card as one self-contained HTML document (see module doc): a ``str`` that a notebook shows
     inline (:class:`~featuredream.html_parts.HTMLPage`)."""
     e = html.escape
+    # colours run up to the scored values (dataset max, examples' values, dreams' scores), not to the largest
+    # token: a first-token attention sink (hundreds, against scores of ~30) would wash every other token out
     vmax = max(
-        [d.dataset_max or 0.0]
-        + [a for ex in d.examples for a in ex[2]]
-        + [a for dr in d.dreams for a in dr[2]]
+        [d.dataset_max or 0.0] + [CardExample(*ex).value for ex in d.examples] + [dr[3] for dr in d.dreams]
     )
     vmax = vmax if vmax > 0 else 1.0
     chips = [chip("dataset max", fmt_value(d.dataset_max)), chip("fire rate", fmt_value(d.fire_rate, ".3%"))]

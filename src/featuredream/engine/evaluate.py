@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..lm.sites import run_sites
+from ..lm.tl import as_model
 from ..lm.xe import sequence_xe
 from .batch import length_mask, pad_right
 from .group import ObjectiveGroup, as_group
@@ -83,13 +84,14 @@ class Evaluator:
         batch_size: int = 256,
         prefix_cache: bool = False,
     ):
+        model = as_model(model)
         self.model, self.objective, self.need_xe, self.batch_size = (
             model,
             as_group(objective),
             need_xe,
             batch_size,
         )
-        self.prefix_cache = prefix_cache and supports_prefix(self.objective)
+        self.prefix_cache = prefix_cache and supports_prefix(self.objective, model)
         self.bucket_overhead = BUCKET_OVERHEAD["cuda" if next(model.parameters()).is_cuda else "cpu"]
         """Cost of one extra forward pass, in child tokens, when grouping children by shared prefix."""
         self.n_evaluated = 0
@@ -214,6 +216,7 @@ def cat_outputs(parts: list[EvalOutput], seq: int) -> EvalOutput:
 @torch.no_grad()
 def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts: list[str]) -> EvalOutput:
     """Score each string on its own: tokenize it afresh, full forward, no padding. Slow and simple."""
+    model = as_model(model)
     dev = next(model.parameters()).device
     scores, xes, acts, valids = [], [], [], []
     for text in texts:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..lm.tl import as_model
 from .batch import pad_right
 from .buffer import Buffer, Entry
 from .children import Canonicalizer, banned_ids, make_children
@@ -62,6 +63,7 @@ class DreamLoop:
     """
 
     def __init__(self, model: nn.Module, tokenizer, group: ObjectiveGroup, config: DreamConfig, seeds=None):
+        model = as_model(model)  # a TransformerLens model: its adapter (lm.tl)
         K = len(group)
         seeds = [config.seed] * K if seeds is None else list(seeds)
         if len(seeds) != K:

@@ -19,6 +19,7 @@ import torch
 
 from ..lm.saes import BoundSAE
 from ..lm.sites import Site
+from ..lm.tl import as_model
 
 REDUCTIONS = ("last", "max", "mean")
 
@@ -265,6 +266,7 @@ class QueryDirection(DirectionObjective):
         if model is not None:
             from ..lm.saes import site_width
 
+            model = as_model(model)
             site.validate(model)
             width = site_width(model, site)
             n = torch.as_tensor(direction).numel()

@@ -15,8 +15,8 @@ smallest ``p``, mixing children of different parents); :func:`plan_buckets` choo
 programming on a cost of child tokens run plus a fixed cost per forward pass (``BUCKET_OVERHEAD``, in child
 tokens).
 
-Only objectives whose sites are per-position activations ``[b, s, ...]`` can use this
-(:func:`supports_prefix`); the evaluator falls back to the plain path for anything else.
+Only objectives whose sites are per-position activations ``[b, s, ...]`` can use this, and only models with a transformers key/value cache (:func:`supports_prefix`); the evaluator falls back to
+the plain path for anything else.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ is bound by kernel launches, so this is set high enough that 128 x 16 batches ru
 unless a benchmark on the GPU says otherwise."""
 
 
-def supports_prefix(objective) -> bool:
-    """True when every site the objective reads is a per-position activation."""
-    return all(s.kind in PER_POSITION_KINDS for s in objective.sites)
+def supports_prefix(objective, model: nn.Module | None = None) -> bool:
+    """True when every site the objective reads is a per-position activation and ``model`` (when given) runs
+    with a transformers key/value cache (a TransformerLens adapter says ``hf_kv_cache = False``)."""
+    return all(s.kind in PER_POSITION_KINDS for s in objective.sites) and getattr(model, "hf_kv_cache", True)
 
 
 def plan_buckets(

@@ -18,6 +18,7 @@ from torch import nn
 
 from .models import text_config
 from .sites import HEAD_KINDS, Site, head_dim, parse_hook_name
+from .tl import as_model
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,10 @@ def load_sae(
             sae-lens registry (used when cached or online).
         model: when given, the site is checked to exist in it and the SAE's width to match it there.
         head: for head sites of SAEs without ``hook_head_index``, the head to bind to.
+
+    ``model`` may be a TransformerLens ``HookedTransformer`` (see :mod:`featuredream.lm.tl`).
     """
+    model = as_model(model)
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
     device = str(device)

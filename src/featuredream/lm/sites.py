@@ -20,7 +20,9 @@ the query head is mapped to its key/value group (grouped-query attention).
 
 One resolver, :func:`hook_site`, knows where each kind lives in a model (which module, its input or its
 output); activation capture (:func:`capture`, :func:`forward_with_capture`) and steering
-(:func:`featuredream.observe.tracing.steer`) both go through it.
+(:func:`featuredream.observe.tracing.steer`) both go through it. A model that brings its own hook points
+(a TransformerLens model wrapped by :mod:`.tl`: ``site_hooks`` / ``hook_point``) is asked for them there,
+in one place (:func:`native_sites`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .models import decoder_layers, text_config
+from .tl import as_model
 
 KINDS = ("resid_pre", "resid_post", "mlp_out", "attn_q", "attn_q_rot", "attn_k", "attn_v", "attn_z")
 HEAD_KINDS = ("attn_q", "attn_q_rot", "attn_k", "attn_v", "attn_z")
@@ -89,6 +92,7 @@ class Site:
 
     def validate(self, model: nn.Module) -> None:
         """ValueError if this site does not exist in ``model``."""
+        model = as_model(model)
         cfg = text_config(model)
         if self.layer >= cfg.num_hidden_layers:
             raise ValueError(
@@ -98,6 +102,8 @@ class Site:
             raise ValueError(
                 f"head index {self.head} out of range: valid heads are 0..{cfg.num_attention_heads - 1}"
             )
+        if native_sites(model):
+            model.hook_point(self)  # ValueError naming the site when the model has no such hook point
 
 
 def parse_hook_name(name: str, head: int | None = None) -> Site:
@@ -124,6 +130,12 @@ def parse_hook_name(name: str, head: int | None = None) -> Site:
         f"cannot parse hook name {name!r}: valid forms are 'blocks.L.hook_resid_pre|hook_resid_post|hook_mlp_out', "
         "'blocks.L.attn.hook_q|hook_k|hook_v|hook_z', 'model.layers.L[.mlp|.self_attn.q_proj|...]', 'kind:L[:head]'"
     )
+
+
+def native_sites(model: nn.Module) -> bool:
+    """Whether ``model`` resolves sites at its own hook points (``site_hooks(site, fn)``, ``hook_point(site)``,
+    ``output_projection(layer)``: a TransformerLens model wrapped by :mod:`.tl`)."""
+    return callable(getattr(model, "site_hooks", None))
 
 
 class StopForward(Exception):
@@ -185,7 +197,12 @@ def hook_site(model: nn.Module, site: Site, fn: SiteFn) -> list[RemovableHandle]
     activation in the forward pass (any kind in :data:`EDITABLE_KINDS`; for ``attn_q_rot``: ValueError).
     ValueError if the site does not exist in ``model``. Returns the handles: the caller removes them.
     """
+    model = as_model(model)
     site.validate(model)
+    if site.kind not in EDITABLE_KINDS:
+        fn = _read_only(site, fn)
+    if native_sites(model):
+        return model.site_hooks(site, fn)
     layer = decoder_layers(model)[site.layer]
     if site.kind == "attn_q_rot":
         return _hook_rotary_query(model, site, attention(layer), fn)
@@ -215,6 +232,24 @@ def hook_site(model: nn.Module, site: Site, fn: SiteFn) -> list[RemovableHandle]
     return [module.register_forward_hook(post)]
 
 
+def _read_only(site: Site, fn: SiteFn) -> SiteFn:
+    def read(x: torch.Tensor) -> None:
+        if fn(x) is not None:
+            raise ValueError(
+                f"{site} cannot be replaced (computed inside attention): valid kinds are {', '.join(EDITABLE_KINDS)}"
+            )
+
+    return read
+
+
+def output_projection(model: nn.Module, layer: int) -> torch.Tensor:
+    """Layer ``layer``'s attention output projection ``[d_model, H * d_head]`` (maps ``attn_z`` to the
+    residual stream)."""
+    if native_sites(model):
+        return model.output_projection(layer)
+    return attention(decoder_layers(model)[layer]).o_proj.weight
+
+
 def _hook_rotary_query(model: nn.Module, site: Site, attn: nn.Module, fn: SiteFn) -> list[RemovableHandle]:
     """``attn_q_rot``: the query after q-norm (if any) and rotary, recomputed from ``q_proj``'s output with the
     attention's own ``apply_rotary_pos_emb`` and the layer's position embeddings (read only)."""
@@ -241,10 +276,7 @@ def _hook_rotary_query(model: nn.Module, site: Site, attn: nn.Module, fn: SiteFn
         q = q.transpose(1, 2)
         cos, sin = state["pe"]
         q_rot, _ = rope(q, q, cos, sin)
-        if fn(q_rot.transpose(1, 2).flatten(-2)) is not None:
-            raise ValueError(
-                f"{site} cannot be replaced (computed inside attention): valid kinds are {', '.join(EDITABLE_KINDS)}"
-            )
+        fn(q_rot.transpose(1, 2).flatten(-2))  # read only (see hook_site)
 
     return [
         attn.register_forward_pre_hook(pre, with_kwargs=True),
@@ -264,6 +296,7 @@ def capture(
 
     Yields a dict filled by each forward pass: ``Site -> tensor`` (shapes in the module doc).
     """
+    model = as_model(model)
     sites = list(dict.fromkeys(sites))
     cols = {s: head_columns(model, s) for s in sites}
     store: dict[Site, torch.Tensor] = {}
@@ -292,6 +325,7 @@ def forward_with_capture(
     was never reached: then the pass ran to the end). ``acts``: ``Site -> tensor`` (shapes in the module
     doc); a site the pass never reached is missing from it.
     """
+    model = as_model(model)
     out = None
     with capture(model, sites, stop_early=stop_early) as store:
         try:
@@ -315,6 +349,7 @@ def run_sites(
     Without ``logits`` the pass stops after the last needed site. Shapes: ids ``[b, s]``, embeds
     ``[b, s, d_model]``, mask ``[b, s]``; logits ``[b, s, vocab]``.
     """
+    model = as_model(model)
     acts, out = forward_with_capture(
         model,
         sites,
@@ -337,6 +372,7 @@ def key_vector(model: nn.Module, tokenizer, layer: int, head: int, text: str) ->
     Under grouped-query attention this is the key of the head's key/value group. Use it as a
     :class:`~featuredream.engine.objectives.QueryDirection` to ask which prompt makes the head look for it.
     """
+    model = as_model(model)
     site = Site("attn_k", layer, head)
     site.validate(model)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

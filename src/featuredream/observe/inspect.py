@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..checks import check_choice, check_int
 from ..lm.activations import VALUES, latent_values, model_device, pad_batch, site_activations, valid_positions
 from ..lm.saes import BoundSAE
+from ..lm.tl import as_model
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def encode_prompts(
     Returns ``[n_prompts, d_sae]`` (float32, CPU) for ``last`` / ``max`` / ``mean``, or for ``all`` a list
     of ``[n_tokens_i, d_sae]``. Excluded positions (norm cap) count as not firing.
     """
+    model = as_model(model)
     from ..engine.objectives import last_real_index
 
     prompts = _check_prompts(prompts)

@@ -24,9 +24,10 @@ from torch import nn
 
 from ..checks import check_int
 from ..engine.objectives import Objective
-from ..lm.models import decoder_layers, embed_scale
+from ..lm.models import embed_scale
 from ..lm.saes import BoundSAE
-from ..lm.sites import EDITABLE_KINDS, Site, attention, head_columns, head_dim, hook_site, run_sites
+from ..lm.sites import EDITABLE_KINDS, Site, head_columns, head_dim, hook_site, output_projection, run_sites
+from ..lm.tl import as_model
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,13 @@ def residual_direction(model: nn.Module, sae: BoundSAE, feature: int) -> torch.T
     Residual and MLP-output sites use it as is; ``attn_z`` maps it through the output projection (that
     head's columns for a per-head SAE). Query/key/value sites do not write to the residual stream.
     """
+    model = as_model(model)
     d = sae.decoder_direction(sae.check_latent(feature)).float()
     site = sae.site
     if site.kind in RESIDUAL_KINDS:
         return d
     if site.kind == "attn_z":
-        W = attention(decoder_layers(model)[site.layer]).o_proj.weight.float()  # [d_model, H * d_head]
+        W = output_projection(model, site.layer).float()  # [d_model, H * d_head]
         if site.head is not None:
             dh = head_dim(model)
             W = W[:, site.head * dh : (site.head + 1) * dh]
@@ -122,6 +124,7 @@ def residual_direction(model: nn.Module, sae: BoundSAE, feature: int) -> torch.T
 @torch.no_grad()
 def logit_effects(model: nn.Module, tok, sae: BoundSAE, feature: int, n: int = 10) -> LogitEffects:
     """Top / bottom ``n`` tokens of ``W_U @ norm_as_linear(direction)`` (see module doc)."""
+    model = as_model(model)
     check_int("n", n)
     v = norm_as_linear(model, residual_direction(model, sae, feature))
     W_U = model.get_output_embeddings().weight  # [vocab, d_model]
@@ -153,6 +156,7 @@ def attribution(
     the objective's own reduction (for ``last``: the last token). ``grad_x_input``: ``grad . embedding``
     per token; ``integrated_gradients``: the path integral from a zero embedding in ``steps`` midpoints.
     """
+    model = as_model(model)
     if method not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}: valid are {', '.join(ATTRIBUTION_METHODS)}")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -218,6 +222,7 @@ def steer(model: nn.Module, site: Site, vector: torch.Tensor) -> Iterator[None]:
     """Add ``vector`` (``[width]`` of ``site``, e.g. ``[d_model]``) to ``site`` at every position of every
     forward pass inside the block, through the hook-point resolver :func:`featuredream.lm.sites.hook_site`
     (for a head site, to that head's columns); the hooks are removed in ``finally``."""
+    model = as_model(model)
     site.validate(model)
     if site.kind not in EDITABLE_KINDS:
         raise ValueError(
@@ -270,6 +275,7 @@ def steering(
 ) -> list[Steered]:
     """Greedy continuations of ``prompt`` with ``alpha`` x the feature's unit decoder direction added at
     the SAE's site (one generation per alpha; ``alpha = 0`` reproduces plain generation exactly)."""
+    model = as_model(model)
     f = sae.check_latent(feature)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"steering prompt {prompt!r} is empty: valid is a non-empty string")

@@ -272,3 +272,43 @@ def test_bad_input_is_one_line(tmp_path, tiny_tl, tiny_llama, monkeypatch):
         with pytest.raises(ImportError) as e:
             call()
         assert "\n" not in str(e.value) and "pip install 'featuredream[tl]'" in str(e.value)
+
+
+def test_layer_norm_model_logit_effects(tmp_path, tiny_llama, tiny_tokenizer):
+    """A GPT-2-style TransformerLens model (LayerNorm with a gain, absolute positions): logit effects centre
+    and scale by ``ln_final.w`` (TransformerLens' LayerNorm is not torch's)."""
+    from transformer_lens import HookedTransformer
+
+    cfg = tl_config(
+        tiny_llama,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        act_fn="gelu",
+        gated_mlp=False,
+        final_rms=False,
+        n_key_value_heads=None,
+        model_name="tiny-ln",
+    )
+    torch.manual_seed(0)
+    ht = HookedTransformer(cfg)
+    ht.ln_final.w.data = torch.rand(64) + 0.5
+    sae = load_sae(write_sae_dir(tmp_path / "sae"), model=ht)
+    d = sae.decoder_direction(4)
+    want = ht.W_U.T @ (ht.ln_final.w * (d - d.mean()))
+    torch.testing.assert_close(logit_effects(ht, tiny_tokenizer, sae, 4).values, want, atol=1e-5, rtol=1e-5)
+    ids = _ids(tiny_tokenizer, PROMPTS[0])[None]
+    got, logits = run_sites(ht, [sae.site], input_ids=ids, logits=True)
+    _, cache = ht.run_with_cache(ids)
+    torch.testing.assert_close(got[sae.site], cache["blocks.1.hook_resid_post"])
+    torch.testing.assert_close(logits, ht(ids))
+
+
+def test_sweep_group_runs_on_a_loaded_tl_model(tiny_tl, tiny_tokenizer, tl_sae):
+    """In-process sweeps take a loaded (model, tokenizer, SAE): a HookedTransformer works there."""
+    from featuredream.engine.results import DreamResult
+    from featuredream.sweep.spec import SweepSpec
+    from featuredream.sweep.worker import run_group
+
+    spec = SweepSpec(config=DreamConfig(**{**FAST, "iters": 2}, start="prompt", init_prompt="Once upon"))
+    out = run_group(spec, [3, 8], loaded=(tiny_tl, tiny_tokenizer, tl_sae))
+    assert [f for f, _ in out] == [3, 8] and all(isinstance(r, DreamResult) for _, r in out)

@@ -87,8 +87,11 @@ def norm_as_linear(model: nn.Module, v: torch.Tensor) -> torch.Tensor:
     """The final norm as a linear map applied to ``v [..., d_model]`` (see module doc), float32."""
     norm = final_norm(model)
     v = v.float()
-    if isinstance(norm, nn.LayerNorm):
-        gain = norm.weight.float() if norm.weight is not None else torch.ones(v.shape[-1], device=v.device)
+    # a LayerNorm (torch's, or TransformerLens' LayerNorm / LayerNormPre: gain ``w`` or none) centres, then scales
+    if isinstance(norm, nn.LayerNorm) or type(norm).__name__ in ("LayerNorm", "LayerNormPre"):
+        gain = getattr(norm, "weight", None)
+        gain = getattr(norm, "w", None) if gain is None else gain
+        gain = torch.ones(v.shape[-1], device=v.device) if gain is None else gain.float()
         return gain * (v - v.mean(-1, keepdim=True))
     # An RMS norm maps a constant vector c*1 to its gain (scale-invariant); a large c makes eps negligible.
     w = next((p for p in norm.parameters()), None)

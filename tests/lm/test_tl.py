@@ -312,3 +312,42 @@ def test_sweep_group_runs_on_a_loaded_tl_model(tiny_tl, tiny_tokenizer, tl_sae):
     spec = SweepSpec(config=DreamConfig(**{**FAST, "iters": 2}, start="prompt", init_prompt="Once upon"))
     out = run_group(spec, [3, 8], loaded=(tiny_tl, tiny_tokenizer, tl_sae))
     assert [f for f, _ in out] == [3, 8] and all(isinstance(r, DreamResult) for _, r in out)
+
+
+# ------------------------------------------------------------------ `tl:NAME` model specs (CLI, sweeps)
+def test_tl_model_spec_from_the_cli_and_a_sweep(tiny_dirs, tmp_path, capsys):
+    """``--model tl:DIR`` dreams on a HookedTransformer built from DIR: the same best prompt and score as
+    ``--model DIR`` (same weights, TransformerLens hook points); a sweep takes the spec and fingerprints it
+    apart from the plain model (a store of one is refused for the other)."""
+    import json
+
+    from test_cli import _base, _run
+
+    from featuredream.engine.config import DreamConfig
+    from featuredream.lm.models import load_model
+    from featuredream.lm.tl import TLModel
+    from featuredream.sweep import SweepSpec, parse_features, run_sweep
+
+    model, _ = load_model("tl:" + tiny_dirs["model"])
+    assert isinstance(model, TLModel) and model.name_or_path_.startswith("tl:")
+    outs = {}
+    for name in ("plain", "tl"):
+        args = _base(tiny_dirs, tmp_path / f"{name}.json")
+        if name == "tl":
+            args[args.index("--model") + 1] = "tl:" + tiny_dirs["model"]
+        code, _ = _run(capsys, args + ["--feature", "3", "--iters", "3", "--seed", "1"])
+        assert code == 0
+        outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert outs["tl"]["model"].startswith("tl:") and not outs["plain"]["model"].startswith("tl:")
+    assert outs["tl"]["best"]["text"] == outs["plain"]["best"]["text"]
+    assert abs(outs["tl"]["best"]["activation"] - outs["plain"]["best"]["activation"]) < 1e-4
+
+    cfg = DreamConfig(iters=2, n_children=8, min_tokens=3, max_tokens=8, progress=False, n_start_samples=2)
+    spec = SweepSpec(
+        model="tl:" + tiny_dirs["model"], sae=tiny_dirs["sae"], device="cpu", config=cfg, group_size=2
+    )
+    o = run_sweep(spec, parse_features("0-2"), tmp_path / "sweep", progress=False)
+    assert o.written == 3
+    plain = SweepSpec(model=tiny_dirs["model"], sae=tiny_dirs["sae"], device="cpu", config=cfg, group_size=2)
+    with pytest.raises(ValueError, match="tl:"):
+        run_sweep(plain, parse_features("0-2"), tmp_path / "sweep", resume=True, progress=False)

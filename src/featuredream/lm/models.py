@@ -152,6 +152,19 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     return name
 
 
+TL_PREFIX = "tl:"
+"""A model spec ``tl:NAME`` (CLI ``--model tl:default``, sweeps): NAME loaded as below, then converted into a
+TransformerLens ``HookedTransformer`` (``featuredream[tl]``; :func:`featuredream.lm.tl.hooked_from_hf`, no
+weight processing) whose own hook points are the sites."""
+
+
+def split_tl(name_or_path: str | os.PathLike | None) -> tuple[bool, str | os.PathLike | None]:
+    """``(True, NAME)`` for a ``tl:NAME`` spec (``tl:`` alone: the default model), else ``(False, spec)``."""
+    if isinstance(name_or_path, str) and name_or_path.startswith(TL_PREFIX):
+        return True, name_or_path[len(TL_PREFIX) :] or None
+    return False, name_or_path
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -165,8 +178,18 @@ def load_model(
             directory, or a hub name already in the local Hugging Face cache (or reachable online).
         device: ``"cpu"``, ``"cuda"``; None picks cuda when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; None: see :func:`runtime_defaults`.
+
+    ``tl:NAME`` loads NAME and returns it as a TransformerLens model behind its adapter (``TL_PREFIX``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tl, inner = split_tl(name_or_path)
+    if tl:
+        from .tl import as_model, hooked_from_hf
+
+        hf, tok = load_model(inner, device=device, dtype=dtype)
+        hf.name_or_path_ = TL_PREFIX + hf.name_or_path_
+        return as_model(hooked_from_hf(hf, tok)), tok
 
     dev = parse_device(device)
     dt, attn = runtime_defaults(dev, parse_dtype(dtype))

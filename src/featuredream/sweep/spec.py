@@ -23,7 +23,7 @@ import torch
 from ..checks import check_choice, check_int
 from ..engine.config import DreamConfig
 from ..engine.objectives import check_reduce
-from ..lm.models import DEFAULT_ALIASES, DEFAULT_MODEL, parse_dtype
+from ..lm.models import DEFAULT_ALIASES, DEFAULT_MODEL, TL_PREFIX, parse_dtype, split_tl
 
 __all__ = [
     "MAX_FEATURES",
@@ -78,9 +78,11 @@ class SweepSpec:
 
     def resolved(self) -> SweepSpec:
         """This spec with local model and SAE paths absolute (what the store and Ray workers get)."""
-        model, sae = self.model, self.sae
+        sae = self.sae
+        tl, model = split_tl(self.model)
         if model not in DEFAULT_ALIASES and Path(model).expanduser().exists():
             model = os.path.abspath(Path(model).expanduser())
+        model = TL_PREFIX + (model or "") if tl else model
         if not sae_identity(sae)[0].startswith("fixture:") and Path(sae).expanduser().exists():
             sae = os.path.abspath(Path(sae).expanduser())
         return replace(self, model=model, sae=sae)
@@ -178,7 +180,11 @@ def _dir_identity(path: Path) -> str:
 
 
 def model_identity(model: str | None) -> str:
-    """A stable identity of a model spec: the default's name, a local directory's files, or the name."""
+    """A stable identity of a model spec: the default's name, a local directory's files, or the name
+    (``tl:`` kept in front for a TransformerLens model)."""
+    tl, model = split_tl(model)
+    if tl:
+        return TL_PREFIX + model_identity(model)
     if model is None or model in DEFAULT_ALIASES:
         return DEFAULT_MODEL
     if Path(model).expanduser().is_dir():

@@ -7,12 +7,6 @@ import re
 
 import torch
 
-from ..lm.xe import sequence_xe, token_xe
-
-__all__ = ["XE_MAX_VALID", "XeLimit", "parse_xe_max", "resolve_xe_limit", "sequence_xe", "token_xe"]
-"""``token_xe`` / ``sequence_xe`` live in :mod:`featuredream.lm.xe` and are re-exported here."""
-
-
 _PCT = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 XE_MAX_VALID = "a number > 0, pNN with NN in 1..99 (that percentile of natural text's XE at each prompt's length), or none"
 

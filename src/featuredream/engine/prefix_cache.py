@@ -193,6 +193,7 @@ def run_tails(
         return full, None
     tail_mask = torch.arange(tail.shape[1], device=ids.device)[None, :] < (lengths - p)[:, None]
     xe_tail, _ = token_xe(lg, tail, tail_mask)  # [n, s-p-1], 0 where not counted
-    boundary = -par.logprobs[rows, p - 1].gather(1, ids[:, p : p + 1]).squeeze(1)
-    total = par.nll_before[rows, p - 1] + boundary + xe_tail.sum(dim=1)
+    # each child's token p under its parent's logits at p - 1 (one parent: a view, not n copies of [V])
+    boundary = -take(par.logprobs[:, p - 1]).gather(1, ids[:, p : p + 1]).squeeze(1)
+    total = take(par.nll_before[:, p - 1]) + boundary + xe_tail.sum(dim=1)
     return full, total / (lengths - 1).clamp_min(1)

@@ -45,8 +45,12 @@ def tiny_tokenizer():
     return tok
 
 
+GEMMA3_WINDOW = 4
+"""The tiny Gemma-3's sliding window: shorter than the prompts its tests use."""
+
+
 def _tiny(kind: str, vocab: int):
-    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig
 
     torch.manual_seed(0)
     common = dict(
@@ -64,10 +68,19 @@ def _tiny(kind: str, vocab: int):
     )
     if kind == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=True)
+    elif kind == "gemma3":  # sliding (window 4) and full attention mixed, no softcapping
+        layers = ["sliding_attention", "full_attention", "sliding_attention"]
+        cfg = Gemma3TextConfig(
+            **common, query_pre_attn_scalar=16, sliding_window=GEMMA3_WINDOW, layer_types=layers
+        )
     else:
         cfg = Gemma2Config(**common, query_pre_attn_scalar=16, sliding_window=64)
-    attn = "sdpa" if kind == "llama" else "eager"  # Gemma-2's softcapping has no SDPA path
+    attn = "eager" if kind == "gemma2" else "sdpa"  # Gemma-2's softcapping has no SDPA path
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval().requires_grad_(False)
+    if kind == "gemma3":  # Gemma norms multiply by (1 + w) and w starts at 0: make w matter
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape) * 0.5)
     model.name_or_path_ = f"tiny-{kind}"
     return model
 
@@ -80,6 +93,12 @@ def tiny_llama(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_gemma(tiny_tokenizer):
     return _tiny("gemma2", len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tiny_tokenizer):
+    """Gemma 3 text model: embeddings scaled inside the module, (1 + w) norms, sliding window 4."""
+    return _tiny("gemma3", len(tiny_tokenizer))
 
 
 @pytest.fixture(params=["llama", "gemma2"])

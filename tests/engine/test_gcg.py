@@ -47,8 +47,10 @@ def _all_single_swaps(model, ids, D):
     return float(scores[0]), scores[1:].view(L, V), float(xes[0]), xes[1:].view(L, V)
 
 
-def test_gcg_proposes_the_truly_best_swaps_on_a_linear_objective(tiny_model, tiny_tokenizer, one_thread):
-    model, ids = tiny_model, _parent(tiny_tokenizer)
+@pytest.mark.parametrize("kind", ["tiny_llama", "tiny_gemma", "tiny_gemma3"])
+def test_gcg_proposes_the_truly_best_swaps_on_a_linear_objective(kind, request, tiny_tokenizer, one_thread):
+    """Llama, Gemma-2 and Gemma-3 (both Gemmas scale the embeddings inside the embedding module)."""
+    model, ids = request.getfixturevalue(kind), _parent(tiny_tokenizer)
     obj, D = _linear_objective(model.config.hidden_size)
     score0, true, _, _ = _all_single_swaps(model, ids, D)
     sig = parent_signals(model, obj, ids, 0.0)

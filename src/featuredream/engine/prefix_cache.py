@@ -130,6 +130,8 @@ def run_parents(model: nn.Module, sites, parents: list[torch.Tensor], *, logits:
 
     dev = next(model.parameters()).device
     ids, lengths = pad_right([p.to(dev) for p in parents], 0, dev)
+    # no config: every layer keeps all positions. A sliding-window layer's cache (DynamicCache(config=...),
+    # Gemma) keeps only the last window, which cannot be cut at a child's p (tests/lm/test_gemma3.py).
     acts, lg, cache = _forward(model, sites, logits, input_ids=ids, past_key_values=DynamicCache())
     kv = [(item[0], item[1]) for item in cache]
     if lg is None:

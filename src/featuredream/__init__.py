@@ -13,6 +13,7 @@ from .engine.objectives import (
     make_objective,
 )
 from .engine.results import DreamResult, Prompt
+from .lm.bos import with_bos
 from .lm.models import load_model
 from .lm.saes import BoundSAE, load_sae
 from .lm.sites import Site, parse_hook_name
@@ -36,5 +37,6 @@ __all__ = [
     "load_sae",
     "make_objective",
     "parse_hook_name",
+    "with_bos",
 ]
 __version__ = "0.1.0"

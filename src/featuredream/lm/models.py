@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .bos import with_bos
 from .packaged import DEFAULT_MODEL, PACKAGED_ALIASES, packaged_model_dir
 from .packaged import cache_dir as cache_dir  # re-exported: callers find the cache dir here
 
@@ -123,17 +124,29 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``; None picks cuda when available.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``; None: see :func:`runtime_defaults`.
 
+    A model whose tokenizer prepends BOS by default (Gemma, Llama-3, ...) comes in a
+    :class:`~.bos.BosModel`, which feeds the BOS in front of every input (:func:`~.bos.with_bos`).
     ``tl:NAME`` loads NAME and returns it as a TransformerLens model behind its adapter (``TL_PREFIX``).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tl, inner = split_tl(name_or_path)
     if tl:
         from .tl import as_model, hooked_from_hf
 
-        hf, tok = load_model(inner, device=device, dtype=dtype)
+        hf, tok = load_transformers(inner, device=device, dtype=dtype)
         hf.name_or_path_ = TL_PREFIX + hf.name_or_path_
         return as_model(hooked_from_hf(hf, tok)), tok
+    model, tok = load_transformers(name_or_path, device=device, dtype=dtype)
+    return with_bos(model, tok), tok
+
+
+def load_transformers(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[nn.Module, object]:
+    """:func:`load_model` without its wrappers: the transformers model itself, frozen and in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = parse_device(device)
     dt, attn = runtime_defaults(dev, parse_dtype(dtype))

@@ -85,7 +85,7 @@ def site_fvu(
     Positions above the SAE's norm cap (or 3x the median norm when it has none) are left out.
     """
     site = site or sae.site
-    model = as_model(model)
+    model = as_model(model, tokenizer)
     return _fvu(sae, _site_acts(model, tokenizer, [site], texts)[site])
 
 
@@ -99,7 +99,7 @@ def check_site(
     resid_pre) is caught even when the residual stream changes little between layers, and so is a query SAE
     bound to the wrong head or read after rotary when trained before it (see :func:`adjacent_sites`). Returns the FVU.
     """
-    model = as_model(model)
+    model = as_model(model, tokenizer)
     alt = adjacent_sites(sae.site, model)
     acts = _site_acts(model, tokenizer, [sae.site, *alt], CHECK_TEXTS)
     fvu = _fvu(sae, acts[sae.site])

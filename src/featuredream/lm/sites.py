@@ -22,7 +22,8 @@ One resolver, :func:`hook_site`, knows where each kind lives in a model (which m
 output); activation capture (:func:`capture`, :func:`forward_with_capture`) and steering
 (:func:`featuredream.observe.tracing.steer`) both go through it. A model that brings its own hook points
 (a TransformerLens model wrapped by :mod:`.tl`: ``site_hooks`` / ``hook_point``) is asked for them there,
-in one place (:func:`native_sites`).
+in one place (:func:`native_sites`). A model that conditions on a BOS it adds itself (:mod:`.bos`) has the
+BOS position dropped from captures in one place too (:func:`forward_with_capture`).
 """
 
 from __future__ import annotations
@@ -324,6 +325,10 @@ def forward_with_capture(
     With ``stop_early`` the pass stops after the last needed site and ``output`` is None (unless some site
     was never reached: then the pass ran to the end). ``acts``: ``Site -> tensor`` (shapes in the module
     doc); a site the pass never reached is missing from it.
+
+    A model that puts positions in front of the real tokens (``n_prefix``: the BOS of a
+    :class:`~.bos.BosModel`) has them dropped here, the one place: ``acts`` are ``[b, s, ...]`` for the ``s``
+    real tokens, like its output's logits.
     """
     model = as_model(model)
     out = None
@@ -332,7 +337,8 @@ def forward_with_capture(
             out = model(**model_kwargs)
         except StopForward:
             pass
-    return dict(store), out
+    n = getattr(model, "n_prefix", 0)
+    return {site: x[:, n:] for site, x in store.items()}, out
 
 
 def run_sites(
@@ -372,7 +378,7 @@ def key_vector(model: nn.Module, tokenizer, layer: int, head: int, text: str) ->
     Under grouped-query attention this is the key of the head's key/value group. Use it as a
     :class:`~featuredream.engine.objectives.QueryDirection` to ask which prompt makes the head look for it.
     """
-    model = as_model(model)
+    model = as_model(model, tokenizer)
     site = Site("attn_k", layer, head)
     site.validate(model)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .bos import with_bos
+
 INSTALL_HINT = "pip install 'featuredream[tl]'"
 
 
@@ -51,11 +53,13 @@ def is_tl_model(model: object) -> bool:
     )
 
 
-def as_model(model):
-    """``model`` itself, or a :class:`TLModel` around it when it is a TransformerLens model."""
-    if isinstance(model, TLModel) or not is_tl_model(model):
-        return model
-    return TLModel(model)
+def as_model(model, tokenizer=None):
+    """``model`` itself, or a :class:`TLModel` around it when it is a TransformerLens model. Given the
+    ``tokenizer``, a transformers model whose tokenizer prepends BOS by default comes in a
+    :class:`~.bos.BosModel` (:func:`~.bos.with_bos`: never twice; TransformerLens models are left as they are)."""
+    if is_tl_model(model):
+        return TLModel(model)
+    return model if tokenizer is None else with_bos(model, tokenizer)
 
 
 def load_tl_model(name: str, *, device: str | None = None, dtype: str | torch.dtype = "float32", **kwargs):

@@ -112,7 +112,7 @@ def card_data(
     the SAE's shipped ones). ``alphas`` default: ``STEER_SCALES`` x the dataset max (x 1 without it).
     ``keep``: each example shows its minimal context keeping that share of its value (None: skip that
     computation and show the last ``report.SHOWN_TAIL`` tokens of the context)."""
-    model = as_model(model)
+    model = as_model(model, tok)
     f = sae.check_latent(feature)
     if dream is not None and dream.feature is not None and dream.feature != f:
         raise ValueError(
@@ -215,7 +215,7 @@ def neuronpedia_json(
     n_logits: int = 10,
 ) -> dict[str, Any]:
     """The feature in a Neuronpedia-like shape: activations per token, logit effects, and the dreams."""
-    model = as_model(model)
+    model = as_model(model, tok)
     f = sae.check_latent(feature)
     stats = stats if stats is not None else sae.stats
     examples = [Example(*x) for x in stats.examples(f)] if stats is not None else []

@@ -140,7 +140,7 @@ def corpus_stats(
     ``before``: tokens kept before the activating one; None (default) keeps the whole context from the
     window's first token (``before = ctx - 1``), so every example scored alone reproduces its value.
     """
-    model = as_model(model)
+    model = as_model(model, tok)
     for name, v, lo in (("ctx", ctx, 1), ("k", k, 1), ("batch_size", batch_size, 1), ("after", after, 0)):
         check_int(name, v, lo)
     if before is not None:
@@ -216,7 +216,7 @@ def top_examples(
 ) -> list[Example]:
     """Top examples of ``feature``: the SAE's shipped ones (``corpus=None``) or a scan of a user's text files
     (see :func:`corpus_stats` for ``ctx``, ``batch_size``, ...)."""
-    model = as_model(model)
+    model = as_model(model, tok)
     f = sae.check_latent(feature)
     if corpus is None:
         if sae.stats is None:
@@ -243,7 +243,7 @@ def last_token_values(
 
     Runs right-padded batches of ``batch_size`` sequences of similar lengths up to the SAE's site.
     """
-    model = as_model(model)
+    model = as_model(model, tok)
     f = sae.check_latent(feature)
     check_int("batch_size", batch_size)
     if any(len(s) == 0 for s in seqs):
@@ -281,7 +281,7 @@ def minimal_context(
     reported with ``found=False``. Length 1: the feature reads the token alone; near the full length: it
     reads the context.
     """
-    model = as_model(model)
+    model = as_model(model, tok)
     if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
         raise ValueError(f"keep={keep!r} is invalid: valid is a share in (0, 1], e.g. 0.9")
     exs = [Example(*e) for e in examples]

@@ -88,7 +88,7 @@ def encode_prompts(
     Returns ``[n_prompts, d_sae]`` (float32, CPU) for ``last`` / ``max`` / ``mean``, or for ``all`` a list
     of ``[n_tokens_i, d_sae]``. Excluded positions (norm cap) count as not firing.
     """
-    model = as_model(model)
+    model = as_model(model, tok)
     from ..engine.objectives import last_real_index
 
     prompts = _check_prompts(prompts)

@@ -127,7 +127,7 @@ def residual_direction(model: nn.Module, sae: BoundSAE, feature: int) -> torch.T
 @torch.no_grad()
 def logit_effects(model: nn.Module, tok, sae: BoundSAE, feature: int, n: int = 10) -> LogitEffects:
     """Top / bottom ``n`` tokens of ``W_U @ norm_as_linear(direction)`` (see module doc)."""
-    model = as_model(model)
+    model = as_model(model, tok)
     check_int("n", n)
     v = norm_as_linear(model, residual_direction(model, sae, feature))
     W_U = model.get_output_embeddings().weight  # [vocab, d_model]
@@ -159,7 +159,7 @@ def attribution(
     the objective's own reduction (for ``last``: the last token). ``grad_x_input``: ``grad . embedding``
     per token; ``integrated_gradients``: the path integral from a zero embedding in ``steps`` midpoints.
     """
-    model = as_model(model)
+    model = as_model(model, tok)
     if method not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}: valid are {', '.join(ATTRIBUTION_METHODS)}")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -278,7 +278,7 @@ def steering(
 ) -> list[Steered]:
     """Greedy continuations of ``prompt`` with ``alpha`` x the feature's unit decoder direction added at
     the SAE's site (one generation per alpha; ``alpha = 0`` reproduces plain generation exactly)."""
-    model = as_model(model)
+    model = as_model(model, tok)
     f = sae.check_latent(feature)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"steering prompt {prompt!r} is empty: valid is a non-empty string")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from featuredream.lm.corpus import default_corpus
-from featuredream.lm.train_sae import make_windows
+from featuredream.lm.corpus import default_corpus, make_windows
 from featuredream.lm.xe import sequence_xe
 
 
@@ -45,8 +44,13 @@ def tune_latents(sae, n: int = 8) -> list[int]:
 def independent_score(model, tok, sae, latent: int, text: str) -> float:
     """The latent's encoder pre-activation at the last token of ``text``, computed without featuredream's
     evaluator: the residual stream from ``output_hidden_states`` (resid_post of layer L = hidden_states[L+1])
-    or the query head from a forward hook on ``q_proj``; the SAE's weights applied by hand."""
-    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    or the query head from a forward hook on ``q_proj``; the SAE's weights applied by hand. A model that is
+    fed a BOS token (Gemma, through ``featuredream.lm.bos``) is run plain with the BOS put in front here."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    inner = getattr(model, "inner", model)  # a BOS-conditioned model (lm.bos): the plain model, BOS by hand
+    if inner is not model:
+        ids = [tok.bos_token_id] + ids
+    model, ids = inner, torch.tensor([ids])
     site = sae.site
     if site.kind == "resid_post":
         x = model(input_ids=ids, output_hidden_states=True).hidden_states[site.layer + 1][0, -1]

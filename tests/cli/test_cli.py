@@ -184,3 +184,13 @@ def test_cli_train_sae_writes_an_sae_that_load_sae_reads_back(
         capsys, ["score", "--model", tiny_dirs["model"], "--sae", str(out), "--feature", "0", "To be"]
     )
     assert code == 0, cap.err
+
+
+def test_every_command_prints_its_help(capsys):
+    """--help of every command renders (a '%' in a config field's doc once crashed train-sae --help)."""
+    from featuredream.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        code, out = _run(capsys, [name, "--help"])
+        assert code == 0 and "usage" in out.out, name

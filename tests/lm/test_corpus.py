@@ -3,6 +3,7 @@ pydoc text of standard-library modules, and user text files."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import zipfile
 
@@ -45,7 +46,28 @@ def test_pydoc_documents_are_plain_text_of_the_listed_modules(monkeypatch):
 def test_default_corpus_is_the_plays_then_the_pydoc_texts(monkeypatch):
     monkeypatch.setattr(corpus, "shakespeare_documents", lambda: ["play a", "play b"])
     monkeypatch.setattr(corpus, "pydoc_documents", lambda: ["doc"])
-    assert corpus.default_corpus() == ["play a", "play b", "doc"]
+    corpus._default_corpus.cache_clear()  # made once per process
+    try:
+        assert corpus.default_corpus() == ["play a", "play b", "doc"]
+    finally:
+        corpus._default_corpus.cache_clear()
+
+
+def test_pydoc_text_is_the_same_in_every_process():
+    """pydoc shows object addresses and live module state (the logging handlers a process made): the
+    corpus renders in a fresh isolated interpreter without them, so two processes give the same text."""
+    import logging
+    import subprocess
+    import sys
+
+    logging.getLogger("featuredream-test").addHandler(logging.StreamHandler())  # state pydoc would show
+    here = corpus.pydoc_documents()
+    code = "from featuredream.lm.corpus import pydoc_documents; import json, sys; json.dump(pydoc_documents(), sys.stdout)"
+    other = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert here == other
+    assert not any(" at 0x" in d for d in here) and not any("\nFILE\n" in d for d in here)
 
 
 def test_user_text_files_and_directories(tmp_path):

@@ -151,8 +151,7 @@ def test_shipped_examples_reproduce_for_every_latent(default_model, name):
 @pytest.mark.slow
 def test_shipped_xe_table_matches_held_out_text(default_model):
     """p90 of the shipped table: about 90% of fresh held-out corpus windows fall under it, at 16 and 48 tokens."""
-    from featuredream.lm.corpus import default_corpus
-    from featuredream.lm.train_sae import make_windows
+    from featuredream.lm.corpus import default_corpus, make_windows
 
     model, tok = default_model
     st = load_sae("default", model=model).stats

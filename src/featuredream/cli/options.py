@@ -112,7 +112,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
     """One ``--flag`` per dataclass field, with the field's docstring as help and its default."""
     from ..engine.config import field_docs
 
-    docs = field_docs(cls)
+    docs = {k: v.replace("%", "%%") for k, v in field_docs(cls).items()}  # argparse formats help with %
     for f in fields(cls):
         if f.name in skip:
             continue
@@ -128,7 +128,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
                 flag,
                 default="auto",
                 metavar="X|pNN|none",
-                help=docs.get(f.name, "") + " (default: p90 when the SAE ships an XE table, else none)",
+                help=docs.get(f.name, "")
+                + " (default: p90, of the SAE statistics' XE table or else the model's own)",
             )
         elif f.name == "pareto":
             parser.add_argument(flag, type=_penalties, default=None, metavar="L1,L2,...|auto", help=help_)
@@ -147,27 +148,20 @@ def config_from(args, cls, skip: tuple[str, ...] = ()):
     return cls(**kw)
 
 
-def auto_xe_max(args, cfg, sae):
-    """``--xe-max auto`` (the default): p90 of natural text at each length when the SAE ships an XE
-    table, else no ceiling. Other values are kept as given."""
+def auto_xe_max(args, cfg, sae=None):
+    """``--xe-max auto`` (the default): p90 of natural text at each length, from the XE table in the SAE's
+    statistics or else the model's own table on the default corpus. Other values are kept as given."""
     if getattr(args, "xe_max", None) != "auto":
         return cfg
-    has = sae is not None and sae.stats is not None and sae.stats.has_xe_table()
-    if not has:
-        log.info("--xe-max: no XE table shipped with the SAE, so no fluency ceiling")
-    return replace(cfg, xe_max="p90" if has else None)
+    return replace(cfg, xe_max="p90")
 
 
 def config_for_sae_files(args):
-    """The :class:`~featuredream.DreamConfig` of the options with ``--xe-max auto`` resolved from the SAE's
-    files, before anything is loaded (runs over many features: ``sweep``, ``dream --features``)."""
+    """The :class:`~featuredream.DreamConfig` of the options with ``--xe-max auto`` resolved (runs over many
+    features: ``sweep``, ``dream --features``)."""
     from ..engine.config import DreamConfig
-    from ..lm.saes import ships_xe_table
 
-    cfg = config_from(args, DreamConfig)
-    if args.xe_max == "auto" and ships_xe_table(args.sae):
-        cfg = replace(cfg, xe_max="p90")
-    return cfg
+    return auto_xe_max(args, config_from(args, DreamConfig))
 
 
 def check_out_path(path: str | None) -> Path | None:
@@ -190,3 +184,27 @@ def check_out_path(path: str | None) -> Path | None:
     if p.is_dir():
         raise ValueError(f"output path {str(p)!r} is a directory: valid is a file path")
     return p
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def load_checked_sae(args, model, tok, *, stats_dir: str | None = None):
+    """The ``--sae`` of the options loaded for ``model`` (its statistics found as :func:`load_sae` does),
+    its site checked (:func:`~featuredream.lm.sae_check.check_site`: a one-line error for an SAE that does
+    not fit its declared site)."""
+    from ..lm.sae_check import check_site
+    from ..lm.saes import load_sae
+
+    sae = load_sae(args.sae, model=model, stats_dir=stats_dir)
+    fvu = check_site(model, tok, sae)
+    log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
+    return sae
+
+
+def load_checked(args, *, stats_dir: str | None = None):
+    """``(model, tokenizer, sae)`` of the ``--model --sae --device --dtype`` options (:func:`load_checked_sae`)."""
+    from ..lm.models import load_model
+
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    return model, tok, load_checked_sae(args, model, tok, stats_dir=stats_dir)

@@ -18,6 +18,7 @@ Any other spec is a local transformers directory or a hub name in the local Hugg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -146,33 +147,43 @@ def load_transformers(
     dtype: str | torch.dtype | None = None,
 ) -> tuple[nn.Module, object]:
     """:func:`load_model` without its wrappers: the transformers model itself, frozen and in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     dev = parse_device(device)
     dt, attn = runtime_defaults(dev, parse_dtype(dtype))
     if dt == torch.float16 and dev.type == "cpu":
         raise ValueError("dtype 'float16' is not supported on cpu: valid are 'float32', 'bfloat16'")
     path = resolve_model_path(name_or_path)
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
+    from .hub import hub_access
+
+    # a hub name: offline it fails at once from the local cache instead of retrying for a minute
+    with contextlib.nullcontext() if Path(path).exists() else hub_access():
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation=attn)
-        except (ValueError, ImportError) as e:  # no SDPA / flash path (e.g. Gemma-2's softcapping)
-            if attn == "sdpa" and "scaled_dot_product_attention" not in str(e):
-                raise
-            log.info("attention %s unavailable for %s (%s); using the model's default", attn, path, e)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(
-            f"unknown model {str(name_or_path)!r}: valid are None/'default' (embedded {DEFAULT_MODEL}), "
-            f"{', '.join(sorted(PACKAGED_ALIASES))}, a local transformers directory, "
-            "or a hub name in the local Hugging Face cache"
-        ) from e
+            tok = AutoTokenizer.from_pretrained(path)
+            model = _from_pretrained(path, dt, attn)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"unknown model {str(name_or_path)!r}: valid are None/'default' (embedded {DEFAULT_MODEL}), "
+                f"{', '.join(sorted(PACKAGED_ALIASES))}, a local transformers directory, "
+                "or a hub name in the local Hugging Face cache"
+            ) from e
     model.to(dev).eval().requires_grad_(False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.name_or_path_ = canonical_model_name(name_or_path)
     return model, tok
+
+
+def _from_pretrained(path: str, dt: torch.dtype, attn: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation=attn)
+    except (ValueError, ImportError) as e:  # no SDPA / flash path (e.g. Gemma-2's softcapping)
+        if attn == "sdpa" and "scaled_dot_product_attention" not in str(e):
+            raise
+        log.info("attention %s unavailable for %s (%s); using the model's default", attn, path, e)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dt)
 
 
 def canonical_model_name(name_or_path: str | os.PathLike | None) -> str:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .corpus import split_windows
 from .sae_stats import Encoder, feature_statistics, windows_digest, xe_quantile_table
 from .sites import Site, run_sites
 
@@ -73,21 +74,6 @@ class TrainConfig:
     """Seed for window sampling, initialization and batch order."""
     forward_batch: int = 32
     """Windows per forward pass when capturing."""
-
-
-def make_windows(tok, docs: list[str], ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize documents (no special tokens) into non-overlapping windows.
-
-    Returns ``windows [n, ctx]`` (int64) and ``doc_index [n]``.
-    """
-    wins, idx = [], []
-    for d, text in enumerate(docs):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        n = len(ids) // ctx
-        if n:
-            wins.append(torch.tensor(ids[: n * ctx]).view(n, ctx))
-            idx.append(torch.full((n,), d))
-    return torch.cat(wins), torch.cat(idx)
 
 
 @torch.no_grad()
@@ -209,16 +195,6 @@ def save_sae_lens_dir(
     save_file(weights, str(out / "sae_weights.safetensors"))
 
 
-def split_windows(tok, docs: list[str], cfg: TrainConfig, gen: torch.Generator):
-    """Training and held-out windows ``[n, ctx]`` (every 10th document held out), seeded by ``gen``."""
-    windows, doc_idx = make_windows(tok, docs, cfg.ctx)
-    held = doc_idx % 10 == 3
-    train_w = windows[~held][torch.randperm(int((~held).sum()), generator=gen)][: cfg.train_tokens // cfg.ctx]
-    val_w = windows[held][torch.randperm(int(held.sum()), generator=gen)][: cfg.val_tokens // cfg.ctx]
-    log.info("windows: %d train, %d held-out (ctx %d)", len(train_w), len(val_w), cfg.ctx)
-    return train_w, val_w
-
-
 def captured(model, train_w, val_w, site: Site, cfg: TrainConfig, acts_cache: str | None):
     """Site activations of the training and held-out windows, from ``acts_cache`` when it was captured
     from exactly these windows (its recorded ``windows_digest``), else captured (and cached)."""
@@ -272,7 +248,9 @@ def recompute_statistics(model, tok, docs: list[str], sae_dir: str | Path, acts_
     cfg = TrainConfig(**stats["train_config"])
     site = parse_hook_name(cfg.site)
     site.validate(model)
-    train_w, val_w = split_windows(tok, docs, cfg, torch.Generator().manual_seed(cfg.seed))
+    train_w, val_w = split_windows(
+        tok, docs, cfg.ctx, cfg.train_tokens, cfg.val_tokens, torch.Generator().manual_seed(cfg.seed)
+    )
     train_a, val_a = captured(model, train_w, val_w, site, cfg, acts_cache)
     w = load_file(str(out / "sae_weights.safetensors"))
     enc = Encoder(w["W_enc"], w["b_enc"], w["b_dec"], w["W_dec"])
@@ -312,7 +290,7 @@ def train_sae(
     site = parse_hook_name(cfg.site)
     site.validate(model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_w, val_w = split_windows(tok, docs, cfg, gen)
+    train_w, val_w = split_windows(tok, docs, cfg.ctx, cfg.train_tokens, cfg.val_tokens, gen)
     train_a, val_a = captured(model, train_w, val_w, site, cfg, acts_cache)
     norms = train_a.norm(dim=-1)
     norm_cap = float(cfg.norm_cap_mult * norms.median())

@@ -10,7 +10,6 @@ bad option fails in one line before a store is touched. Local model and SAE path
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -23,16 +22,15 @@ import torch
 from ..checks import check_choice, check_int
 from ..engine.config import DreamConfig
 from ..engine.objectives import check_reduce
-from ..lm.models import DEFAULT_ALIASES, DEFAULT_MODEL, TL_PREFIX, parse_dtype, split_tl
+from ..lm.identity import sae_identity
+from ..lm.models import DEFAULT_ALIASES, TL_PREFIX, parse_dtype, split_tl
 
 __all__ = [
     "MAX_FEATURES",
     "SweepSpec",
     "check_device",
     "count_features",
-    "model_identity",
     "parse_features",
-    "sae_identity",
     "sae_width",
 ]
 
@@ -160,49 +158,6 @@ def _spans(text: str, n_latents: int | None) -> list[tuple[int, int, str]]:
 
 
 # ------------------------------------------------------------------------------------ identities
-
-
-def _file_digest(path: Path, limit: int = 1 << 20) -> str:
-    """sha256 of a file's size and first ``limit`` bytes (cheap for multi-GB weights)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(limit))
-    return h.hexdigest()[:16]
-
-
-def _dir_identity(path: Path) -> str:
-    parts = [str(path.resolve())]
-    for name in sorted(os.listdir(path)):
-        p = path / name
-        if p.is_file() and (name.endswith((".json", ".safetensors"))):
-            parts.append(f"{name}:{_file_digest(p)}")
-    return "|".join(parts)
-
-
-def model_identity(model: str | None) -> str:
-    """A stable identity of a model spec: the default's name, a local directory's files, or the name
-    (``tl:`` kept in front for a TransformerLens model)."""
-    tl, model = split_tl(model)
-    if tl:
-        return TL_PREFIX + model_identity(model)
-    if model is None or model in DEFAULT_ALIASES:
-        return DEFAULT_MODEL
-    if Path(model).expanduser().is_dir():
-        return f"dir:{_dir_identity(Path(model).expanduser())}"
-    return model
-
-
-def sae_identity(spec: str) -> tuple[str, Path | None]:
-    """A stable identity of an SAE spec, and its directory when it has one (fixture or local dir)."""
-    from ..lm.saes import FIXTURE_ALIASES, FIXTURE_DIR
-
-    name = FIXTURE_ALIASES.get(spec, spec)
-    if Path(name).name == name and (FIXTURE_DIR / name / "cfg.json").exists():
-        return f"fixture:{name}", FIXTURE_DIR / name
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return f"dir:{_dir_identity(p)}", p
-    return f"spec:{spec}", None
 
 
 def sae_width(spec: str) -> int:

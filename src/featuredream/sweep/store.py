@@ -30,7 +30,8 @@ from typing import Any
 
 from ..engine.config import default_children
 from ..engine.results import FeatureError
-from .spec import SweepSpec, model_identity, sae_identity
+from ..lm.identity import model_identity, sae_identity
+from .spec import SweepSpec
 
 __all__ = ["STORE_FILE", "SweepStore", "check_out_dir", "first_difference", "fingerprint", "resolve_runtime"]
 

@@ -1,4 +1,4 @@
-"""``featuredream dream | score | train-sae | inspect | card``; options come from the config dataclasses.
+"""``featuredream dream | score | train-sae | stats | inspect | card``; options come from the config dataclasses.
 
 Each command family is a module (:mod:`.dream`, :mod:`.train`, :mod:`.inspect`, :mod:`.sweep`) with
 ``register(subparsers)`` and ``COMMANDS``; the options they share are in :mod:`.options`.
@@ -16,11 +16,11 @@ import os
 import sys
 import traceback
 
-from . import dream, inspect, sweep, train
+from . import dream, inspect, stats, sweep, train
 
 log = logging.getLogger("featuredream")
 
-FAMILIES = (dream, train, inspect, sweep)
+FAMILIES = (dream, train, stats, inspect, sweep)
 """The command modules, in the order their commands are listed: each has ``register`` and ``COMMANDS``."""
 
 

@@ -16,20 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .identity import FIXTURE_ALIASES, FIXTURE_DIR, fixture_names
 from .models import text_config
 from .sites import HEAD_KINDS, Site, head_dim, parse_hook_name
 from .tl import as_model
 
 log = logging.getLogger(__name__)
-
-FIXTURE_DIR = Path(__file__).parent.parent / "data" / "saes"
-FIXTURE_ALIASES = {"default": "smollm2-res12", "query": "smollm2-q18h6"}
-
-
-def fixture_names() -> list[str]:
-    """Names of the SAEs shipped in the package (plus the alias ``default``)."""
-    names = sorted(p.name for p in FIXTURE_DIR.glob("*") if (p / "cfg.json").exists())
-    return list(FIXTURE_ALIASES) + names
 
 
 @dataclass
@@ -207,8 +199,13 @@ def _load_dir(path: Path, device: str, dtype: str):
         ) from e
 
 
-def _load_stats(path: Path) -> FeatureStats | None:
+def _load_stats(path: Path, required: bool = False) -> FeatureStats | None:
     feats, info = path / "features.safetensors", path / "stats.json"
+    if required and not feats.exists():
+        raise ValueError(
+            f"statistics directory {str(path)!r} has no features.safetensors: valid is a directory written by "
+            "'featuredream stats --out DIR'"
+        )
     if not feats.exists() and not info.exists():
         return None
     from safetensors.torch import load_file
@@ -220,20 +217,35 @@ def _load_stats(path: Path) -> FeatureStats | None:
         raise ValueError(f"SAE statistics in {str(path)!r} could not be read ({type(e).__name__})") from e
 
 
-def ships_xe_table(spec: str | Path) -> bool:
-    """Whether the SAE named by ``spec`` (fixture or directory) ships an XE table, read without loading it."""
-    name = FIXTURE_ALIASES.get(str(spec), str(spec))
-    path = FIXTURE_DIR / name if (FIXTURE_DIR / name).is_dir() else Path(str(spec)).expanduser()
-    feats = path / "features.safetensors"
-    if not feats.is_file():
-        return False
-    from safetensors import safe_open
+def stats_cache_root(model_id: str, sae_id: str) -> Path:
+    """Where ``featuredream stats`` caches statistics of this SAE on this model: one folder per
+    (corpus digest, tokens) below it."""
+    import hashlib
 
-    try:
-        with safe_open(str(feats), "pt") as f:
-            return {"xe_lengths", "xe_quantiles"} <= set(f.keys())
-    except Exception:
-        return False
+    from .models import cache_dir
+
+    key = hashlib.sha256(f"{model_id}\n{sae_id}".encode()).hexdigest()[:20]
+    return cache_dir() / "stats" / key
+
+
+def cached_stats_dir(model_id: str, sae_id: str) -> Path | None:
+    """The newest cached statistics of this SAE on this model (None when there are none)."""
+    root = stats_cache_root(model_id, sae_id)
+    found = [p.parent for p in root.glob("*/features.safetensors")] if root.is_dir() else []
+    return max(found, key=lambda p: (p / "features.safetensors").stat().st_mtime) if found else None
+
+
+def find_stats(spec: str, model: nn.Module | None) -> Path | None:
+    """Statistics for the SAE ``spec`` made by ``featuredream stats`` for ``model``, from the cache."""
+    if model is None:
+        return None
+    from .identity import loaded_model_identity, sae_weights_identity
+    from .models import model_name
+
+    found = cached_stats_dir(loaded_model_identity(model_name(model)), sae_weights_identity(spec))
+    if found is not None:
+        log.info("SAE %s: statistics from %s", spec, found)
+    return found
 
 
 def load_sae(
@@ -243,6 +255,7 @@ def load_sae(
     device: str | torch.device | None = None,
     dtype: str = "float32",
     head: int | None = None,
+    stats_dir: str | Path | None = None,
 ) -> BoundSAE:
     """Load an SAE and bind it to its site.
 
@@ -252,6 +265,9 @@ def load_sae(
             sae-lens registry (used when cached or online).
         model: when given, the site is checked to exist in it and the SAE's width to match it there.
         head: for head sites of SAEs without ``hook_head_index``, the head to bind to.
+        stats_dir: a directory of statistics (``featuredream stats --out DIR``). Without it: when ``model``
+            is given, the newest that ``featuredream stats`` cached for this SAE on this model
+            (:func:`find_stats`), else those beside the SAE (shipped fixtures, ``train-sae``, ``--out``).
 
     ``model`` may be a TransformerLens ``HookedTransformer`` (see :mod:`featuredream.lm.tl`).
     """
@@ -273,18 +289,25 @@ def load_sae(
         release, sae_id = spec_s.split(":", 1)
         from sae_lens import SAE
 
-        try:
-            sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
-        except Exception as e:
-            raise ValueError(
-                f"could not load SAE {spec_s!r} from the sae-lens registry (not cached and no hub access?): "
-                f"{type(e).__name__}"
-            ) from e
+        from .hub import hub_access
+
+        with hub_access() as online:
+            try:
+                sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+            except Exception as e:
+                where = "" if online else " (the hub is not reachable: only the local cache was read)"
+                raise ValueError(
+                    f"could not load SAE {spec_s!r} from the sae-lens registry{where}: {type(e).__name__}"
+                ) from e
     else:
         raise ValueError(
             f"unknown SAE spec {spec_s!r}: valid are {', '.join(fixture_names())}, a sae-lens directory, "
             "or 'release:sae_id' from the sae-lens registry"
         )
+    if stats_dir is not None:
+        stats = _load_stats(Path(stats_dir).expanduser(), required=True)
+    elif (found := find_stats(spec_s, model)) is not None:
+        stats = _load_stats(found)
     meta = sae.cfg.metadata
     hook = meta.hook_name if meta is not None else None
     if not hook:

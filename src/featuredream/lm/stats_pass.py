@@ -1,0 +1,357 @@
+"""Statistics for any SAE from a corpus, in one streaming pass over all latents (``featuredream stats``).
+
+Per latent: the maximum encoder pre-activation, the maximum decoder projection, the fire rate, and the
+top ``k`` examples (one per window) with their whole context, in the layout the shipped SAEs carry (see
+:mod:`featuredream.lm.sae_stats`), so warm starts, ``--xe-max pNN``, the ratio to the dataset maximum, the
+card and ``inspect examples`` work for any SAE once its statistics exist. Plus the natural-text XE table of
+held-out windows of the same corpus, and provenance (model and SAE identity, corpus and windows digests,
+tokens, date).
+
+Memory is bounded independently of the corpus: activations are never kept, each latent keeps its running
+top ``k`` (``[k, d_sae, ctx + after]`` tokens and per-token activations). The pass is cut into chunks; after
+each one its state is written to ``OUT/.stats-partial.safetensors``, so a killed pass resumes
+(:attr:`StatsConfig.resume`) losing at most one chunk. Batches are sized to the device and halved on an
+out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checks import check_int
+from .activations import latent_values, model_device, site_activations
+from .sae_stats import windows_digest
+from .saes import BoundSAE, FeatureStats
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".stats-partial.safetensors"
+NORM_CAP_MULT = 3.0
+"""Without a recorded norm cap, positions whose norm exceeds this x the median are dropped (as in
+``train_sae``): the first token's "massive activation" would otherwise win every latent's maximum."""
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Every knob of the statistics pass (``featuredream stats``)."""
+
+    tokens: int = 600_000
+    """Corpus tokens scanned for the per-latent statistics (``tokens // ctx`` windows)."""
+    heldout_tokens: int = 40_000
+    """Tokens of held-out documents (every 10th) for the natural-text XE table."""
+    ctx: int | None = None
+    """Tokens per window (None: the SAE's training context, else 64)."""
+    top_k_examples: int = 8
+    """Top examples kept per latent (one per window)."""
+    after: int = 8
+    """Tokens kept after the activating token of an example (for display)."""
+    seed: int = 0
+    """Seed of the window shuffle (the shipped SAEs' statistics use 0)."""
+    batch: int | None = None
+    """Windows per forward pass (None: sized to the device; halved on out-of-memory)."""
+    chunk_tokens: int = 65_536
+    """Tokens between checkpoints: a killed pass resumes losing at most this much work."""
+    resume: bool = False
+    """Resume from ``OUT/.stats-partial.safetensors`` (refused when it came from other windows or SAE)."""
+
+    def check(self) -> None:
+        for name in ("tokens", "heldout_tokens", "top_k_examples", "chunk_tokens"):
+            check_int(name, getattr(self, name), 1)
+        check_int("after", self.after, 0)
+        check_int("seed", self.seed, 0)
+        if self.ctx is not None:
+            check_int("ctx", self.ctx, 2)
+        if self.batch is not None:
+            check_int("batch", self.batch, 1)
+
+
+def check_tokens(cfg: StatsConfig, ctx: int) -> None:
+    """``tokens`` must hold ``top_k_examples`` windows and ``heldout_tokens`` 20 windows (a percentile table
+    of fewer is noise); ValueError naming the bound otherwise."""
+    if cfg.tokens < ctx * cfg.top_k_examples:
+        raise ValueError(
+            f"--tokens {cfg.tokens} is below what the statistics need: valid is >= {ctx * cfg.top_k_examples} "
+            f"({cfg.top_k_examples} windows of {ctx} tokens)"
+        )
+    if cfg.heldout_tokens < 20 * ctx:
+        raise ValueError(
+            f"--heldout-tokens {cfg.heldout_tokens} is below what the XE table needs: valid is >= {20 * ctx} "
+            f"(20 windows of {ctx} tokens)"
+        )
+
+
+@dataclass
+class TopState:
+    """The running statistics: ``values [k, d]`` (-inf: none yet), ``tokens [k, d, w]`` (int32, -1 = none),
+    ``acts [k, d, w]`` (float16), ``pos [k, d]`` (activating index), ``fires / max_proj [d]``, counters."""
+
+    values: torch.Tensor
+    tokens: torch.Tensor
+    acts: torch.Tensor
+    pos: torch.Tensor
+    fires: torch.Tensor
+    max_proj: torch.Tensor
+    positions: int = 0
+    done: int = 0
+    """Windows consumed (the next chunk starts here)."""
+
+    @classmethod
+    def empty(cls, k: int, d: int, w: int, dev) -> TopState:
+        return cls(
+            torch.full((k, d), -math.inf, device=dev),
+            torch.full((k, d, w), -1, dtype=torch.int32, device=dev),
+            torch.zeros((k, d, w), dtype=torch.float16, device=dev),
+            torch.full((k, d), -1, dtype=torch.long, device=dev),
+            torch.zeros(d, dtype=torch.float64, device=dev),
+            torch.full((d,), -math.inf, device=dev),
+        )
+
+    TENSORS = ("values", "tokens", "acts", "pos", "fires", "max_proj")
+
+    def save(self, path: Path, meta: dict) -> None:
+        tensors = {n: getattr(self, n).cpu().contiguous() for n in self.TENSORS}
+        meta = {**meta, "positions": str(self.positions), "done": str(self.done)}
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, meta: dict, dev) -> TopState:
+        with safe_open(str(path), "pt") as f:
+            got = f.metadata() or {}
+            diff = [k for k in meta if got.get(k) != meta[k]]
+            if diff:
+                raise ValueError(
+                    f"cannot resume from {str(path)!r}: it was made with another {', '.join(diff)} "
+                    f"({got.get(diff[0])!r} vs {meta[diff[0]]!r}); delete it or run without --resume"
+                )
+            t = {n: f.get_tensor(n).to(dev) for n in cls.TENSORS}
+        return cls(**t, positions=int(got["positions"]), done=int(got["done"]))
+
+
+def _update(st: TopState, sae: BoundSAE, x, valid, ids, after: int, w_dec_unit) -> None:
+    """Merge one batch (``x [b, s, d_in]``, ``valid [b, s]``, ``ids [b, s]``) into the running top-k:
+    a latent's value in a window is its maximum over the window's valid positions; ties go to the earlier
+    window, so the result does not depend on the batch size."""
+    k, d, w = st.tokens.shape
+    s = ids.shape[1]
+    st.positions += int(valid.sum())
+    st.fires += ((latent_values(sae, x, "code") > 0) & valid[..., None]).sum((0, 1)).double()
+    xf = x.float()
+    proj = (xf @ w_dec_unit.T).masked_fill(~valid[..., None], -math.inf)
+    st.max_proj = torch.maximum(st.max_proj, proj.amax((0, 1)))
+    pre = latent_values(sae, xf, "pre")  # [b, s, d]
+    m, p = pre.masked_fill(~valid[..., None], -math.inf).max(dim=1)  # [b, d]
+    # a stable sort: among equal values the earlier window stays first (kept entries come before the batch)
+    vals, idx = torch.cat([st.values, m]).sort(dim=0, descending=True, stable=True)
+    st.values, idx = vals[:k], idx[:k]  # [k, d]; idx >= k: a row of this batch
+    old = idx.clamp(max=k - 1)
+    st.tokens = st.tokens.gather(0, old[..., None].expand(k, d, w))
+    st.acts = st.acts.gather(0, old[..., None].expand(k, d, w))
+    st.pos = st.pos.gather(0, old)
+    kk, dd = (idx >= k).nonzero(as_tuple=True)
+    if len(kk) == 0:
+        return
+    r = idx[kk, dd] - k
+    pp = p[r, dd]
+    span = torch.arange(s, device=ids.device) <= pp[:, None] + after  # [n, s]
+    st.tokens[kk, dd] = -1
+    st.acts[kk, dd] = 0
+    st.tokens[kk, dd, :s] = ids[r].int().masked_fill(~span, -1)
+    st.acts[kk, dd, :s] = pre[r, :, dd].masked_fill(~(span & valid[r]), 0.0).half()
+    st.pos[kk, dd] = pp
+
+
+def default_batch(dev: torch.device, ctx: int, d_sae: int) -> int:
+    """Windows per pass: 32 on CPU; on CUDA as many as fit a quarter of the free memory (the ``[b, ctx,
+    d_sae]`` pre-activations and their projections dominate), at most 512."""
+    if dev.type != "cuda":
+        return 32
+    free, _ = torch.cuda.mem_get_info(dev)
+    per_window = ctx * d_sae * 4 * 4
+    return int(max(1, min(512, free // 4 // per_window)))
+
+
+def norm_cap_of(model: nn.Module, sae: BoundSAE, windows: torch.Tensor, batch: int) -> float:
+    """The SAE's recorded norm cap, else ``NORM_CAP_MULT`` x the median activation norm of the first
+    windows (at most 64)."""
+    if sae.stats is not None and sae.stats.norm_cap is not None:
+        return float(sae.stats.norm_cap)
+    dev = model_device(model)
+    ids = windows[: min(64, len(windows))].to(dev)
+    norms = []
+    for part in ids.split(batch):
+        x = site_activations(model, sae.site, part, torch.ones_like(part, dtype=torch.bool))
+        norms.append(x.float().norm(dim=-1).flatten().cpu())
+    return float(NORM_CAP_MULT * torch.cat(norms).median())
+
+
+def _run_batches(model, sae, windows, st, cfg, cap, save_chunk) -> None:
+    """Stream ``windows[st.done:]`` through the model into ``st``, checkpointing after every chunk."""
+    dev = model_device(model)
+    W = sae.sae.W_dec.detach().float()
+    w_dec_unit = W / W.norm(dim=1, keepdim=True)
+    ctx = windows.shape[1]
+    batch = cfg.batch or default_batch(dev, ctx, sae.d_sae)
+    per_chunk = max(1, cfg.chunk_tokens // ctx)
+    bar = tqdm(
+        total=len(windows) * ctx, initial=st.done * ctx, desc="statistics", unit="tok", unit_scale=True
+    )
+    while st.done < len(windows):
+        end = min(len(windows), st.done + per_chunk)
+        at = st.done
+        while at < end:
+            ids = windows[at : min(end, at + batch)].to(dev)
+            try:
+                x = site_activations(model, sae.site, ids, torch.ones_like(ids, dtype=torch.bool))
+                valid = x.float().norm(dim=-1) <= cap
+                _update(st, sae, x, valid, ids, cfg.after, w_dec_unit)
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if "out of memory" not in str(e).lower() or batch == 1:
+                    raise
+                batch = max(1, batch // 2)
+                log.warning("out of memory: statistics batch halved to %d", batch)
+                torch.cuda.empty_cache()
+                continue
+            at += len(ids)
+            bar.update(len(ids) * ctx)
+        st.done = end
+        save_chunk(st)
+    bar.close()
+
+
+def to_feature_tensors(st: TopState, ctx: int) -> dict[str, torch.Tensor]:
+    """The shipped layout: ``[d, k, ...]`` examples, float32 maxima, fire rate over valid positions."""
+    found = torch.isfinite(st.values)  # [k, d]
+    tokens = st.tokens.masked_fill(~found[..., None], -1)
+    return {
+        "max_activation": st.values[0].float().cpu(),
+        "max_projection": st.max_proj.float().cpu(),
+        "fire_rate": (st.fires / max(st.positions, 1)).float().cpu(),
+        "top_tokens": tokens.permute(1, 0, 2).contiguous().cpu(),
+        "top_acts": st.acts.permute(1, 0, 2).contiguous().cpu(),
+        "top_pos": torch.where(found, st.pos, -1).T.to(torch.int16).contiguous().cpu(),
+        "top_values": st.values.T.float().contiguous().cpu(),
+    }
+
+
+@dataclass(frozen=True)
+class StatsInputs:
+    """What a pass reads: the model and SAE (with their identities), the corpus' documents and its name."""
+
+    model: nn.Module
+    tok: object
+    sae: BoundSAE
+    docs: list[str]
+    corpus: str
+    model_id: str
+    sae_id: str
+
+
+@torch.no_grad()
+def compute_statistics(inp: StatsInputs, cfg: StatsConfig, out: str | Path) -> FeatureStats:
+    """Run the pass and write ``out/features.safetensors`` + ``out/stats.json``; returns the statistics.
+
+    The windows are :func:`~featuredream.lm.corpus.split_windows` of the corpus with ``cfg.seed``: on the
+    default corpus with the shipped recipe's numbers (600k tokens, 40k held out, seed 0, ctx 64) they are
+    the windows the shipped statistics came from.
+    """
+    from .corpus import split_windows
+    from .identity import texts_digest
+    from .site_store import model_fingerprint
+    from .xe_table import model_xe_table
+
+    cfg.check()
+    ctx = cfg.ctx or inp.sae.context_size or 64
+    check_tokens(cfg, ctx)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    wins, held = split_windows(inp.tok, inp.docs, ctx, cfg.tokens, cfg.heldout_tokens, gen)
+    if len(wins) < cfg.top_k_examples or len(held) < 20:
+        raise ValueError(
+            f"the corpus gives {len(wins)} windows to scan and {len(held)} held-out windows of {ctx} tokens: "
+            f"valid is a corpus with at least {cfg.top_k_examples} and 20 (every 10th document is held out)"
+        )
+    digest = windows_digest(torch.cat([wins, held]))
+    batch = cfg.batch or default_batch(model_device(inp.model), ctx, inp.sae.d_sae)
+    cap = norm_cap_of(inp.model, inp.sae, wins, batch)
+    meta = {"windows_digest": digest, "sae": inp.sae_id, "model": inp.model_id, "norm_cap": repr(cap)}
+    meta["shape"] = f"{cfg.top_k_examples}x{ctx + cfg.after}"
+    partial = out / PARTIAL
+    dev = model_device(inp.model)
+    if cfg.resume and partial.exists():
+        st = TopState.load(partial, meta, dev)
+        log.info("resuming at window %d of %d", st.done, len(wins))
+    else:
+        st = TopState.empty(cfg.top_k_examples, inp.sae.d_sae, ctx + cfg.after, dev)
+    _run_batches(inp.model, inp.sae, wins, st, cfg, cap, lambda s: s.save(partial, meta))
+    tensors = to_feature_tensors(st, ctx)
+    tensors.update(model_xe_table(inp.model, held, model_id=model_fingerprint(inp.model), batch=batch))
+    info = _provenance(inp, cfg, ctx, cap, st, wins, held, digest, texts_digest(inp.docs))
+    info["seconds"] = round(time.time() - t0, 1)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "features.safetensors"))
+    _write_info(out / "stats.json", info)
+    partial.unlink(missing_ok=True)
+    log.info("statistics written to %s (%d positions, %.0f s)", out, st.positions, info["seconds"])
+    return FeatureStats(tensors, info)
+
+
+def _provenance(inp: StatsInputs, cfg, ctx, cap, st, wins, held, digest, corpus_digest) -> dict:
+    return {
+        "kind": "featuredream stats",
+        "site": inp.sae.site.hook_name,
+        "head": inp.sae.site.head,
+        "model": inp.model_id,
+        "sae": inp.sae_id,
+        "sae_name": inp.sae.name,
+        "corpus": inp.corpus,
+        "corpus_digest": corpus_digest,
+        "documents": len(inp.docs),
+        "windows_digest": digest,
+        "statistics_windows": len(wins),
+        "xe_table_windows": len(held),
+        "tokens": int(wins.numel()),
+        "positions": st.positions,
+        "context_len": ctx,
+        "norm_cap": cap,
+        "dead_fraction": float((st.fires == 0).float().mean()),
+        "examples": f"whole context from the window start to the activating token + {cfg.after} after",
+        "config": asdict(cfg),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch": torch.__version__,
+    }
+
+
+def _write_info(path: Path, info: dict) -> None:
+    """``stats.json``: the pass's provenance; a training record already there (``train_sae``'s FVU, recipe,
+    norm cap) is kept, so the shipped SAEs' statistics can be remade in place."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    keep = {k: v for k, v in old.items() if "train_config" in old and k not in info}
+    path.write_text(json.dumps({**keep, **info}, indent=2))
+
+
+def shipped_config(info: dict) -> StatsConfig:
+    """The pass that remakes a shipped SAE's statistics: its recipe's windows (``train_config`` in its
+    ``stats.json``: tokens, held-out tokens, context, seed, examples)."""
+    t = info["train_config"]
+    return StatsConfig(
+        tokens=t["train_tokens"],
+        heldout_tokens=t["val_tokens"],
+        ctx=t["ctx"],
+        top_k_examples=t["top_k_examples"],
+        after=t["example_after"],
+        seed=t["seed"],
+    )

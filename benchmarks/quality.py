@@ -95,7 +95,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sae", default="default", help="shipped SAE with statistics (default, query)")
+    ap.add_argument("--model", default=None, help="model (default: the embedded SmolLM2; e.g. gemma3-270m)")
+    ap.add_argument(
+        "--sae", default="default", help="SAE with statistics (shipped, or made by featuredream stats)"
+    )
     ap.add_argument("--n-latents", type=int, default=30)
     ap.add_argument("--budget", type=float, default=60.0, help="wall seconds per latent and mode")
     ap.add_argument("--seed", type=int, default=0)
@@ -114,7 +117,7 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(args.seed)
-    model, tok = load_model(None, device="cpu")
+    model, tok = load_model(args.model, device="cpu")
     sae = load_sae(args.sae, model=model)
     tune = tune_latents(sae)
     if args.latents:

@@ -52,7 +52,6 @@ BAD = [
     ),
     (["--feature", "1", "--xe-max", "p101"], "xe_max='p101' is invalid: valid is a number > 0, pNN"),
     (["--feature", "1", "--xe-max", "abc"], "xe_max='abc' is invalid"),
-    (["--feature", "1", "--xe-max", "p90"], "xe_max='p90' needs an SAE whose statistics ship an XE table"),
     (
         ["--feature", "1", "--sae", "CTX8", "--max-tokens", "9"],
         "max_tokens=9 exceeds the SAE's context of 8 tokens: valid are 3..8",

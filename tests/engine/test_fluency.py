@@ -83,8 +83,14 @@ def test_pnn_limit_is_read_at_each_length():
     assert lim.of([8, 32]).tolist() == pytest.approx([9.9, 6.9])
     assert resolve_xe_limit(5.0, _Obj(None), 32).at(30) == 5.0
     assert resolve_xe_limit(None, _Obj(None), 32) is None
-    with pytest.raises(ValueError, match="xe_max='p90' needs an SAE whose statistics ship an XE table"):
+    with pytest.raises(ValueError, match="xe_max='p90' needs a natural-text XE table"):
         resolve_xe_limit("p90", _Obj(FeatureStats({}, {})), 32)
+    # without an SAE table the model's own table is read (and only then)
+    asked = []
+    model_lim = resolve_xe_limit("p90", _Obj(None), 32, lambda: asked.append(1) or _table_stats().tensors)
+    assert model_lim.at(8) == pytest.approx(9.9) and asked == [1]
+    resolve_xe_limit("p90", _Obj(_table_stats()), 32, lambda: asked.append(2) or {})
+    assert asked == [1]
     rec = lim.describe(8, 10)
     assert rec["spec"] == "p90" and list(rec["by_length"]) == [8, 9, 10]
 

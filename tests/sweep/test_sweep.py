@@ -161,8 +161,25 @@ def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp
     o = run_sweep(_spec(sweep_dirs), parse_features(features), ref, progress=False)
     assert (o.requested, o.skipped, o.written, o.errors) == (6, 0, 6, 0)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "featuredream.cli", "sweep", "--features", features, "--out", str(out),
-           "--model", sweep_dirs["model"], "--sae", sweep_dirs["sae"], "--group-size", "1", *FAST_ARGS]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "featuredream.cli",
+        "sweep",
+        "--features",
+        features,
+        "--out",
+        str(out),
+        "--model",
+        sweep_dirs["model"],
+        "--sae",
+        sweep_dirs["sae"],
+        "--group-size",
+        "1",
+        "--xe-max",
+        "none",
+        *FAST_ARGS,
+    ]  # fmt: skip  (the library spec's xe_max is None; the CLI's default is p90)
     flag = tmp_path / "ready"
     env = {**os.environ, "OMP_NUM_THREADS": "1", ready.ENV: str(flag)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -285,7 +302,7 @@ def test_cli_sweep_resume_and_summary(sweep_dirs, tmp_path, capsys):
     code, text, _ = _cli(capsys, *base, "--features", "0-3", "--resume")
     assert code == 0 and "4 features, 3 already done, 1 written now" in text
     code, _, err = _cli(capsys, *base, "--features", "0-3", "--resume", "--xe-max", "4")
-    assert code == 2 and "refusing to mix" in err and "config.xe_max=None" in err
+    assert code == 2 and "refusing to mix" in err and "config.xe_max='p90'" in err  # the CLI default
     assert len(err.strip().splitlines()) == 1
     code, text, _ = _cli(capsys, "sweep-summary", str(out), "--worst", "2")
     assert code == 0 and "4 stored, 4 dreamed" in text and (out / "index.html").exists()

@@ -22,6 +22,7 @@ from .options import (
     config_from,
     feature_id,
     int_at_least,
+    load_checked_sae,
 )
 
 log = logging.getLogger("featuredream")
@@ -86,8 +87,6 @@ def setup(args):
     """``(model, tokenizer, sae or None, objective)`` for the target the options name."""
     from ..engine.objectives import make_objective
     from ..lm.models import load_model
-    from ..lm.sae_check import check_site
-    from ..lm.saes import load_sae
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     if getattr(args, "direction", None) is not None or getattr(args, "key_text", None) is not None:
@@ -100,9 +99,7 @@ def setup(args):
         raise ValueError(
             "no target: valid is --feature N (a latent of --sae) or --site with --direction / --key-text"
         )
-    sae = load_sae(args.sae, model=model)
-    fvu = check_site(model, tok, sae)
-    log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
+    sae = load_checked_sae(args, model, tok)
     objective = make_objective(
         sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard
     )
@@ -137,7 +134,7 @@ def cmd_dream(args) -> int:
         )
     )
     if result.dataset_max is not None:
-        print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}")
+        print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}  (from {result.dataset})")
     print(
         f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
         f"{result.wall_time:.1f} s ({result.stop_reason})"

@@ -75,6 +75,10 @@ class DreamConfig:
     """Candidates per forward pass (halves automatically on out-of-memory)."""
     n_start_samples: int = 8
     """Model samples added to the start pool by 'samples' / 'auto'."""
+    cold_samples: int = 128
+    """Without dataset examples (``start='samples'``, a cold start): model samples of ``max_tokens`` tokens
+    scanned in one pass for each one's best prefix; the ``n_start_samples`` best enter the pool cut there
+    (0: plain samples only)."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -86,6 +90,8 @@ class DreamConfig:
         for name in names + (["n_children"] if self.n_children is not None else []):
             check_int(name, getattr(self, name))
         check_int("min_tokens", self.min_tokens, 2)
+        check_int("n_start_samples", self.n_start_samples, 0)
+        check_int("cold_samples", self.cold_samples, 0)
         if self.min_tokens > self.max_tokens:
             raise ValueError(
                 f"min_tokens={self.min_tokens} > max_tokens={self.max_tokens}: valid is min_tokens <= max_tokens"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import torch
+
+from ..lm.saes import FeatureStats
 
 _PCT = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 XE_MAX_VALID = "a number > 0, pNN with NN in 1..99 (that percentile of natural text's XE at each prompt's length), or none"
@@ -59,22 +62,24 @@ class XeLimit:
         return {"spec": self.spec, "by_length": {n: round(self.at(n), 4) for n in range(lo, hi + 1)}}
 
 
-def resolve_xe_limit(spec: float | str | None, objective, max_tokens: int) -> XeLimit | None:
-    """The :class:`XeLimit` of a config's ``xe_max`` for one objective. A 'pNN' reads the XE table
-    shipped with the objective's SAE statistics."""
+def resolve_xe_limit(
+    spec: float | str | None, objective, max_tokens: int, model_table: Callable[[], dict] | None = None
+) -> XeLimit | None:
+    """The :class:`XeLimit` of a config's ``xe_max`` for one objective. A 'pNN' reads the XE table in the
+    statistics of the objective's SAE, else the model's own table on the default corpus (``model_table()``,
+    see :func:`featuredream.lm.xe_table.default_xe_table`)."""
     spec = parse_xe_max(spec)
     if spec is None:
         return None
     if isinstance(spec, float):
         return XeLimit(spec)
-    sae = getattr(objective, "sae", None)
-    stats = getattr(sae, "stats", None)
+    stats = getattr(getattr(objective, "sae", None), "stats", None)
     if stats is None or not stats.has_xe_table():
-        name = getattr(sae, "name", None)
-        raise ValueError(
-            f"xe_max={spec!r} needs an SAE whose statistics ship an XE table "
-            f"({'SAE ' + repr(name) + ' has none' if name else 'this objective has no SAE'}; the shipped "
-            "SAEs and `featuredream train-sae` have one): valid here are a number > 0 or none"
-        )
+        if model_table is None:
+            raise ValueError(
+                f"xe_max={spec!r} needs a natural-text XE table (an SAE's statistics or the model's): valid "
+                "here are a number > 0 or none"
+            )
+        stats = FeatureStats(model_table(), {})
     lengths = torch.arange(max_tokens + 1)
     return XeLimit(spec, stats.xe_quantile(float(spec[1:]), lengths))

@@ -39,6 +39,7 @@ from .batch import pad_right
 from .buffer import Buffer, Entry
 from .children import Canonicalizer, banned_ids, make_children
 from .config import DreamConfig, default_children
+from .corpus_scan import dataset_examples
 from .evaluate import EvalOutput, Evaluator
 from .fluency import resolve_xe_limit
 from .group import ObjectiveGroup, Single
@@ -46,7 +47,7 @@ from .interrupt import stop_requested
 from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import FeatureError
 from .signals import batched_parent_signals
-from .starts import check_context, model_samples, start_pool
+from .starts import check_context, model_samples, scanned_samples, start_pool
 from .state import FeatureRun
 from .verify import finish_result
 
@@ -63,7 +64,7 @@ class DreamLoop:
     """
 
     def __init__(self, model: nn.Module, tokenizer, group: ObjectiveGroup, config: DreamConfig, seeds=None):
-        model = as_model(model)  # a TransformerLens model: its adapter (lm.tl)
+        model = as_model(model, tokenizer)  # TransformerLens: its adapter (lm.tl); a BOS model: lm.bos
         K = len(group)
         seeds = [config.seed] * K if seeds is None else list(seeds)
         if len(seeds) != K:
@@ -86,16 +87,26 @@ class DreamLoop:
         # The cascade skips XE for children that cannot enter the buffer; a Pareto frontier needs every point.
         self.cascade = cfg.needs_xe and cfg.cascade and cfg.pareto is None
         self.scorer = Evaluator(model, group, need_xe=False, **fast)
+        self._xe_table: dict | None = None
         self.runs = [self._new_run(k, seed) for k, seed in enumerate(seeds)]
         self.interrupted = False
         self.loop_seconds = 0.0
-        self._samples: dict[int, list[list[int]]] = {}  # model samples per seed
+        self._samples: dict[tuple[int, int, int], list[list[int]]] = {}  # per (seed, number, length)
+
+    def _model_xe_table(self) -> dict:
+        """The model's natural-text XE table on the default corpus (computed once per model, cached)."""
+        from ..lm.site_store import model_fingerprint
+        from ..lm.xe_table import default_xe_table
+
+        if self._xe_table is None:
+            self._xe_table = default_xe_table(self.model, self.tok, model_fingerprint(self.model))
+        return self._xe_table
 
     def _new_run(self, k: int, seed: int) -> FeatureRun:
         cfg, single = replace(self.cfg, seed=seed), self.group.singles[k]
         penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
         per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
-        limit = resolve_xe_limit(cfg.xe_max, single, cfg.max_tokens)
+        limit = resolve_xe_limit(cfg.xe_max, single, cfg.max_tokens, self._model_xe_table)
         return FeatureRun(
             k,
             single,
@@ -132,14 +143,13 @@ class DreamLoop:
 
     def _start_job(self, r: FeatureRun) -> Job | None:
         """Feature ``r``'s start pool, canonical; model samples are made once per seed for all features."""
-        pool = start_pool(self.model, self.tok, r.objective, replace(r.cfg, n_start_samples=0), r.gen)
-        if r.cfg.start in ("samples", "auto") and r.cfg.n_start_samples > 0:
-            samples = self._samples.get(r.cfg.seed)
-            if samples is None:
-                length = (r.cfg.min_tokens + r.cfg.max_tokens) // 2
-                samples = model_samples(self.model, self.tok, r.cfg.n_start_samples, length, r.cfg.seed)
-                self._samples[r.cfg.seed] = samples
-            pool += [(s, "samples") for s in samples]
+        if r.cfg.start in ("dataset", "auto"):
+            r.dataset = dataset_examples(self.model, self.tok, r.objective, r.cfg.min_tokens)
+        pool = start_pool(
+            self.model, self.tok, r.objective, replace(r.cfg, n_start_samples=0), r.gen, r.dataset
+        )
+        if r.cfg.start in ("samples", "auto"):
+            pool += self._sample_starts(r)
         canon = r.canon([torch.tensor(ids, device=self.dev) for ids, _ in pool])
         seqs = [c for c in canon if c is not None]
         sources = [src for c, (_, src) in zip(canon, pool) if c is not None]
@@ -151,6 +161,23 @@ class DreamLoop:
             return None
         r.seen.update(tuple(s.tolist()) for s in seqs)
         return (r, seqs, sources, None)
+
+    def _sample_starts(self, r: FeatureRun) -> list[tuple[list[int], str]]:
+        """Model samples for the start pool, made once per seed (and size) for all features; a cold start (no
+        dataset examples) makes ``cold_samples`` of ``max_tokens`` tokens and scans them (:func:`scanned_samples`)."""
+        cfg = r.cfg
+        cold = cfg.cold_samples > 0 and not (r.dataset is not None and r.dataset.contexts)
+        n = cfg.cold_samples if cold else cfg.n_start_samples
+        length = cfg.max_tokens if cold else (cfg.min_tokens + cfg.max_tokens) // 2
+        key = (cfg.seed, n, length)
+        if key not in self._samples:
+            self._samples[key] = model_samples(self.model, self.tok, n, length, cfg.seed) if n > 0 else []
+        samples = self._samples[key]
+        return (
+            scanned_samples(self.model, r.objective, samples, cfg)
+            if cold
+            else [(s, "samples") for s in samples]
+        )
 
     # ---- one iteration ----
     def step(self, it: int) -> None:

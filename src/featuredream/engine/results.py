@@ -61,6 +61,9 @@ class DreamResult:
     n_dropped_retokenization: int = 0
     n_capped_positions: int = 0
     dataset_max: float | None = None
+    """The feature's corpus maximum (the ratio's denominator)."""
+    dataset: str | None = None
+    """Where ``dataset_max`` and the dataset starts come from: the SAE's statistics or a corpus scan."""
     site: str | None = None
     """The site(s) the objective reads, e.g. ``blocks.18.attn.hook_q[head 6]``."""
     xe_limit: float | None = None

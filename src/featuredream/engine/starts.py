@@ -1,5 +1,6 @@
-"""Where a dream starts: the user's prompt, windows of the feature's top dataset examples ending at the
-activating token, and short samples from the model itself. All candidates are scored in one batch by the
+"""Where a dream starts: the user's prompt, windows of the objective's top dataset examples ending at the
+activating token (from its SAE's statistics, or a corpus scan for any other objective: see
+:mod:`.corpus_scan`), and short samples from the model itself. All candidates are scored in one batch by the
 optimizer, which keeps the best (a cheap beam); the result reports which source the best start came from.
 """
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from .config import DreamConfig
+from .corpus_scan import DatasetExamples, dataset_examples, token_values, top_windows
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +27,14 @@ def start_lengths(min_tokens: int, max_tokens: int, context: int) -> list[int]:
     return sorted(n for n in want if min_tokens <= n <= min(max_tokens, context))
 
 
-def dataset_windows(objective, max_tokens: int, min_tokens: int) -> list[list[int]]:
-    """For each shipped top example of the objective's latent: its real context ending at the activating
-    token, cut to several lengths (:func:`start_lengths`; shorter contexts often read more fluently, longer
-    ones keep more of the activation; the optimizer scores them all in one batch)."""
-    sae, latent = getattr(objective, "sae", None), getattr(objective, "latent", None)
-    if sae is None or latent is None or sae.stats is None or not sae.stats.has("top_tokens"):
+def dataset_windows(examples: DatasetExamples | None, max_tokens: int, min_tokens: int) -> list[list[int]]:
+    """For each top dataset example: its real context ending at the activating token, cut to several lengths
+    (:func:`start_lengths`; shorter contexts often read more fluently, longer ones keep more of the
+    activation; the optimizer scores them all in one batch)."""
+    if examples is None:
         return []
     out = []
-    for toks, pos, _, _ in sae.stats.examples(latent):
-        window = toks[: pos + 1]
+    for window in examples.contexts:
         out += [window[-n:] for n in start_lengths(min_tokens, max_tokens, len(window))]
     return out
 
@@ -73,10 +73,33 @@ def model_samples(model: nn.Module, tokenizer, n: int, length: int, seed: int) -
     return [[t for t in row.tolist() if t not in special] for row in out]
 
 
+def scanned_samples(model: nn.Module, objective, samples: list[list[int]], cfg: DreamConfig):
+    """Cold-start pool entries ``(ids, 'samples')`` from model samples: ``n_start_samples`` whole samples,
+    and the ``n_start_samples`` samples whose best prefix scores highest (one pass scores every prefix of
+    every full-length sample through its per-token values), each cut at its best position and at shorter
+    lengths ending there (:func:`start_lengths`)."""
+    pool = [(s, "samples") for s in samples[: cfg.n_start_samples]]
+    full = [s for s in samples if len(s) == cfg.max_tokens]
+    if full:
+        wins = torch.tensor(full)
+        values = token_values(model, objective, wins)
+        top = top_windows(wins, values, max(1, cfg.n_start_samples), "samples", cfg.min_tokens)
+        for w in top.contexts:
+            pool += [(w[-m:], "samples") for m in start_lengths(cfg.min_tokens, cfg.max_tokens, len(w))]
+    return pool
+
+
 def start_pool(
-    model: nn.Module, tokenizer, objective, cfg: DreamConfig, gen: torch.Generator
+    model: nn.Module,
+    tokenizer,
+    objective,
+    cfg: DreamConfig,
+    gen: torch.Generator,
+    examples: DatasetExamples | None = None,
 ) -> list[tuple[list[int], str]]:
-    """Candidate starts as ``(ids, source)``; ``source`` is 'prompt', 'dataset' or 'samples'."""
+    """Candidate starts as ``(ids, source)``; ``source`` is 'prompt', 'dataset' or 'samples'. Dataset starts
+    come from ``examples``, else from :func:`~.corpus_scan.dataset_examples` (the SAE's statistics, or a scan
+    of the corpus for any other objective)."""
     pool: list[tuple[list[int], str]] = []
     if cfg.init_prompt and cfg.start in ("prompt", "auto"):
         ids = tokenizer(cfg.init_prompt, add_special_tokens=False)["input_ids"]
@@ -86,11 +109,13 @@ def start_pool(
             )
         pool.append((ids, "prompt"))
     if cfg.start in ("dataset", "auto"):
-        windows = dataset_windows(objective, cfg.max_tokens, cfg.min_tokens)
+        if examples is None:
+            examples = dataset_examples(model, tokenizer, objective, cfg.min_tokens)
+        windows = dataset_windows(examples, cfg.max_tokens, cfg.min_tokens)
         if cfg.start == "dataset" and not windows:
             raise ValueError(
-                "start='dataset' needs an SAE objective with shipped statistics: valid starts are "
-                "'prompt', 'samples', 'auto'"
+                f"start='dataset' found no corpus example of {objective.name} within {cfg.min_tokens}.."
+                f"{cfg.max_tokens} tokens (every position invalid?): valid starts are 'prompt', 'samples', 'auto'"
             )
         pool += [(w, "dataset") for w in windows]
     if cfg.start in ("samples", "auto"):

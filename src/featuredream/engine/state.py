@@ -9,6 +9,7 @@ import torch
 from .buffer import Buffer, Entry, Frontier
 from .children import Canonicalizer
 from .config import DreamConfig
+from .corpus_scan import DatasetExamples
 
 
 @dataclass
@@ -35,6 +36,9 @@ class FeatureRun:
     stop_reason: str = "iterations"
     active: bool = True
     error: str | None = None
+    dataset: DatasetExamples | None = None
+    """The objective's top corpus examples and maximum (its SAE's statistics or a corpus scan), when the
+    start used them."""
 
     def counts(self) -> dict[str, int]:
         """The result's counters: candidates evaluated, non-finite, dropped by retokenization, capped."""

@@ -86,10 +86,20 @@ def finish_result(model, tokenizer, run, *, t0: float, interrupted: bool) -> Dre
         n_nonfinite=counts["nonfinite"],
         n_dropped_retokenization=counts["dropped"],
         n_capped_positions=counts["capped"],
-        dataset_max=objective.dataset_max() if hasattr(objective, "dataset_max") else None,
+        **_dataset_max(run),
         verification=_verification(model, best, best_p, cfg.needs_xe),
         environment=_environment(model),
     )
+
+
+def _dataset_max(run) -> dict:
+    """The ratio's denominator and its source: the maximum of the examples the start used (statistics or
+    corpus scan), else the one the objective's SAE statistics record."""
+    if run.dataset is not None and run.dataset.maximum is not None:
+        return {"dataset_max": run.dataset.maximum, "dataset": run.dataset.source}
+    objective = run.objective
+    known = objective.dataset_max() if hasattr(objective, "dataset_max") else None
+    return {"dataset_max": known, "dataset": None if known is None else "SAE statistics"}
 
 
 def _verification(model, fast, reported: Prompt, needs_xe: bool) -> dict:

@@ -1,0 +1,107 @@
+"""A cached activation store: one site's activations on a fixed sample of the default corpus.
+
+Any objective at a site (an SAE latent without statistics, a direction, a key-text query direction, a
+decoder projection, a callable) gets its top corpus windows and its corpus maximum by scanning this store
+(:mod:`featuredream.engine.corpus_scan`): the forward pass to the site runs once per model and site, later
+objectives at that site cost a read of the store and one pass of the objective over it.
+
+The windows are :data:`STORE_TOKENS` tokens of the default corpus' kept documents (64-token windows at
+evenly spaced places in each; the documents the XE table uses are held out). The store holds each site's activation as
+the engine captures it (``[n, 64, ...]``, float16) in ``cache_dir()/sites/``; 32k tokens of a SmolLM2
+residual site are 38 MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import cache_dir
+from .sae_stats import windows_digest
+from .sites import Site, run_sites
+
+log = logging.getLogger(__name__)
+
+STORE_TOKENS = 32_768
+STORE_CTX = 64
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A model's identity for caches: its recorded name (see :func:`~.identity.loaded_model_identity`)
+    plus a digest of its first embedding rows, so two in-memory models that share a name (tests' tiny
+    models, a fine-tuned copy) never share a cache entry."""
+    from .identity import loaded_model_identity
+    from .models import model_name
+
+    emb = model.get_input_embeddings().weight.detach()
+    head = emb[:64].float().cpu().contiguous().numpy().tobytes()
+    bos = (
+        "|bos" if getattr(model, "n_prefix", 0) else ""
+    )  # a BOS-conditioned model (lm.bos) computes otherwise
+    return f"{loaded_model_identity(model_name(model))}|emb:{hashlib.sha256(head).hexdigest()[:12]}{bos}"
+
+
+def store_windows(tok, tokens: int | None = None) -> torch.Tensor:
+    """``[n, 64]`` windows of the default corpus' kept documents (not the held-out ones), ``n = tokens //
+    64``, :data:`STORE_TOKENS` by default: the same number from each document, at evenly spaced places (each starts after a whitespace),
+    so the sample spans every play and module page without tokenizing the whole corpus."""
+    from .corpus import default_corpus
+
+    docs = [d for i, d in enumerate(default_corpus()) if i % 10 != 3]
+    n = max(1, (STORE_TOKENS if tokens is None else tokens) // STORE_CTX)
+    per_doc = -(-n // len(docs))
+    out: list[list[int]] = []
+    for text in docs:
+        for start in torch.linspace(0, max(0, len(text) - 4000), per_doc).long().tolist():
+            ws = text.find(" ", start)
+            ids = tok(text[ws + 1 if ws >= 0 else start :][:4000], add_special_tokens=False)["input_ids"]
+            if len(ids) >= STORE_CTX:
+                out.append(ids[:STORE_CTX])
+    return torch.tensor(out[:n])
+
+
+def _path(model_id: str, site: Site, digest: str) -> Path:
+    key = hashlib.sha256(f"{model_id}\n{site.hook_name}\n{site.head}".encode()).hexdigest()[:20]
+    return cache_dir() / "sites" / f"{key}-{digest}.safetensors"
+
+
+@torch.no_grad()
+def site_store(
+    model: nn.Module, tok, sites: Sequence[Site], *, windows: torch.Tensor | None = None, batch: int = 32
+) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
+    """``(windows [n, ctx], {site: activations [n, ctx, ...] float16})`` on the store's windows (or
+    ``windows``), each site read from the cache or captured (in one pass for the missing ones) and cached."""
+    windows = store_windows(tok) if windows is None else windows
+    model_id, digest = model_fingerprint(model), windows_digest(windows)
+    out, missing = {}, []
+    for s in sites:
+        p = _path(model_id, s, digest)
+        if p.exists():
+            out[s] = load_file(str(p))["acts"]
+        else:
+            missing.append(s)
+    if missing:
+        log.info(
+            "activation store: capturing %s on %d windows (once per model and site)", missing, len(windows)
+        )
+        dev = next(model.parameters()).device
+        parts: dict[Site, list[torch.Tensor]] = {s: [] for s in missing}
+        for i in tqdm(range(0, len(windows), batch), desc="activation store", unit="batch"):
+            acts, _ = run_sites(model, missing, input_ids=windows[i : i + batch].to(dev))
+            for s in missing:
+                parts[s].append(acts[s].half().cpu())
+        for s in missing:
+            out[s] = torch.cat(parts[s])
+            p = _path(model_id, s, digest)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_suffix(".tmp")
+            save_file({"acts": out[s].contiguous()}, str(tmp), metadata={"model": model_id, "site": str(s)})
+            tmp.replace(p)
+    return windows, out

@@ -206,3 +206,12 @@ def tiny_dirs(tmp_path_factory, tiny_llama, tiny_tokenizer):
         "query9": str(identity_sae_dir(root / "query9", d_in=16, hook="blocks.1.attn.hook_q", head=9)),
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real embedded default model (SmolLM2-135M-Instruct) and its tokenizer, for slow tests."""
+    from featuredream.lm.models import load_model
+
+    torch.manual_seed(0)
+    return load_model(None, device="cpu")

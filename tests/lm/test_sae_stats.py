@@ -120,14 +120,6 @@ def test_xe_table_is_the_xe_of_each_truncated_window(tiny_llama, one_thread):
 # ------------------------------------------------------------------------------------------------ shipped
 
 
-@pytest.fixture(scope="module")
-def default_model():
-    from featuredream.lm.models import load_model
-
-    torch.manual_seed(0)
-    return load_model(None, device="cpu")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2-res12", "smollm2-q18h6"])
 def test_shipped_examples_reproduce_for_every_latent(default_model, name):

@@ -27,8 +27,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .corpus import split_windows
-from .sae_stats import Encoder, feature_statistics, windows_digest, xe_quantile_table
+from .sae_stats import Encoder, feature_statistics, windows_digest
+from .site_store import model_fingerprint
 from .sites import Site, run_sites
+from .xe_table import model_xe_table
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,7 @@ def write_statistics(model, enc: Encoder, acts, keep, train_w, val_w, cfg: Train
     feats = feature_statistics(
         enc, acts, keep, train_w, k=cfg.k, top_k_examples=cfg.top_k_examples, after=cfg.example_after
     )
-    feats.update(xe_quantile_table(model, val_w, cfg.forward_batch))
+    feats.update(model_xe_table(model, val_w, model_id=model_fingerprint(model), batch=cfg.forward_batch))
     save_file({k: v.contiguous() for k, v in feats.items()}, str(out / "features.safetensors"))
     return {
         "dead_fraction": float((feats["fire_rate"] == 0).float().mean()),

@@ -24,8 +24,9 @@ class DreamConfig:
     init_prompt: str | None = None
     """A prompt to start from (used by ``start='prompt'`` and added to the pool by ``'auto'``)."""
     start: str = "auto"
-    """Where to start: 'prompt', 'dataset' (top dataset examples ending at the activating token),
-    'samples' (short model samples), or 'auto' (all available, best kept)."""
+    """Where to start: 'prompt', 'dataset' (top dataset examples ending at the activating token: the SAE's
+    statistics, or a scan of the corpus for any other objective), 'samples' (model samples only: a cold
+    start, see ``cold_samples``), or 'auto' (all available, best kept)."""
     min_tokens: int = 8
     """Minimum prompt length in tokens."""
     max_tokens: int = 16
@@ -54,7 +55,8 @@ class DreamConfig:
     xe_max: float | str | None = None
     """Hard fluency ceiling: prompts with XE above it are infeasible (still ranked by how far above). A
     number is one ceiling for every length; 'pNN' (e.g. 'p90') is that percentile of natural text's XE at
-    each prompt's own length, from the table shipped with the SAE's statistics. None: no ceiling."""
+    each prompt's own length, from the table in the SAE's statistics, else the model's own table on the
+    default corpus. None: no ceiling."""
     xe_regularization: float = 0.0
     """Fluency penalty lambda: loss = -activation + lambda * XE."""
     pareto: tuple[float, ...] | None = None

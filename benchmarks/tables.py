@@ -140,7 +140,13 @@ def all_tables() -> list[tuple[str, str]]:
         p = HERE / name
         return json.loads(p.read_text()) if p.exists() else None
 
-    for name in ("quality.json", "quality_240.json", "quality_query.json", "quality_cold.json", "quality_gemma.json"):
+    for name in (
+        "quality.json",
+        "quality_240.json",
+        "quality_query.json",
+        "quality_cold.json",
+        "quality_gemma.json",
+    ):
         if (d := load(name)) is not None:
             out += [(name, summary_table(d)), (name, rows_table(d))]
     if (d := load("throughput.json")) is not None:

@@ -54,20 +54,26 @@ def test_default_corpus_is_the_plays_then_the_pydoc_texts(monkeypatch):
 
 
 def test_pydoc_text_is_the_same_in_every_process():
-    """pydoc shows object addresses and live module state (the logging handlers a process made): the
-    corpus renders in a fresh isolated interpreter without them, so two processes give the same text."""
+    """pydoc shows object addresses, live module state (the logging handlers a process made), ``os.environ``
+    and the time zone: the corpus renders in a fresh isolated interpreter with a fixed environment, so two
+    processes in different environments give the same text."""
     import logging
+    import os
     import subprocess
     import sys
 
     logging.getLogger("featuredream-test").addHandler(logging.StreamHandler())  # state pydoc would show
     here = corpus.pydoc_documents()
     code = "from featuredream.lm.corpus import pydoc_documents; import json, sys; json.dump(pydoc_documents(), sys.stdout)"
+    env = dict(os.environ, TZ="America/New_York", HOME="/elsewhere", FEATUREDREAM_TEST_VAR="x" * 80)
     other = json.loads(
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        ).stdout
     )
-    assert here == other
+    assert here == other  # another process, time zone and environment (CI's differs from a laptop's)
     assert not any(" at 0x" in d for d in here) and not any("\nFILE\n" in d for d in here)
+    assert not any("environ({" in d for d in here)
 
 
 def test_user_text_files_and_directories(tmp_path):

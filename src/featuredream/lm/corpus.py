@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -88,18 +89,27 @@ sys.stdout.write(json.dumps(docs))
 
 
 def pydoc_documents() -> list[str]:
-    """Plain-text pydoc of a fixed list of stdlib modules (one document each), the same in every process
-    and installation of one Python version: rendered in a fresh isolated interpreter (pydoc shows module
-    state, e.g. the logging handlers a process has made), object addresses and the ``FILE`` section (the
+    """Plain-text pydoc of a fixed list of stdlib modules (one document each), the same in every process,
+    environment and installation of one Python version: rendered in a fresh isolated interpreter (pydoc
+    shows module state, e.g. the logging handlers a process has made) with a fixed environment (pydoc shows
+    ``os.environ`` and the time zone), object addresses, ``os.environ`` and the ``FILE`` section (the
     installation's path) removed."""
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", _RENDER, *PYDOC_MODULES], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-c", _RENDER, *PYDOC_MODULES],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_RENDER_ENV,
     )
     return [_stable(d) for d in json.loads(proc.stdout)]
 
 
+_RENDER_ENV = {"LC_ALL": "C.UTF-8", "TZ": "UTC", "PATH": os.defpath}
+
+
 def _stable(text: str) -> str:
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    text = re.sub(r"\n    environb? = environ\(.*", "", text)
     return re.sub(r"\nFILE\n(    .*\n)+", "\n", text)
 
 

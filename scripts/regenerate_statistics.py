@@ -31,12 +31,12 @@ dirs = [Path(d) for d in sys.argv[1:]] or [root / "smollm2-res12", root / "smoll
 model, tok = load_model(None, device="cpu", dtype="float32")
 docs = default_corpus()
 for d in dirs:
-    sae = load_sae(str(d), model=model)
+    sae = load_sae(str(d), model=model, stats_dir=str(d))  # the shipped files, never a cached pass
     cfg = shipped_config(json.loads((d / "stats.json").read_text()))
     inp = StatsInputs(model, tok, sae, docs, "default", DEFAULT_MODEL, f"fixture:{d.name}")
     stats = compute_statistics(inp, cfg, d)
     print(d, {k: stats.info[k] for k in ("positions", "dead_fraction", "windows_digest", "seconds")})
-    sae = load_sae(str(d), model=model)
+    sae = load_sae(str(d), model=model, stats_dir=str(d))  # the shipped files, never a cached pass
     pairs = [(lat, 0) for lat in range(sae.d_sae) if int(sae.stats.top_pos[lat, 0]) >= 0]
     err = verify_examples(model, sae, pairs)
     print(

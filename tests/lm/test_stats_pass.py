@@ -28,7 +28,9 @@ def _docs(n=40, words=90, seed=0):
     return [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (words,), generator=g)) for _ in range(n)]
 
 
-CFG = StatsConfig(tokens=24 * 16, heldout_tokens=20 * 16, ctx=16, top_k_examples=3, after=2, batch=5)
+CFG = StatsConfig(
+    tokens=24 * 16, heldout_tokens=20 * 16, ctx=16, top_k_examples=3, after=2, batch=5, xe_reference="heldout"
+)
 
 
 @pytest.fixture
@@ -96,6 +98,23 @@ def test_streaming_pass_equals_the_in_memory_reference(setup, tmp_path):
     for key in ("model", "sae", "corpus_digest", "windows_digest", "tokens", "date", "norm_cap"):
         assert info[key] not in (None, ""), key
     assert info["tokens"] == 24 * 16
+
+
+def test_default_xe_table_is_the_models_prose_reference(setup, tmp_path, monkeypatch):
+    """By default the XE table is the model's table on the prose reference (the same for every SAE of the
+    model), not the corpus' held-out windows."""
+    from featuredream.lm import prose
+    from featuredream.lm.xe_table import reference_xe_table
+
+    g = torch.Generator().manual_seed(3)
+    windows = torch.randint(3, len(setup.tok), (30, 16), generator=g)
+    monkeypatch.setattr(prose, "prose_windows", lambda tok: windows)
+    cfg = StatsConfig(**{**CFG.__dict__, "xe_reference": "prose"})
+    st = compute_statistics(setup, cfg, tmp_path / "out")
+    want = reference_xe_table(setup.model, setup.tok, "unused")
+    torch.testing.assert_close(st.tensors["xe_quantiles"], want["xe_quantiles"])
+    torch.testing.assert_close(st.tensors["xe_quantiles"], xe_quantile_table(setup.model, windows)["xe_quantiles"])
+    assert st.info["xe_reference"].startswith("prose")
 
 
 def test_norm_cap_drops_massive_positions(setup, tmp_path):
@@ -223,10 +242,11 @@ def test_recomputed_statistics_of_the_shipped_sae_equal_the_shipped_file(default
     """The command's pass on the default corpus with the shipped recipe's windows gives the shipped
     maxima and top examples (the shipped file was made by this pass: scripts/regenerate_statistics.py)."""
     from featuredream.lm.corpus import default_corpus
+    from featuredream.lm.identity import FIXTURE_DIR
     from featuredream.lm.models import DEFAULT_MODEL
 
     model, tok = default_model
-    shipped = load_sae("default", model=model)
+    shipped = load_sae("default", model=model, stats_dir=FIXTURE_DIR / "smollm2-res12")  # not a cached pass
     cfg = shipped_config(shipped.stats.info)
     inp = StatsInputs(
         model, tok, shipped, default_corpus(), "default", DEFAULT_MODEL, "fixture:smollm2-res12"

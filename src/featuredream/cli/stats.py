@@ -23,7 +23,7 @@ def register(sub) -> None:
         "stats",
         help="compute an SAE's statistics from a corpus (then dream/card/inspect/sweep use them)",
         description="One streaming pass over a corpus for all latents: maximum, fire rate, top examples "
-        "with their whole context, maximum decoder projection, and the natural-text XE table of held-out "
+        "with their whole context, maximum decoder projection, and the natural-text XE table of the prose reference "
         "windows. Written to --out DIR or to the cache, where load_sae finds them for this model and SAE.",
     )
     add_model_options(s, objective=False)
@@ -80,7 +80,8 @@ def cmd_stats(args) -> int:
     live = int((stats.fire_rate > 0).sum())
     print(
         f"wrote {out}: {info['positions']} positions of {info['statistics_windows']} windows, "
-        f"{live}/{sae.d_sae} latents fire, XE table from {info['xe_table_windows']} held-out windows "
+        f"{live}/{sae.d_sae} latents fire, XE table from {info['xe_table_windows']} windows "
+        f"({info.get('xe_reference', 'held-out windows')}) "
         f"({info['seconds']:.0f} s)"
     )
     return 0

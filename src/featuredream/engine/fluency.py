@@ -66,8 +66,9 @@ def resolve_xe_limit(
     spec: float | str | None, objective, max_tokens: int, model_table: Callable[[], dict] | None = None
 ) -> XeLimit | None:
     """The :class:`XeLimit` of a config's ``xe_max`` for one objective. A 'pNN' reads the XE table in the
-    statistics of the objective's SAE, else the model's own table on the default corpus (``model_table()``,
-    see :func:`featuredream.lm.xe_table.default_xe_table`)."""
+    statistics of the objective's SAE, else the model's own table on the prose reference (``model_table()``,
+    see :func:`featuredream.lm.xe_table.reference_xe_table`); both are the same table for statistics made
+    with the default ``xe_reference``."""
     spec = parse_xe_max(spec)
     if spec is None:
         return None

@@ -144,21 +144,29 @@ def feature_statistics(
 
 
 @torch.no_grad()
-def xe_quantile_table(model: nn.Module, windows: torch.Tensor, batch: int = 32) -> dict[str, torch.Tensor]:
-    """Natural-text XE by length from ``windows [n, L]``: the mean next-token XE of each window's first
-    ``m`` tokens (for ``m`` = 2..L; the model is causal, so that is the XE of the ``m``-token text alone),
-    then its percentiles 0..100 over the windows.
-
-    Returns ``xe_lengths [L-1]`` (int32: 2..L) and ``xe_quantiles [L-1, 101]`` (float32).
-    """
+def prefix_xe(
+    model: nn.Module, windows: torch.Tensor, batch: int = 32, desc: str = "XE table"
+) -> torch.Tensor:
+    """``[n, L-1]`` float32: column ``j`` is the mean next-token XE of each window's first ``j + 2`` tokens
+    (the model is causal, so that is the XE of the ``j + 2``-token text alone) for ``windows [n, L]``."""
     dev = next(model.parameters()).device
     prefix = []
-    for i in tqdm(range(0, len(windows), batch), desc="XE table", unit="batch"):
+    for i in tqdm(range(0, len(windows), batch), desc=desc, unit="batch", disable=None):  # None: a TTY only
         ids = windows[i : i + batch].to(dev)
         mask = torch.ones_like(ids, dtype=torch.bool)
         xe, _ = token_xe(model(input_ids=ids, use_cache=False).logits, ids, mask)
         prefix.append((xe.cumsum(1) / torch.arange(1, ids.shape[1], device=dev)).float().cpu())
-    table = torch.cat(prefix)  # [n, L-1]: column j = mean XE of the first j+2 tokens
+    return torch.cat(prefix)
+
+
+@torch.no_grad()
+def xe_quantile_table(model: nn.Module, windows: torch.Tensor, batch: int = 32) -> dict[str, torch.Tensor]:
+    """Natural-text XE by length from ``windows [n, L]``: :func:`prefix_xe` for ``m`` = 2..L tokens, then
+    its percentiles 0..100 over the windows.
+
+    Returns ``xe_lengths [L-1]`` (int32: 2..L) and ``xe_quantiles [L-1, 101]`` (float32).
+    """
+    table = prefix_xe(model, windows, batch)  # [n, L-1]
     q = torch.quantile(table.double(), torch.linspace(0, 1, 101, dtype=torch.double), dim=0)  # [101, L-1]
     return {
         "xe_lengths": torch.arange(2, windows.shape[1] + 1, dtype=torch.int32),

@@ -31,8 +31,10 @@ from tqdm.auto import tqdm
 
 from ..checks import check_int
 from .activations import latent_values, model_device, site_activations
+from .prose import PROSE_WINDOWS
 from .sae_stats import windows_digest
 from .saes import BoundSAE, FeatureStats
+from .xe_table import REFERENCE_DESCRIPTION
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,12 @@ class StatsConfig:
     tokens: int = 600_000
     """Corpus tokens scanned for the per-latent statistics (``tokens // ctx`` windows)."""
     heldout_tokens: int = 40_000
-    """Tokens of held-out documents (every 10th) for the natural-text XE table."""
+    """Tokens of held-out documents (every 10th): the XE table's windows with ``xe_reference='heldout'``
+    (they are drawn either way: the windows digest covers them)."""
+    xe_reference: str = "prose"
+    """The natural text of the XE table: ``prose`` (the model's table on the prose reference corpus,
+    :func:`~.xe_table.reference_xe_table`: the same for every SAE of the model) or ``heldout`` (the
+    corpus' own held-out windows)."""
     ctx: int | None = None
     """Tokens per window (None: the SAE's training context, else 64)."""
     top_k_examples: int = 8
@@ -74,6 +81,8 @@ class StatsConfig:
             check_int("ctx", self.ctx, 2)
         if self.batch is not None:
             check_int("batch", self.batch, 1)
+        if self.xe_reference not in ("prose", "heldout"):
+            raise ValueError(f"xe_reference {self.xe_reference!r}: valid is 'prose' or 'heldout'")
 
 
 def check_tokens(cfg: StatsConfig, ctx: int) -> None:
@@ -269,8 +278,6 @@ def compute_statistics(inp: StatsInputs, cfg: StatsConfig, out: str | Path) -> F
     """
     from .corpus import split_windows
     from .identity import texts_digest
-    from .site_store import model_fingerprint
-    from .xe_table import model_xe_table
 
     cfg.check()
     ctx = cfg.ctx or inp.sae.context_size or 64
@@ -299,8 +306,9 @@ def compute_statistics(inp: StatsInputs, cfg: StatsConfig, out: str | Path) -> F
         st = TopState.empty(cfg.top_k_examples, inp.sae.d_sae, ctx + cfg.after, dev)
     _run_batches(inp.model, inp.sae, wins, st, cfg, cap, lambda s: s.save(partial, meta))
     tensors = to_feature_tensors(st, ctx)
-    tensors.update(model_xe_table(inp.model, held, model_id=model_fingerprint(inp.model), batch=batch))
-    info = _provenance(inp, cfg, ctx, cap, st, wins, held, digest, texts_digest(inp.docs))
+    table, n_xe = _xe_table(inp, cfg, held, batch)
+    tensors.update(table)
+    info = _provenance(inp, cfg, ctx, cap, st, wins, n_xe, digest, texts_digest(inp.docs))
     info["seconds"] = round(time.time() - t0, 1)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "features.safetensors"))
     _write_info(out / "stats.json", info)
@@ -309,7 +317,19 @@ def compute_statistics(inp: StatsInputs, cfg: StatsConfig, out: str | Path) -> F
     return FeatureStats(tensors, info)
 
 
-def _provenance(inp: StatsInputs, cfg, ctx, cap, st, wins, held, digest, corpus_digest) -> dict:
+def _xe_table(inp: StatsInputs, cfg: StatsConfig, held: torch.Tensor, batch: int) -> tuple[dict, int]:
+    """The natural-text XE table (``cfg.xe_reference``) and the number of windows behind it."""
+    from .site_store import model_fingerprint
+    from .xe_table import model_xe_table, reference_xe_table
+
+    model_id = model_fingerprint(inp.model)
+    if cfg.xe_reference == "prose":
+        table = reference_xe_table(inp.model, inp.tok, model_id, batch=batch)
+        return table, PROSE_WINDOWS
+    return model_xe_table(inp.model, held, model_id=model_id, batch=batch), len(held)
+
+
+def _provenance(inp: StatsInputs, cfg, ctx, cap, st, wins, n_xe, digest, corpus_digest) -> dict:
     return {
         "kind": "featuredream stats",
         "site": inp.sae.site.hook_name,
@@ -322,7 +342,8 @@ def _provenance(inp: StatsInputs, cfg, ctx, cap, st, wins, held, digest, corpus_
         "documents": len(inp.docs),
         "windows_digest": digest,
         "statistics_windows": len(wins),
-        "xe_table_windows": len(held),
+        "xe_table_windows": n_xe,
+        "xe_reference": REFERENCE_DESCRIPTION if cfg.xe_reference == "prose" else "held-out windows",
         "tokens": int(wins.numel()),
         "positions": st.positions,
         "context_len": ctx,

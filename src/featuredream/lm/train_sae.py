@@ -27,10 +27,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .corpus import split_windows
+from .prose import PROSE_WINDOWS
 from .sae_stats import Encoder, feature_statistics, windows_digest
 from .site_store import model_fingerprint
 from .sites import Site, run_sites
-from .xe_table import model_xe_table
+from .xe_table import REFERENCE_DESCRIPTION, reference_xe_table
 
 log = logging.getLogger(__name__)
 
@@ -221,18 +222,22 @@ def captured(model, train_w, val_w, site: Site, cfg: TrainConfig, acts_cache: st
     return train_a, val_a
 
 
-def write_statistics(model, enc: Encoder, acts, keep, train_w, val_w, cfg: TrainConfig, out: Path) -> dict:
-    """``features.safetensors`` (statistics + the XE table of the held-out windows); returns provenance."""
+def write_statistics(
+    model, tok, enc: Encoder, acts, keep, train_w, val_w, cfg: TrainConfig, out: Path
+) -> dict:
+    """``features.safetensors`` (statistics + the model's natural-text XE table on the prose reference,
+    :func:`~.xe_table.reference_xe_table`); returns provenance."""
     feats = feature_statistics(
         enc, acts, keep, train_w, k=cfg.k, top_k_examples=cfg.top_k_examples, after=cfg.example_after
     )
-    feats.update(model_xe_table(model, val_w, model_id=model_fingerprint(model), batch=cfg.forward_batch))
+    feats.update(reference_xe_table(model, tok, model_fingerprint(model), batch=cfg.forward_batch))
     save_file({k: v.contiguous() for k, v in feats.items()}, str(out / "features.safetensors"))
     return {
         "dead_fraction": float((feats["fire_rate"] == 0).float().mean()),
         "windows_digest": windows_digest(torch.cat([train_w, val_w])),
         "statistics_windows": len(train_w),
-        "xe_table_windows": len(val_w),
+        "xe_table_windows": PROSE_WINDOWS,
+        "xe_reference": REFERENCE_DESCRIPTION,
         "examples": f"whole context from the window start to the activating token + {cfg.example_after} after",
     }
 
@@ -263,7 +268,9 @@ def recompute_statistics(model, tok, docs: list[str], sae_dir: str | Path, acts_
     vals, idx = pre.topk(cfg.k, dim=-1)
     recon = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ enc.W_dec + enc.b_dec
     stats["fvu_heldout_recomputed"] = float((xv - recon).pow(2).sum() / (xv - xv.mean(0)).pow(2).sum())
-    stats.update(write_statistics(model, enc, train_a, train_a.norm(dim=-1) <= cap, train_w, val_w, cfg, out))
+    stats.update(
+        write_statistics(model, tok, enc, train_a, train_a.norm(dim=-1) <= cap, train_w, val_w, cfg, out)
+    )
     stats["torch"] = torch.__version__
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     log.info("statistics of %s recomputed (held-out FVU now %.3f)", out, stats["fvu_heldout_recomputed"])
@@ -308,7 +315,7 @@ def train_sae(
         fvu = float((xv - trainer.reconstruct(xv)).pow(2).sum() / (xv - xv.mean(0)).pow(2).sum())
     save_sae_lens_dir(trainer, out, model_name=model_name, site=site, cfg=cfg)
     enc = Encoder(trainer.W_enc, trainer.b_enc, trainer.b_dec, trainer.W_dec)
-    provenance = write_statistics(model, enc, train_a, keep_t, train_w, val_w, cfg, out)
+    provenance = write_statistics(model, tok, enc, train_a, keep_t, train_w, val_w, cfg, out)
     stats = {
         "site": site.hook_name,
         "head": site.head,

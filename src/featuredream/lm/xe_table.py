@@ -1,10 +1,12 @@
 """The natural-text XE table of a model, cached: what ``--xe-max pNN`` reads for any objective.
 
-The table (quantiles 0..100 of the mean next-token XE of held-out windows cut to each length; see
-:func:`featuredream.lm.sae_stats.xe_quantile_table`) belongs to the model and the corpus, not to an SAE:
-statistics made by ``featuredream stats`` carry it, and an objective without statistics (a direction, a
-key-text query direction, a callable, an SAE without statistics) reads the model's table on the default
-corpus (:func:`default_xe_table`), computed once per model (~30 s on a CPU for SmolLM2) and cached.
+The table (quantiles 0..100 of the mean next-token XE of natural windows cut to each length; see
+:func:`featuredream.lm.sae_stats.xe_quantile_table`) belongs to the model, not to an SAE. Its natural text
+is the plain-prose reference corpus (:mod:`.prose`: news and documentation, held out from SAE training):
+:func:`reference_xe_table`, computed once per model (~30 s on a CPU for SmolLM2) and cached. Statistics
+made by ``featuredream stats`` (and the shipped SAEs') carry the same table; an objective without
+statistics (a direction, a key-text query direction, a callable, an SAE without statistics) reads it
+directly.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ from .models import cache_dir
 from .sae_stats import windows_digest, xe_quantile_table
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HELDOUT_TOKENS = 40_000
-DEFAULT_CTX = 64
 
 
 def _key(text: str) -> str:
@@ -46,15 +45,20 @@ def model_xe_table(
     return table
 
 
-def default_xe_table(model: nn.Module, tok, model_id: str) -> dict[str, torch.Tensor]:
-    """The model's XE table on the held-out windows of the offline default corpus (64 tokens, 40k tokens,
-    seed 0: for the default model these are the windows behind the shipped SAEs' tables)."""
-    from .corpus import default_corpus, split_windows
+def reference_xe_table(model: nn.Module, tok, model_id: str, batch: int = 32) -> dict[str, torch.Tensor]:
+    """The model's XE table on the prose reference windows (:func:`~.prose.prose_windows`: 640 windows
+    of 64 tokens, half news, half documentation, seed 0)."""
+    from .prose import prose_windows
 
-    gen = torch.Generator().manual_seed(0)
-    _, held = split_windows(tok, default_corpus(), DEFAULT_CTX, 0, DEFAULT_HELDOUT_TOKENS, gen)
-    log.info("natural-text XE table of %s on %d held-out default-corpus windows", model_id, len(held))
-    return model_xe_table(model, held, model_id=model_id)
+    windows = prose_windows(tok)
+    log.info("natural-text XE table of %s on %d prose windows", model_id, len(windows))
+    return model_xe_table(model, windows, model_id=model_id, batch=batch)
+
+
+REFERENCE_DESCRIPTION = (
+    "prose: 640 windows of 64 tokens, half news (Lee corpus), half documentation (docutils)"
+)
+"""What ``xe_reference`` = ``prose`` means, written into statistics' provenance."""
 
 
 def cached_path(model_id: str) -> Path:

@@ -319,17 +319,6 @@ def test_load_model_reads_the_converted_gemma3_by_any_alias(
 # ---------------------------------------------------------------------------------------------- real model
 
 
-@pytest.fixture(scope="module")
-def gemma3_270m():
-    """The converted Gemma 3 270M from the cache; skipped (never downloaded here) when absent."""
-    from featuredream.lm.models import cache_dir, load_model
-    from featuredream.lm.packaged import GEMMA3_270M
-
-    if not (cache_dir() / "models" / GEMMA3_270M / "config.json").exists():
-        pytest.skip(f"Gemma 3 270M is not converted in {cache_dir()}: run load_model('gemma3-270m') once")
-    return load_model("gemma3-270m", device="cpu", dtype="float32")
-
-
 @pytest.mark.slow
 def test_real_gemma3_scaled_embeds_forward_and_natural_xe(gemma3_270m):
     model, tok = gemma3_270m

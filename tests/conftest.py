@@ -10,6 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The CLI's fluency judge (Gemma 3 270M) is off in tests unless a test asks for one: tiny models need no
+# second opinion, and a fresh machine would fetch Gemma for each CLI test (tests/cli/test_judge_cli.py
+# covers the option).
+os.environ["FEATUREDREAM_JUDGE"] = "none"
 
 _TEXT = (
     "The quick brown fox jumps over the lazy dog. To be, or not to be, that is the question. "
@@ -215,3 +219,14 @@ def default_model():
 
     torch.manual_seed(0)
     return load_model(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m():
+    """The converted Gemma 3 270M from the cache; skipped (never downloaded here) when absent."""
+    from featuredream.lm.models import cache_dir, load_model
+    from featuredream.lm.packaged import GEMMA3_270M
+
+    if not (cache_dir() / "models" / GEMMA3_270M / "config.json").exists():
+        pytest.skip(f"Gemma 3 270M is not converted in {cache_dir()}: run load_model('gemma3-270m') once")
+    return load_model("gemma3-270m", device="cpu", dtype="float32")

@@ -120,3 +120,51 @@ class HTMLPage(str):
             f'<iframe srcdoc="{html.escape(str(self), quote=True)}" style="width:100%;height:{self.height}px;'
             'border:1px solid #e2e8f0;border-radius:8px" sandbox></iframe>'
         )
+
+
+def judge_cell(judge: dict | None) -> str:
+    """The judge's percentile among natural prose (``n/a`` without a judge)."""
+    if not judge:
+        return "n/a"
+    pct = judge.get("percentile")
+    if pct is None or not math.isfinite(pct):
+        return "n/a"
+    cls = "good" if pct <= 60 else ("bad" if pct > 95 else "")
+    tip = html.escape(
+        f"{judge.get('judge')}: XE {judge.get('xe', float('nan')):.2f} at {judge.get('tokens')} tokens",
+        quote=True,
+    )
+    return f"<span class='{cls}' title='{tip}'>{pct:.0f}</span>"
+
+
+def ladder_table(rungs: Sequence, ratio_of, vmax: float) -> str:
+    """The fluency ladder as a table: ceiling, the prompt's tokens coloured by activation, activation, ratio
+    to the dataset max (``ratio_of(prompt)``), XE against the rung's ceiling, the judge's percentile among
+    natural prose (lower reads more natural; 50 = typical). Rungs are read by attribute
+    (:class:`~featuredream.engine.results.Rung`); everything shown is escaped."""
+    if not rungs:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>" for h in ("ceiling", "prompt", "activation", "ratio", "XE (limit)", "judge pct")
+    )
+    body = []
+    for g in rungs:
+        p = g.prompt
+        acts = [float(a) for a in p.token_acts]
+        text = (
+            token_spans(p.tokens, acts, vmax)
+            if p.tokens and len(acts) == len(p.tokens)
+            else html.escape(p.text)
+        )
+        xe = fmt_value(p.xe, ".2f") + (f" ({fmt_value(g.xe_limit, '.2f')})" if g.xe_limit is not None else "")
+        xe = xe if g.feasible else f"<span class='bad'>{xe}</span>"
+        cells = [
+            html.escape(g.ceiling),
+            f"<span class='text'>{text}</span>",
+            f"<td class='num'>{fmt_value(p.activation, '.2f')}",
+            f"<td class='num'>{fmt_value(ratio_of(p), '.2f')}",
+            f"<td class='num'>{xe}",
+            f"<td class='num'>{judge_cell(g.judge)}",
+        ]
+        body.append("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}" for c in cells) + "</tr>")
+    return f"<table class='ladder'><tr>{head}</tr>{''.join(body)}</table>"

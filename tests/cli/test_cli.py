@@ -34,6 +34,8 @@ def _base(d, out):
         "2",
         "--n-start-samples",
         "2",
+        "--judge",
+        "none",
     ]
 
 

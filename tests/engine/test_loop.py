@@ -140,3 +140,56 @@ def test_dream_with_percentile_ceiling_records_its_limit(tiny_llama, tiny_tokeni
     assert all("best_feasible" in h for h in r.history)
     r2 = DreamResult.from_json(r.to_json())
     assert r2.xe_limit == r.xe_limit
+
+
+def test_fluency_ladder_rungs_respect_their_ceilings_and_rise(tiny_llama, tiny_tokenizer, tiny_sae):
+    """Each rung is the most activating prompt evaluated under its own ceiling (the frontier of everything
+    evaluated says what that is), re-scored from its text; a looser rung's activation is never below a
+    stricter one's; the JSON round trip keeps the ladder."""
+    obj = SAEEncoder(tiny_sae, 2, reduce="max")
+    base = float(reference_evaluate(tiny_llama, tiny_tokenizer, obj, ["The quick brown fox"]).xe[0])
+    ceilings = (base - 0.3, base - 0.1, base + 0.01, None)
+    cfg = DreamConfig(
+        **{**FAST, "iters": 10}, init_prompt="The quick brown fox", start="prompt", seed=1, ladder=ceilings
+    )
+    r = dream(tiny_llama, tiny_tokenizer, obj, cfg)
+    assert [g.ceiling for g in r.ladder] == [str(float(c)) for c in ceilings[:3]] + ["none"]
+    for g, c in zip(r.ladder, ceilings):
+        under = [p["activation"] for p in r.frontier if c is None or p["xe"] <= c - 1e-4]
+        if under:  # the frontier (non-dominated, everything evaluated) holds the best under the ceiling
+            assert g.feasible and g.prompt.activation >= max(under) - 1e-4
+        if g.feasible:
+            assert g.xe_limit is None or g.prompt.xe <= g.xe_limit
+        ref = reference_evaluate(tiny_llama, tiny_tokenizer, obj, [g.prompt.text])
+        assert abs(float(ref.scores[0]) - g.prompt.activation) <= 1e-4
+        assert abs(float(ref.xe[0]) - g.prompt.xe) <= 1e-4
+    assert r.ladder[2].feasible  # the start meets it
+    assert sum(len([p for p in r.frontier if p["xe"] <= c]) > 0 for c in ceilings[:2]) >= 1
+    acts = [g.prompt.activation for g in r.ladder if g.feasible]
+    assert all(a <= b + 1e-9 for a, b in zip(acts, acts[1:]))
+    back = DreamResult.from_json(r.to_json())
+    assert back.ladder == r.ladder
+    assert r.to_dict()["ladder"][-1]["ratio"] == r.ratio_of(r.ladder[-1].prompt)
+
+
+def test_ladder_rung_bests_survive_a_restart(tiny_llama, tiny_tokenizer, tiny_sae):
+    """A restart empties the buffer for the next unused starts but keeps every lane's best."""
+    from featuredream.engine.group import Single
+    from featuredream.engine.loop import DreamLoop
+
+    obj = SAEEncoder(tiny_sae, 2, reduce="max")
+    cfg = DreamConfig(**{**FAST, "n_start_samples": 8}, restarts=1, seed=0, ladder=(None, "p50"), xe_max=1.0)
+    loop = DreamLoop(tiny_llama, tiny_tokenizer, Single(obj), cfg)
+    loop.start()
+    for it in range(3):
+        loop.step(it)
+    r = loop.runs[0]
+    tops = r.buffer.lane_tops()
+    assert r.unused and tops[1] is not r.best  # the 'none' rung holds an infeasible, more activating prompt
+    loop._restart_or_stop(r, 3)
+    assert r.restarts_left == 0
+    after = r.buffer.lane_tops()
+    for lane in (1, 2):  # each rung's best is kept (or beaten by an unused start), never lost
+        old, new = (float(r.buffer.lane_losses([t[lane]], lane)) for t in (tops, after))
+        assert new <= old
+    assert any(t.key() == tops[1].key() for t in r.buffer.entries)

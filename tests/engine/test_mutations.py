@@ -117,3 +117,30 @@ def test_gcg_fluency_prefers_the_plausible_token_among_good_gradients():
     swapped = fluent[torch.arange(16), pos]
     assert (swapped[pos > 0] == 4).all() and (swapped[pos == 0] == 3).all()  # position 0 has no prior
     assert ((fluent != ids).sum(1) <= 1).all()
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    from featuredream.engine.mutations import nucleus
+
+    lp = torch.tensor([[0.05, 0.5, 0.15, 0.3], [0.25, 0.25, 0.25, 0.25]]).log()
+    kept = torch.isfinite(nucleus(lp, 0.7))
+    assert kept.tolist() == [[False, True, False, True], [True, True, True, False]]
+    assert torch.isfinite(nucleus(lp, 1e-6)).sum(1).tolist() == [1, 1]  # the most probable token stays
+    assert torch.equal(nucleus(lp, 1.0), lp)
+
+
+def test_sampled_operators_draw_only_from_the_nucleus():
+    """With ``top_p``, every sampled swap and insert uses a token of the nucleus predicted at the position
+    before it (here the two tokens holding 90%), even when fewer than ``k2`` tokens are left."""
+    V, L = 50, 6
+    probs = torch.full((L, V), 0.1 / (V - 2))
+    probs[:, 7], probs[:, 11] = 0.6, 0.3
+    lp = probs.log()
+    ids = torch.arange(20, 20 + L)
+    g = torch.Generator().manual_seed(0)
+    kids, pos = sample_swap(ids, lp, 64, 8, g, top_p=0.9)
+    assert set(kids[torch.arange(64), pos].tolist()) == {7, 11}
+    kids, pos = sample_insert(ids, lp, 64, 8, g, top_p=0.9)
+    assert set(kids[torch.arange(64), pos].tolist()) == {7, 11}
+    kids, pos = sample_swap(ids, lp, 64, 8, g)  # the whole distribution: tail tokens too
+    assert len(set(kids[torch.arange(64), pos].tolist())) > 2

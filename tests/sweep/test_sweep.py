@@ -178,8 +178,10 @@ def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp
         "1",
         "--xe-max",
         "none",
+        "--ladder",
+        "off",
         *FAST_ARGS,
-    ]  # fmt: skip  (the library spec's xe_max is None; the CLI's default is p90)
+    ]  # fmt: skip  (the library spec's xe_max and ladder are None; the CLI's defaults are p90 and a ladder)
     flag = tmp_path / "ready"
     env = {**os.environ, "OMP_NUM_THREADS": "1", ready.ENV: str(flag)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

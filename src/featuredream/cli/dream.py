@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import ready
 from .options import (
     add_config_options,
+    add_judge_option,
     add_model_options,
     auto_xe_max,
     check_out_path,
@@ -42,6 +43,7 @@ def register(sub) -> None:
         "--html", action="store_true", help="also write an HTML feature card beside the JSON (.html)"
     )
     add_config_options(d, DreamConfig)
+    add_judge_option(d)
     d.add_argument(
         "--features",
         default=None,
@@ -118,12 +120,39 @@ def cmd_dream(args) -> int:
     from ..engine.dream import dream
     from ..engine.interrupt import graceful_sigint
 
+    judge = load_judge(args, model)
     with graceful_sigint():  # Ctrl-C: stop after this iteration and write the best so far (twice: at once)
         ready.reached("dream-started")
-        result = dream(model, tok, objective, cfg)
+        result = dream(model, tok, objective, cfg, judge=judge)
     result.save(out)
+    print_result(result, cfg, f"{objective.name}, reduce={args.reduce}")
+    print(f"wrote {out}")
+    if args.html and sae is None:
+        print("no HTML card: cards describe an SAE latent, not a raw direction")
+    elif args.html:
+        from ..observe.report import feature_card
+
+        feature_card(model, tok, sae, args.feature, result, out.with_suffix(".html"))
+        print(f"wrote {out.with_suffix('.html')}")
+    return 130 if result.interrupted else 0
+
+
+def load_judge(args, model):
+    """The ``--judge`` of the options, loaded before the search (a bad name fails in one line at once)."""
+    from ..lm.judge import resolve_judge
+
+    try:
+        return resolve_judge(args.judge, device=next(model.parameters()).device)
+    except (OSError, RuntimeError) as e:
+        raise ValueError(
+            f"--judge {args.judge!r} could not be loaded ({e}): valid is default, none or a model name"
+        ) from None
+
+
+def print_result(result, cfg, what: str) -> None:
+    """The CLI's summary of one dream: best prompt, activation, XE and ceiling, ratio, judge, ladder."""
     print(f"best prompt : {result.best.text!r}")
-    print(f"activation  : {result.best.activation:.3f}  ({objective.name}, reduce={args.reduce})")
+    print(f"activation  : {result.best.activation:.3f}  ({what})")
     print(
         f"XE          : {result.best.xe:.3f}"
         + (
@@ -135,6 +164,12 @@ def cmd_dream(args) -> int:
     )
     if result.dataset_max is not None:
         print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}  (from {result.dataset})")
+    if result.judge is not None:
+        j = result.judge
+        print(
+            f"judge       : percentile {j['percentile']:.0f} among natural prose (50 = typical; "
+            f"{j['judge']} XE {j['xe']:.2f} at {j['tokens']} tokens)"
+        )
     print(
         f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
         f"{result.wall_time:.1f} s ({result.stop_reason})"
@@ -142,15 +177,28 @@ def cmd_dream(args) -> int:
     print(
         f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}"
     )
-    print(f"wrote {out}")
-    if args.html and sae is None:
-        print("no HTML card: cards describe an SAE latent, not a raw direction")
-    elif args.html:
-        from ..observe.report import feature_card
+    for line in ladder_lines(result):
+        print(line)
 
-        feature_card(model, tok, sae, args.feature, result, out.with_suffix(".html"))
-        print(f"wrote {out.with_suffix('.html')}")
-    return 130 if result.interrupted else 0
+
+def ladder_lines(result) -> list[str]:
+    """The fluency ladder as text rows: ceiling, activation, ratio, XE (limit), judge percentile, prompt."""
+    if not result.ladder:
+        return []
+    rows = [
+        f"ladder      : {'ceiling':>8} {'act':>8} {'ratio':>6} {'XE':>6} {'limit':>6} {'judge':>5}  prompt"
+    ]
+    for g in result.ladder:
+        ratio = result.ratio_of(g.prompt)
+        pct = g.judge["percentile"] if g.judge else float("nan")
+        lim = "" if g.xe_limit is None else f"{g.xe_limit:.2f}"
+        mark = "" if g.feasible else "  (nothing met this ceiling)"
+        rows.append(
+            f"{'':14}{g.ceiling:>8} {g.prompt.activation:8.2f} "
+            f"{'' if ratio is None else f'{ratio:.2f}':>6} {g.prompt.xe:6.2f} {lim:>6} "
+            f"{'' if pct != pct else f'{pct:.0f}':>5}  {g.prompt.text!r}{mark}"
+        )
+    return rows
 
 
 def cmd_dream_features(args) -> int:
@@ -192,13 +240,16 @@ def cmd_dream_features(args) -> int:
             path = r.save(out / f"feature_{f}.json")
             written.append(f)
             ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
-            print(f"{f:8d} {r.best.activation:10.3f} {ratio} {r.best.xe:6.2f}  {r.best.text!r}", flush=True)
+            pct = f"{r.judge['percentile']:5.0f}" if r.judge else "    -"
+            act = f"{r.best.activation:10.3f} {ratio} {r.best.xe:6.2f} {pct}"
+            print(f"{f:8d} {act}  {r.best.text!r}", flush=True)
             if args.html:
                 from ..observe.report import feature_card
 
                 feature_card(model, tok, sae, f, r, path.with_suffix(".html"))
 
-    print(f"{'feature':>8} {'activation':>10} {'ratio':>6} {'XE':>6}  best prompt", flush=True)
+    judge = load_judge(args, model)
+    print(f"{'feature':>8} {'activation':>10} {'ratio':>6} {'XE':>6} {'judge':>5}  best prompt", flush=True)
     try:
         dream_features(
             model,
@@ -211,6 +262,7 @@ def cmd_dream_features(args) -> int:
             norm_guard=not args.no_norm_guard,
             group_size=args.group_size,
             errors="record",
+            judge=judge,
             on_group=write_group,
         )
     except KeyboardInterrupt:

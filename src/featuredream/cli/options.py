@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
@@ -131,6 +132,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
                 help=docs.get(f.name, "")
                 + " (default: p90, of the SAE statistics' XE table or else the model's own)",
             )
+        elif f.name == "ladder":
+            parser.add_argument(
+                flag,
+                nargs="+",
+                default=list(_default_ladder()),
+                metavar="CEILING",
+                help=docs.get(f.name, "") + " CLI default: p50 p75 p90 none; 'off' for no ladder",
+            )
         elif f.name == "pareto":
             parser.add_argument(flag, type=_penalties, default=None, metavar="L1,L2,...|auto", help=help_)
         else:
@@ -145,7 +154,29 @@ def config_from(args, cls, skip: tuple[str, ...] = ()):
     kw = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in skip}
     if kw.get("xe_max") == "auto":
         kw["xe_max"] = None
+    if "ladder" in kw and kw["ladder"] is not None:
+        kw["ladder"] = None if [str(c).lower() for c in kw["ladder"]] == ["off"] else tuple(kw["ladder"])
     return cls(**kw)
+
+
+def _default_ladder() -> tuple:
+    from ..engine.config import DEFAULT_LADDER
+
+    return tuple("none" if c is None else c for c in DEFAULT_LADDER)
+
+
+def add_judge_option(parser: argparse.ArgumentParser) -> None:
+    """``--judge``: the fluency judge that scores the reported prompts (never used inside the search)."""
+    default = os.environ.get("FEATUREDREAM_JUDGE", "default")
+    parser.add_argument(
+        "--judge",
+        default=default,
+        metavar="MODEL|default|none",
+        help="fluency judge: a model of another family that scores the reported prompts' XE as a "
+        "percentile among natural prose (50 = typical), never used inside the search; 'default' is "
+        f"Gemma 3 270M (fetched once, offline), 'none' skips it (default: {default}; "
+        "$FEATUREDREAM_JUDGE sets it)",
+    )
 
 
 def auto_xe_max(args, cfg, sae=None):

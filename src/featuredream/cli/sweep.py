@@ -11,7 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from .options import add_config_options, add_model_options, config_for_sae_files, int_at_least
+from .options import (
+    add_config_options,
+    add_judge_option,
+    add_model_options,
+    config_for_sae_files,
+    int_at_least,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,7 @@ def register(sub) -> None:
     )
     add_model_options(s)
     add_config_options(s, DreamConfig)
+    add_judge_option(s)
 
     m = sub.add_parser(
         "sweep-summary", help="summarize a sweep: ratio distribution, worst features, HTML index"
@@ -79,6 +86,7 @@ def _spec(args):
         dtype=args.dtype,
         config=config_for_sae_files(args),
         group_size=args.group_size,
+        judge=None if getattr(args, "judge", "none") == "none" else args.judge,
     )
 
 

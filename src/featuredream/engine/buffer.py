@@ -41,52 +41,65 @@ class Entry:
 
 
 class Buffer:
-    """The union over penalties of the best ``per_penalty`` distinct prompts under each penalty."""
+    """The union over lanes of the best ``per_penalty`` distinct prompts of each lane. Lane ``j`` ranks by
+    penalty ``penalties[j]`` under ceiling ``lane_limits[j]`` (default: ``xe_max`` for every lane); lane 0
+    is the run's own ranking (``entries`` are in its order; :meth:`feasible` and :meth:`loss` are its)."""
 
-    def __init__(self, penalties: list[float], per_penalty: list[int], xe_max: XeLimit | None):
+    def __init__(
+        self,
+        penalties: list[float],
+        per_penalty: list[int],
+        xe_max: XeLimit | None,
+        lane_limits: list[XeLimit | None] | None = None,
+    ):
         self.penalties, self.per, self.limit = penalties, per_penalty, xe_max
+        self.lane_limits = [xe_max] * len(penalties) if lane_limits is None else list(lane_limits)
+        if len(self.lane_limits) != len(penalties):
+            raise ValueError(f"{len(self.lane_limits)} lane ceilings for {len(penalties)} lanes")
         self.entries: list[Entry] = []
 
-    def limits(self, entries: list[Entry]) -> torch.Tensor | None:
-        """Each entry's XE ceiling at its own length ``[n]`` (None: no ceiling)."""
-        return None if self.limit is None else self.limit.of([len(e.ids) for e in entries])
+    def limits(self, entries: list[Entry], lane: int = 0) -> torch.Tensor | None:
+        """Each entry's XE ceiling at its own length in ``lane`` ``[n]`` (None: no ceiling)."""
+        limit = self.lane_limits[lane]
+        return None if limit is None else limit.of([len(e.ids) for e in entries])
 
     def feasible(self, e: Entry) -> bool:
         return self.limit is None or e.xe <= self.limit.at(len(e.ids))
 
+    def lane_losses(self, entries: list[Entry], lane: int) -> torch.Tensor:
+        """``[n]`` the entries' losses in ``lane``."""
+        scores = torch.tensor([e.score for e in entries])
+        xe = torch.tensor([e.xe for e in entries])
+        return rank_loss(scores, xe, self.penalties[lane], self.limits(entries, lane))
+
     def merge(self, cands: list[Entry]) -> None:
-        pool = {e.key(): e for e in self.entries + cands}
-        pool_l = list(pool.values())
-        scores = torch.tensor([e.score for e in pool_l])
-        xe = torch.tensor([e.xe for e in pool_l])
+        pool_l = list({e.key(): e for e in self.entries + cands}.values())
         keep: dict[tuple, Entry] = {}
-        for lam, per in zip(self.penalties, self.per):
-            order = torch.argsort(rank_loss(scores, xe, lam, self.limits(pool_l)), stable=True)
+        for lane, per in enumerate(self.per):
+            order = torch.argsort(self.lane_losses(pool_l, lane), stable=True)
             for i in order[:per].tolist():
                 if math.isfinite(pool_l[i].score):
                     keep.setdefault(pool_l[i].key(), pool_l[i])
-        primary = rank_loss(
-            torch.tensor([e.score for e in keep.values()]),
-            torch.tensor([e.xe for e in keep.values()]),
-            self.penalties[0],
-            self.limits(list(keep.values())),
-        )
         vals = list(keep.values())
+        primary = self.lane_losses(vals, 0) if vals else torch.empty(0)
         self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
 
+    def lane_tops(self) -> list[Entry]:
+        """Each lane's best entry (lanes in order; the same entry may head several)."""
+        if not self.entries:
+            return []
+        return [
+            self.entries[int(torch.argmin(self.lane_losses(self.entries, j)))] for j in range(len(self.per))
+        ]
+
     def entry_bound(self) -> float | None:
-        """Activation a new prompt must exceed to enter under some penalty (None: anything may enter).
+        """Activation a new prompt must exceed to enter some lane (None: anything may enter).
 
         Since XE >= 0, ``-act + lam * xe < worst_loss`` implies ``act > -worst_loss``.
         """
         bounds = []
-        for lam, per in zip(self.penalties, self.per):
-            losses = rank_loss(
-                torch.tensor([e.score for e in self.entries]),
-                torch.tensor([e.xe for e in self.entries]),
-                lam,
-                self.limits(self.entries),
-            )
+        for lane, per in enumerate(self.per):
+            losses = self.lane_losses(self.entries, lane)
             if len(losses) < per:
                 return None
             worst = float(torch.sort(losses).values[per - 1])
@@ -96,9 +109,7 @@ class Buffer:
         return min(bounds)
 
     def loss(self, e: Entry) -> float:
-        return float(
-            rank_loss(torch.tensor([e.score]), torch.tensor([e.xe]), self.penalties[0], self.limits([e]))
-        )
+        return float(self.lane_losses([e], 0))
 
 
 def frontier_update(front: torch.Tensor, scores: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:

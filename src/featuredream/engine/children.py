@@ -78,9 +78,9 @@ def make_children(
         if op == "gcg_swap":
             c, _ = gcg_swap(parent, sig.grad, n, cfg.gcg_topk, gen, banned, sig.logprobs, cfg.gcg_fluency)
         elif op == "sample_swap":
-            c, _ = sample_swap(parent, sig.logprobs, n, k2, gen, banned)
+            c, _ = sample_swap(parent, sig.logprobs, n, k2, gen, banned, cfg.top_p)
         elif op == "sample_insert":
-            c, _ = sample_insert(parent, sig.logprobs, n, k2, gen, banned)
+            c, _ = sample_insert(parent, sig.logprobs, n, k2, gen, banned, cfg.top_p)
         else:
             c, _ = delete(parent, n, gen)
         kids.extend(c.unbind(0))

@@ -9,6 +9,8 @@ from ..checks import check_int
 from .fluency import parse_xe_max
 
 STARTS = ("auto", "prompt", "dataset", "samples")
+DEFAULT_LADDER = ("p50", "p75", "p90", None)
+"""The CLI's fluency ladder (``--ladder``): the most activating prompt at each of these ceilings."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class DreamConfig:
     """Share made by deletes."""
     sample_k2: int = 16
     """Tokens sampled (without replacement) per position for sampled operators."""
+    top_p: float = 1.0
+    """Sampled swaps and inserts draw only from the nucleus: the smallest set of most probable next tokens
+    holding this much probability (1.0: the whole distribution)."""
     gcg_topk: int = 512
     """GCG picks among the top-k tokens by gradient per position."""
     gcg_fluency: float = 1.0
@@ -61,6 +66,11 @@ class DreamConfig:
     """Fluency penalty lambda: loss = -activation + lambda * XE."""
     pareto: tuple[float, ...] | None = None
     """Extra penalties (e.g. 8 values log-spaced 0.1..10) each keeping its own buffer slot (EPO-style)."""
+    ladder: tuple[float | str | None, ...] | None = None
+    """A fluency ladder: ceilings (each an ``xe_max`` form, e.g. ``("p50", "p75", "p90", None)``) at each of
+    which the result also reports the most activating prompt found (``DreamResult.ladder``). Each rung keeps
+    its best in its own buffer slot, so rungs share the iteration's children and parents (as ``pareto``
+    does); a looser rung's activation is never below a stricter one's. None: no ladder."""
     patience: int | None = 60
     """Iterations without improvement of the best loss before a restart (or stop); None: never."""
     restarts: int = 0
@@ -114,6 +124,8 @@ class DreamConfig:
             and self.gcg_fluency >= 0
         ):
             raise bad("gcg_fluency", "a finite number >= 0")
+        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+            raise bad("top_p", "a number in (0, 1]")
         if not (math.isfinite(self.xe_regularization) and self.xe_regularization >= 0):
             raise bad("xe_regularization", "a number >= 0")
         if self.time_budget is not None and not (self.time_budget > 0):
@@ -127,6 +139,10 @@ class DreamConfig:
         if self.pareto is not None:
             if not self.pareto or any(not (math.isfinite(p) and p >= 0) for p in self.pareto):
                 raise bad("pareto", "a non-empty list of penalties >= 0")
+        if self.ladder is not None:
+            if isinstance(self.ladder, str) or not self.ladder:
+                raise bad("ladder", "a non-empty list of ceilings (numbers, pNN or none)")
+            object.__setattr__(self, "ladder", tuple(parse_xe_max(c) for c in self.ladder))
         if self.patience is not None and self.patience < 1:
             raise bad("patience", "an integer >= 1 (or None)")
         if self.restarts < 0:
@@ -135,7 +151,12 @@ class DreamConfig:
     @property
     def needs_xe(self) -> bool:
         """XE must be computed for every candidate (a fluency term or the frontier is in use)."""
-        return self.xe_max is not None or self.xe_regularization > 0 or self.pareto is not None
+        return (
+            self.xe_max is not None
+            or self.xe_regularization > 0
+            or self.pareto is not None
+            or self.ladder is not None
+        )
 
     @classmethod
     def names(cls) -> list[str]:

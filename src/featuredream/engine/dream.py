@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ..checks import check_int
+from ..lm.judge import FluencyJudge, resolve_judge
 from .config import DreamConfig
 from .group import MultiLatentObjective, Single
 from .loop import DreamLoop
@@ -20,13 +21,41 @@ log = logging.getLogger(__name__)
 
 
 def dream(
-    model: nn.Module, tokenizer, objective: Objective, config: DreamConfig | None = None
+    model: nn.Module,
+    tokenizer,
+    objective: Objective,
+    config: DreamConfig | None = None,
+    *,
+    judge: FluencyJudge | str | None = None,
 ) -> DreamResult:
     """Find a short, fluent prompt that maximizes ``objective``. See :class:`DreamConfig` for the knobs.
 
-    Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
+    ``judge``: a fluency judge (:mod:`featuredream.lm.judge`; ``"default"`` = Gemma 3 270M, a model name, a
+    :class:`FluencyJudge`, or None) that scores the best prompt and each ladder rung after the search (it is
+    never used inside it): ``result.judge``, ``rung.judge``. Loaded before the search, so a bad name fails
+    at once. Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
     """
-    return DreamLoop(model, tokenizer, Single(objective), config or DreamConfig()).run()[0]
+    judge = resolve_judge(judge, device=_device(model))
+    result = DreamLoop(model, tokenizer, Single(objective), config or DreamConfig()).run()[0]
+    judge_results([result], judge)
+    return result
+
+
+def judge_results(results: Sequence, judge: FluencyJudge | None) -> None:
+    """Score every result's best prompt and ladder rungs with ``judge`` (in place; nothing without one)."""
+    if judge is None:
+        return
+    done = [r for r in results if isinstance(r, DreamResult)]
+    prompts = [p for r in done for p in [r.best] + [g.prompt for g in r.ladder]]
+    scores = iter(judge.score([p.text for p in prompts]))
+    for r in done:
+        r.judge = next(scores).to_dict()
+        for g in r.ladder:
+            g.judge = next(scores).to_dict()
+
+
+def _device(model: nn.Module):
+    return next(model.parameters()).device
 
 
 def dream_many(
@@ -38,6 +67,7 @@ def dream_many(
     seeds: Sequence[int] | None = None,
     errors: str = "raise",
     on_interrupt: str = "finish",
+    judge: FluencyJudge | str | None = None,
 ) -> list[DreamResult | FeatureError]:
     """Dream each latent of ``objective`` together (:mod:`.loop`); one :class:`DreamResult` per latent.
 
@@ -48,12 +78,13 @@ def dream_many(
     it; ``'record'``: it yields a :class:`FeatureError` instead. Ctrl-C: ``on_interrupt='finish'`` stops the
     loop and returns the best so far of every feature (``interrupted=True``); ``'raise'`` re-raises at once
     (a sweep discards unfinished features anyway). ``wall_time`` is the group's time divided among the
-    features; the undivided figures are in ``environment["multi"]``.
+    features; the undivided figures are in ``environment["multi"]``. ``judge``: as for :func:`dream`.
     """
     if errors not in ("raise", "record"):
         raise ValueError(f"errors={errors!r}: valid are 'raise', 'record'")
     if on_interrupt not in ("finish", "raise"):
         raise ValueError(f"on_interrupt={on_interrupt!r}: valid are 'finish', 'raise'")
+    judge = resolve_judge(judge, device=_device(model))
     loop = DreamLoop(model, tokenizer, objective, config or DreamConfig(), seeds)
     log.info("dreaming %d features of %s together", len(objective), objective.sae.name)
     results = loop.run(errors, on_interrupt)
@@ -67,6 +98,7 @@ def dream_many(
                 "loop_seconds": loop.loop_seconds,
                 "cached_tokens": loop.scorer.n_cached_tokens + loop.full.n_cached_tokens,
             }
+    judge_results(results, judge)
     return results
 
 
@@ -82,6 +114,7 @@ def dream_features(
     norm_guard: bool | float = True,
     group_size: int = 32,
     errors: str = "raise",
+    judge: FluencyJudge | str | None = None,
     on_group: Callable[[list[int], list[DreamResult | FeatureError]], None] | None = None,
 ) -> list[DreamResult | FeatureError]:
     """Dream ``features`` of ``sae`` in groups of ``group_size`` (one :func:`dream_many` per group).
@@ -95,7 +128,7 @@ def dream_features(
     for i in range(0, len(features), group_size):
         group = list(features[i : i + group_size])
         obj = MultiLatentObjective(sae, group, kind, reduce, norm_guard)
-        results = dream_many(model, tokenizer, obj, config, errors=errors)
+        results = dream_many(model, tokenizer, obj, config, errors=errors, judge=judge)
         out += results
         if on_group is not None:
             on_group(group, results)

@@ -232,3 +232,31 @@ def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts:
         valids.append(out.valid[0])
     parts = [EvalOutput(s, x, a[None], v[None]) for s, x, a, v in zip(scores, xes, acts, valids)]
     return cat_outputs(parts, max(len(a) for a in acts))
+
+
+def cascade(
+    scorer: Evaluator, full: Evaluator, ids, lengths, owner, bound: torch.Tensor, parents
+) -> EvalOutput:
+    """The cascade: rows with a bound (``bound [n]``, float64) are scored to the objective's layer by
+    ``scorer`` first, and XE is finished by ``full`` only for those whose score is above their bound (XE =
+    +inf for the others, which then never enter a buffer). Rows without a bound (NaN): one ``full`` pass."""
+    direct = torch.isnan(bound)
+    scores = torch.full((len(ids),), torch.nan)
+    valid = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    go = direct.clone()
+    casc = (~direct).nonzero().squeeze(1)
+    if len(casc):
+        c = casc.to(ids.device)
+        first = scorer(ids[c], lengths[c], owner[c], parents)
+        scores[casc], valid[c] = first.scores.cpu(), first.valid
+        go[casc] = first.scores.double().cpu() > bound[casc]
+    xe = torch.full((len(ids),), torch.inf)
+    fin = go.nonzero().squeeze(1)
+    if len(fin):
+        f = fin.to(ids.device)
+        out = full(ids[f], lengths[f], owner[f], parents)
+        xe[fin] = out.xe.cpu()
+        d = direct[fin]
+        scores[fin[d]] = out.scores.cpu()[d]
+        valid[f[d.to(ids.device)]] = out.valid[d.to(ids.device)]
+    return EvalOutput(scores, xe, None, valid)

@@ -40,7 +40,7 @@ from .buffer import Buffer, Entry
 from .children import Canonicalizer, banned_ids, make_children
 from .config import DreamConfig, default_children
 from .corpus_scan import dataset_examples
-from .evaluate import EvalOutput, Evaluator
+from .evaluate import EvalOutput, Evaluator, cascade
 from .fluency import resolve_xe_limit
 from .group import ObjectiveGroup, Single
 from .interrupt import stop_requested
@@ -48,7 +48,7 @@ from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import FeatureError
 from .signals import batched_parent_signals
 from .starts import check_context, model_samples, scanned_samples, start_pool
-from .state import FeatureRun
+from .state import FeatureRun, RungSpec
 from .verify import finish_result
 
 log = logging.getLogger(__name__)
@@ -94,28 +94,42 @@ class DreamLoop:
         self._samples: dict[tuple[int, int, int], list[list[int]]] = {}  # per (seed, number, length)
 
     def _model_xe_table(self) -> dict:
-        """The model's natural-text XE table on the default corpus (computed once per model, cached)."""
+        """The model's natural-text XE table on the prose reference (computed once per model, cached)."""
         from ..lm.site_store import model_fingerprint
-        from ..lm.xe_table import default_xe_table
+        from ..lm.xe_table import reference_xe_table
 
         if self._xe_table is None:
-            self._xe_table = default_xe_table(self.model, self.tok, model_fingerprint(self.model))
+            self._xe_table = reference_xe_table(self.model, self.tok, model_fingerprint(self.model))
         return self._xe_table
 
     def _new_run(self, k: int, seed: int) -> FeatureRun:
         cfg, single = replace(self.cfg, seed=seed), self.group.singles[k]
-        penalties = [cfg.xe_regularization] + list(cfg.pareto or ())
-        per = [cfg.buffer_size] + [1] * len(cfg.pareto or ())
+        pareto, ladder = list(cfg.pareto or ()), list(cfg.ladder or ())
         limit = resolve_xe_limit(cfg.xe_max, single, cfg.max_tokens, self._model_xe_table)
+        rungs = [
+            RungSpec(
+                c, resolve_xe_limit(c, single, cfg.max_tokens, self._model_xe_table), 1 + len(pareto) + i
+            )
+            for i, c in enumerate(ladder)
+        ]
+        buffer = Buffer(
+            [cfg.xe_regularization]
+            + pareto
+            + [0.0] * len(rungs),  # a rung: most activating under its ceiling
+            [cfg.buffer_size] + [1] * (len(pareto) + len(rungs)),
+            limit,
+            [limit] * (1 + len(pareto)) + [r.limit for r in rungs],
+        )
         return FeatureRun(
             k,
             single,
             cfg,
             torch.Generator(device="cpu").manual_seed(seed),
-            Buffer(penalties, per, limit),
+            buffer,
             Canonicalizer(self.tok, cfg.min_tokens, cfg.max_tokens),
             label=self.group.label(k),
             restarts_left=cfg.restarts,
+            rungs=rungs,
         )
 
     # ---- start ----
@@ -251,8 +265,9 @@ class DreamLoop:
         if r.restarts_left > 0 and r.unused:
             r.restarts_left -= 1
             r.since_improved = 0
+            tops = r.buffer.lane_tops()[1:]  # the Pareto slots' and rungs' bests survive a restart
             r.buffer.entries = []
-            r.buffer.merge(r.unused[: r.cfg.buffer_size] + [r.best])
+            r.buffer.merge(r.unused[: r.cfg.buffer_size] + [r.best] + tops)
             r.unused = r.unused[r.cfg.buffer_size :]
             log.info("%srestart at iteration %d", f"{r.label}: " if r.label else "", it)
         else:
@@ -274,7 +289,7 @@ class DreamLoop:
         )
         ids, lengths = pad_right(seqs, self.pad_id, self.dev)
         if self.cascade:
-            out = self._cascade(ids, lengths, owner, bound, parents)
+            out = cascade(self.scorer, self.full, ids, lengths, owner, bound, parents)
         else:
             o = self.full(ids, lengths, owner, parents)
             out = EvalOutput(o.scores.cpu(), o.xe.cpu(), None, o.valid)
@@ -285,30 +300,6 @@ class DreamLoop:
             entries[r.k] = self.ingest(r, ss, sources, part, lengths[i:j])
             i = j
         return entries
-
-    def _cascade(self, ids, lengths, owner, bound: torch.Tensor, parents) -> EvalOutput:
-        """Rows with a bound: score to the objective's layer, finish XE only for those above it (XE = +inf
-        for the others, which then never enter). Rows without a bound (NaN): one full pass."""
-        direct = torch.isnan(bound)
-        scores = torch.full((len(ids),), torch.nan)
-        valid = torch.zeros(ids.shape, dtype=torch.bool, device=self.dev)
-        go = direct.clone()
-        casc = (~direct).nonzero().squeeze(1)
-        if len(casc):
-            c = casc.to(self.dev)
-            first = self.scorer(ids[c], lengths[c], owner[c], parents)
-            scores[casc], valid[c] = first.scores.cpu(), first.valid
-            go[casc] = first.scores.double().cpu() > bound[casc]
-        xe = torch.full((len(ids),), torch.inf)
-        fin = go.nonzero().squeeze(1)
-        if len(fin):
-            f = fin.to(self.dev)
-            out = self.full(ids[f], lengths[f], owner[f], parents)
-            xe[fin] = out.xe.cpu()
-            d = direct[fin]
-            scores[fin[d]] = out.scores.cpu()[d]
-            valid[f[d.to(self.dev)]] = out.valid[d.to(self.dev)]
-        return EvalOutput(scores, xe, None, valid)
 
     def ingest(self, r: FeatureRun, seqs, sources, out: EvalOutput, lengths: torch.Tensor) -> list[Entry]:
         """Feature ``r``'s share of an evaluated batch -> its entries; counts non-finite and capped scores

@@ -54,11 +54,29 @@ def gcg_swap(
     return children, pos
 
 
-def _sample_candidates(logprobs: torch.Tensor, k2: int, gen: torch.Generator, banned) -> torch.Tensor:
-    """``k2`` tokens per row sampled without replacement from ``softmax(logprobs)``: ``[rows, k2]``."""
+def nucleus(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logprobs [rows, V]`` with every token outside each row's nucleus set to -inf: the smallest set of
+    most probable tokens whose probability reaches ``top_p`` (the most probable token always stays)."""
+    if top_p >= 1.0:
+        return logprobs
+    sorted_lp, order = logprobs.sort(dim=-1, descending=True)
+    before = sorted_lp.softmax(dim=-1).cumsum(dim=-1) - sorted_lp.softmax(dim=-1)  # mass of the better ones
+    drop_sorted = before >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logprobs.masked_fill(drop, -torch.inf)
+
+
+def _sample_candidates(
+    logprobs: torch.Tensor, k2: int, gen: torch.Generator, banned, top_p: float = 1.0
+) -> torch.Tensor:
+    """``k2`` tokens per row sampled from ``softmax(logprobs)`` (banned tokens removed, cut to the
+    ``top_p`` nucleus): without replacement when every row has ``k2`` candidates, else with (a repeated
+    token makes a repeated child, which the seen set drops): ``[rows, k2]``."""
     lp = logprobs.masked_fill(_banned_mask(logprobs.shape[1], banned, logprobs.device), -torch.inf)
-    probs = lp.softmax(dim=-1)
-    return torch.multinomial(probs.to(gen.device), k2, replacement=False, generator=gen).to(logprobs.device)
+    probs = nucleus(lp, top_p).softmax(dim=-1)
+    replace = bool(((probs > 0).sum(dim=-1) < k2).any())
+    draws = torch.multinomial(probs.to(gen.device), k2, replacement=replace, generator=gen)
+    return draws.to(logprobs.device)
 
 
 def sample_swap(
@@ -68,14 +86,16 @@ def sample_swap(
     k2: int,
     gen: torch.Generator,
     banned: torch.Tensor | None = None,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace the token at a random position p >= 1 by one sampled from the distribution predicted at p-1.
+    """Replace the token at a random position p >= 1 by one sampled from the distribution predicted at p-1
+    (cut to its ``top_p`` nucleus).
 
     (Seed bug 3 used the distribution predicted *at* p, which is about p+1.)
     ``ids [L]`` (L >= 2), ``logprobs [L, V]`` -> ``children [n, L]``, ``positions [n]``.
     """
     L = len(ids)
-    cand = _sample_candidates(logprobs[: L - 1], k2, gen, banned)  # row p-1 -> candidates for position p
+    cand = _sample_candidates(logprobs[: L - 1], k2, gen, banned, top_p)  # row p-1 -> position p
     pos = torch.randint(1, L, (n,), generator=gen, device=gen.device).to(ids.device)
     pick = torch.randint(0, k2, (n,), generator=gen, device=gen.device).to(ids.device)
     children = ids.repeat(n, 1)
@@ -90,13 +110,15 @@ def sample_insert(
     k2: int,
     gen: torch.Generator,
     banned: torch.Tensor | None = None,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Insert at a random position q in 1..L a token sampled from the distribution predicted at q-1.
+    """Insert at a random position q in 1..L a token sampled from the distribution predicted at q-1 (cut to
+    its ``top_p`` nucleus).
 
     ``ids [L]``, ``logprobs [L, V]`` -> ``children [n, L+1]``, ``positions [n]`` (index of the new token).
     """
     L = len(ids)
-    cand = _sample_candidates(logprobs[:L], k2, gen, banned)
+    cand = _sample_candidates(logprobs[:L], k2, gen, banned, top_p)
     q = torch.randint(1, L + 1, (n,), generator=gen, device=gen.device).to(ids.device)
     pick = torch.randint(0, k2, (n,), generator=gen, device=gen.device).to(ids.device)
     j = torch.arange(L + 1, device=ids.device)[None, :]

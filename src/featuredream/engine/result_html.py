@@ -1,6 +1,7 @@
 """The notebook view of a :class:`~featuredream.engine.results.DreamResult` (its ``_repr_html_``): the best
 prompt as token chips coloured by per-token activation, the activation and its ratio to the dataset max, XE
-against its ceiling, feasibility, and the best activation per iteration as an inline SVG line.
+against its ceiling, feasibility, the fluency judge's percentile, the best activation per iteration as an
+inline SVG line, and the fluency ladder (one row per ceiling).
 
 Built from :mod:`featuredream.html_parts`, the card's escaped parts: every token and name is escaped.
 """
@@ -11,7 +12,16 @@ import html
 import math
 from typing import Any
 
-from ..html_parts import fmt_value, inline_view, scored_index, sparkline, table, token_spans
+from ..html_parts import (
+    fmt_value,
+    inline_view,
+    judge_cell,
+    ladder_table,
+    scored_index,
+    sparkline,
+    table,
+    token_spans,
+)
 
 
 def _xe_cell(xe: float, limit: float | None) -> str:
@@ -61,6 +71,10 @@ def dream_result_html(r: Any) -> str:
         ("ratio", ratio_s),
         ("XE (nats/token)", _xe_cell(best.xe, r.xe_limit)),
         ("feasible", feas),
+        (
+            "judge percentile",
+            judge_cell(r.judge) + " <span class='sub'>(among natural prose; 50 = typical)</span>",
+        ),
         ("iterations", f"{len(r.history)}" + (f" (stopped: {stop})" if stop else "")),
         ("time", f"{fmt_value(r.wall_time, '.1f')} s, {r.n_evaluated} prompts evaluated"),
     ]
@@ -68,6 +82,9 @@ def dream_result_html(r: Any) -> str:
     if line:
         note = "best activation per iteration" + (" (dashed: dataset max)" if r.dataset_max else "")
         rows.append(("trajectory", f"{line}<div class='sub'>{note}</div>"))
+    ladder = ladder_table(r.ladder, r.ratio_of, vmax)
+    ladder = f"<h4>Fluency ladder</h4>{ladder}" if ladder else ""
     return inline_view(
         f"<h4>Dream of {what}</h4><div class='sub'>{sub}</div><div class='text'>{prompt}</div>{table(rows)}"
+        + ladder
     )

@@ -25,6 +25,27 @@ class Prompt:
 
 
 @dataclass
+class Rung:
+    """One rung of a fluency ladder: the most activating prompt found under ``ceiling`` (re-scored from its
+    text by the reference path, like the best prompt)."""
+
+    ceiling: str
+    """The ceiling as given: ``p50``, ``6.5`` or ``none``."""
+    xe_limit: float | None
+    """The ceiling at the prompt's own length (None: no ceiling)."""
+    feasible: bool
+    """The prompt meets the ceiling (False: nothing evaluated did; the least infeasible is shown)."""
+    prompt: Prompt
+    judge: dict[str, Any] | None = None
+    """The fluency judge's view of the prompt (:class:`featuredream.lm.judge.JudgeScore` as a dict)."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rung:
+        d = {k: v for k, v in d.items() if k != "ratio"}
+        return cls(**{**d, "prompt": Prompt(**d["prompt"])})
+
+
+@dataclass
 class FeatureError:
     """A feature of a group that could not be dreamed (e.g. every start prompt scored non-finite)."""
 
@@ -70,6 +91,10 @@ class DreamResult:
     """The XE ceiling the best prompt had to meet at its own length (None: no ceiling)."""
     xe_limits: dict[str, Any] | None = None
     """The ceiling used: ``{"spec": 6.5 or "p90", "by_length": {tokens: ceiling}}``."""
+    ladder: list[Rung] = field(default_factory=list)
+    """The fluency ladder (``DreamConfig.ladder``): the most activating prompt at each ceiling."""
+    judge: dict[str, Any] | None = None
+    """The fluency judge's view of ``best`` (:class:`featuredream.lm.judge.JudgeScore` as a dict)."""
     verification: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +105,12 @@ class DreamResult:
             return None
         return self.best.activation / self.dataset_max
 
+    def ratio_of(self, prompt: Prompt) -> float | None:
+        """``prompt``'s activation / the dataset maximum (None without one)."""
+        if self.dataset_max is None or self.dataset_max <= 0:
+            return None
+        return prompt.activation / self.dataset_max
+
     def _repr_html_(self) -> str:
         """Jupyter's inline view: the prompt's tokens coloured by activation, ratio, XE, trajectory."""
         return dream_result_html(self)
@@ -87,6 +118,8 @@ class DreamResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["ratio"] = self.ratio
+        for rung, r in zip(d["ladder"], self.ladder):
+            rung["ratio"] = self.ratio_of(r.prompt)
         return d
 
     @classmethod
@@ -95,6 +128,7 @@ class DreamResult:
         d.pop("ratio", None)
         d["best"] = Prompt(**d["best"])
         d["buffer"] = [Prompt(**p) for p in d["buffer"]]
+        d["ladder"] = [Rung.from_dict(r) for r in d.get("ladder", [])]
         return cls(**d)
 
     def to_json(self) -> str:

@@ -10,6 +10,16 @@ from .buffer import Buffer, Entry, Frontier
 from .children import Canonicalizer
 from .config import DreamConfig
 from .corpus_scan import DatasetExamples
+from .fluency import XeLimit
+
+
+@dataclass(frozen=True)
+class RungSpec:
+    """One rung of a fluency ladder: its ceiling as given, resolved for the objective, and its buffer lane."""
+
+    ceiling: float | str | None
+    limit: XeLimit | None
+    lane: int
 
 
 @dataclass
@@ -36,6 +46,8 @@ class FeatureRun:
     stop_reason: str = "iterations"
     active: bool = True
     error: str | None = None
+    rungs: list[RungSpec] = field(default_factory=list)
+    """The fluency ladder's rungs (``cfg.ladder``), each with its own lane in ``buffer``."""
     dataset: DatasetExamples | None = None
     """The objective's top corpus examples and maximum (its SAE's statistics or a corpus scan), when the
     start used them."""

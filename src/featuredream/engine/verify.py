@@ -13,7 +13,7 @@ import torch
 from ..lm.models import model_name
 from .buffer import rank_loss
 from .evaluate import reference_evaluate
-from .results import DreamResult, Prompt
+from .results import DreamResult, Prompt, Rung
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,26 @@ def finish_result(model, tokenizer, run, *, t0: float, interrupted: bool) -> Dre
         n_dropped_retokenization=counts["dropped"],
         n_capped_positions=counts["capped"],
         **_dataset_max(run),
+        ladder=_ladder(tokenizer, run, entries, texts, ref),
         verification=_verification(model, best, best_p, cfg.needs_xe),
         environment=_environment(model),
     )
+
+
+def _ladder(tokenizer, run, entries, texts: list[str], ref) -> list[Rung]:
+    """Each rung's most activating entry under its ceiling, chosen on the reference values (so a looser
+    rung's activation is never below a stricter one's), with its tokens' activations."""
+    out = []
+    lengths = [len(e.ids) for e in entries]
+    for spec in run.rungs:
+        lims = None if spec.limit is None else spec.limit.of(lengths)
+        i = int(torch.argmin(rank_loss(ref.scores.cpu(), ref.xe.cpu(), 0.0, lims)))
+        ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+        p = prompt_record(tokenizer, ids, ref.scores[i], ref.xe[i], ref.token_acts[i, : len(ids)].tolist())
+        limit = None if spec.limit is None else spec.limit.at(len(ids))
+        ceiling = "none" if spec.ceiling is None else str(spec.ceiling)
+        out.append(Rung(ceiling, limit, limit is None or p.xe <= limit, p))
+    return out
 
 
 def _dataset_max(run) -> dict:

@@ -62,6 +62,9 @@ class SweepSpec:
     """The dream configuration every feature runs with (same seed for all)."""
     group_size: int = 32
     """Features dreamed together in one multi-feature run."""
+    judge: str | None = None
+    """Fluency judge of each feature's reported prompts (``default``, a model name, None): it annotates a
+    result and never changes a dream, so it is not part of the store's fingerprint."""
 
     def __post_init__(self) -> None:
         check_int("group_size", self.group_size)

@@ -271,13 +271,20 @@ class SweepStore:
             return self.conn.total_changes - before
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every record's summary columns (no full result), by feature."""
+        """Every record's summary columns (no full result; ``judge_pct``: the fluency judge's percentile of the
+        best prompt, None without a judge), by feature."""
         cur = self.conn.execute(
-            "SELECT feature, status, activation, xe, dataset_max, ratio, feasible, text, error, seconds "
-            "FROM results ORDER BY feature"
+            "SELECT feature, status, activation, xe, dataset_max, ratio, feasible, text, error, seconds, "
+            "record FROM results ORDER BY feature"
         )
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur]
+        rows = []
+        for values in cur:
+            row = dict(zip(names, values))
+            judge = json.loads(row.pop("record")).get("judge") if row["record"] else None
+            row["judge_pct"] = judge.get("percentile") if judge else None
+            rows.append(row)
+        return rows
 
     def result(self, feature: int):
         """The full :class:`~featuredream.DreamResult` of ``feature`` (None if absent or failed)."""

@@ -53,6 +53,15 @@ class SweepSummary:
             return None
         return sum(1 for r in rows if r["ratio"] >= 1 and r["feasible"]) / len(rows)
 
+    @property
+    def judge_pcts(self) -> list[float]:
+        """The fluency judge's percentiles of the dreamed prompts (empty without a judge)."""
+        return [
+            r["judge_pct"]
+            for r in self.ok
+            if r.get("judge_pct") is not None and math.isfinite(r["judge_pct"])
+        ]
+
     def worst(self, n: int) -> list[dict[str, Any]]:
         """The ``n`` features with the lowest ratio; infeasible ones (XE above ``xe_max``) rank first, as if
         their ratio were -inf, whatever ratio their dream reached."""
@@ -73,6 +82,7 @@ def summary_html(s: SweepSummary, n_worst: int = 10) -> str:
         ("features", f"{len(s.rows)} stored, {len(s.ok)} dreamed, {len(s.errors)} failed"),
         ("dreamed / dataset max", e(_quantiles(s.ratios)) if s.ratios else "n/a (no dataset statistics)"),
         ("beat the dataset max", "n/a" if beat is None else f"{100 * beat:.1f}% (ratio ≥ 1, feasible)"),
+        ("judge percentile", e(_judge_line(s.judge_pcts))),
     ]
     worst = "".join(
         f'<tr><td class="num">{w["feature"]}</td><td class="num">{fmt_value(w["ratio"], ".2f")}</td>'
@@ -146,19 +156,30 @@ def format_summary(s: SweepSummary, n_worst: int = 20) -> str:
             "ratio distribution:",
             *text_histogram(r),
         ]
+        if s.judge_pcts:
+            lines.append(f"judge percentile among natural prose: {_judge_line(s.judge_pcts)}")
         worst = s.worst(n_worst)
         if worst:
             lines.append(f"worst {len(worst)} features:")
             for w in worst:
                 lines.append(
                     f"  {w['feature']:7d}  ratio {w['ratio']:6.2f}  XE {w['xe']:6.2f}"
-                    f"{'' if w['feasible'] else ' (infeasible)'}  {w['text']!r}"
+                    + ("" if w.get("judge_pct") is None else f"  judge {w['judge_pct']:3.0f}")
+                    + f"{'' if w['feasible'] else ' (infeasible)'}  {w['text']!r}"
                 )
     else:
         lines.append("no ratios: the SAE ships no dataset statistics")
     for e in s.errors[:n_worst]:
         lines.append(f"  failed {e['feature']}: {e['error']}")
     return "\n".join(lines)
+
+
+def _judge_line(pcts: list[float]) -> str:
+    """Median and share above 95 of the judge's percentiles ('n/a' without a judge)."""
+    if not pcts:
+        return "n/a (no judge)"
+    above = sum(p > 95 for p in pcts)
+    return f"median {statistics.median(pcts):.0f} (50 = typical prose), {above}/{len(pcts)} above 95"
 
 
 def ratio_figure(ratios: list[float]):

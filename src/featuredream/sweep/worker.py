@@ -48,8 +48,25 @@ def run_group(spec: SweepSpec, features: list[int], loaded=None) -> list[tuple[i
     model, tok, sae = loaded or load_spec(spec)
     obj = MultiLatentObjective(sae, features, spec.kind, spec.reduce, spec.norm_guard)
     cfg = replace(spec.config, progress=False)
-    results = dream_many(model, tok, obj, cfg, errors="record", on_interrupt="raise")
+    judge = load_judge(spec.judge, next(model.parameters()).device)
+    results = dream_many(model, tok, obj, cfg, errors="record", on_interrupt="raise", judge=judge)
     return list(zip(features, results))
+
+
+_JUDGES: dict[tuple, Any] = {}
+
+
+def load_judge(name: str | None, device):
+    """The fluency judge ``name`` on ``device``, loaded once per process (None: no judge)."""
+    if name is None or name == "none":
+        return None
+    key = (name, str(device))
+    if key not in _JUDGES:
+        from ..lm.judge import FluencyJudge
+
+        _JUDGES.clear()
+        _JUDGES[key] = FluencyJudge.load(name, device=device)
+    return _JUDGES[key]
 
 
 def worker_name() -> str:

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import tune_latents  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
+from featuredream.engine.dream import judge_results  # noqa: E402
 from featuredream.engine.objectives import make_objective  # noqa: E402
+from featuredream.lm.judge import FluencyJudge  # noqa: E402
 
 
 def main() -> None:
@@ -33,12 +35,14 @@ def main() -> None:
     ap.add_argument("--xe-max", default="p90")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", required=True, help="NAME=JSON overrides")
+    ap.add_argument("--judge", default="default", help="fluency judge (none: skip)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     model, tok = load_model(None, device="cpu")
     sae = load_sae(args.sae, model=model)
     latents = tune_latents(sae, args.n_latents)
+    judge = None if args.judge == "none" else FluencyJudge.load(args.judge)
     rows, summary = [], {}
     for spec in args.variants:
         name, kw = spec.split("=", 1)
@@ -54,7 +58,9 @@ def main() -> None:
                 **kw,
             )
             r = dream(model, tok, make_objective(sae, lat), cfg)
+            judge_results([r], judge)
             ratio = r.ratio if r.feasible else 0.0
+            pct = r.judge["percentile"] if r.judge else float("nan")
             rows.append(
                 dict(
                     variant=name,
@@ -66,11 +72,12 @@ def main() -> None:
                     iters=len(r.history),
                     start=r.start,
                     text=r.best.text,
+                    judge_pct=pct,
                 )
             )
             print(
                 f"{name:12s} {lat:5d} ratio {ratio:5.2f} XE {r.best.xe:5.2f}/{r.xe_limit:5.2f} "
-                f"L {len(r.best.ids):2d} it {len(r.history):3d} {r.start:8s} {r.best.text!r}",
+                f"L {len(r.best.ids):2d} it {len(r.history):3d} judge {pct:3.0f} {r.start:8s} {r.best.text!r}",
                 flush=True,
             )
         rs = [r["ratio"] for r in rows if r["variant"] == name]
@@ -82,13 +89,15 @@ def main() -> None:
             mean_ratio=statistics.mean(rs),
             median_xe=statistics.median(r["xe"] for r in rows if r["variant"] == name),
             median_tokens=statistics.median(r["tokens"] for r in rows if r["variant"] == name),
+            median_judge_pct=statistics.median(r["judge_pct"] for r in rows if r["variant"] == name),
         )
         Path(args.out).write_text(
             json.dumps(dict(args=vars(args), latents=latents, summary=summary, rows=rows), indent=1)
         )  # after each variant: a killed run keeps what it measured
         s = summary[name]
         print(
-            f"== {name}: {s['wins']}/{s['n']} >= 1, median {s['median_ratio']:.3f}, mean {s['mean_ratio']:.3f}"
+            f"== {name}: {s['wins']}/{s['n']} >= 1, median {s['median_ratio']:.3f}, mean {s['mean_ratio']:.3f}, "
+            f"judge median {s['median_judge_pct']:.0f}"
         )
     Path(args.out).write_text(
         json.dumps(dict(args=vars(args), latents=latents, summary=summary, rows=rows), indent=1)

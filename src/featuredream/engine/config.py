@@ -48,9 +48,10 @@ class DreamConfig:
     """Share made by deletes."""
     sample_k2: int = 16
     """Tokens sampled (without replacement) per position for sampled operators."""
-    top_p: float = 1.0
+    top_p: float = 0.9
     """Sampled swaps and inserts draw only from the nucleus: the smallest set of most probable next tokens
-    holding this much probability (1.0: the whole distribution)."""
+    holding this much probability (1.0: the whole distribution). 0.9 raised the median ratio at p50 from
+    1.21 to 1.29 on the tuning latents at equal time (benchmarks/tune_readable.json)."""
     gcg_topk: int = 512
     """GCG picks among the top-k tokens by gradient per position."""
     gcg_fluency: float = 1.0

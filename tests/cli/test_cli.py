@@ -48,6 +48,43 @@ def test_cli_dream_writes_result(tiny_dirs, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert {"text", "activation", "xe"} <= set(res["best"]) and len(res["history"]) == 2
     assert "best prompt" in cap.out
+    # the CLI's default ladder: p50 p75 p90 none, printed one row per rung
+    assert [g["ceiling"] for g in res["ladder"]] == ["p50", "p75", "p90", "none"]
+    assert cap.out.count("\n") >= 10 and "ladder      :" in cap.out
+    assert "decoder" in res["objective"] and "reduce=max" in cap.out  # the options given are the ones used
+
+
+def test_cli_judge_scores_the_dream(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """``--judge MODEL``: the reported prompt and each rung get the judge's percentile (here the tiny model
+    judges itself on a small reference); ``--ladder off`` drops the ladder."""
+    from featuredream.lm import prose
+
+    monkeypatch.setenv("FEATUREDREAM_CACHE", str(tmp_path / "cache"))
+    g = __import__("torch").Generator().manual_seed(0)
+    windows = __import__("torch").randint(3, 300, (30, 16), generator=g)
+    monkeypatch.setattr(prose, "prose_windows", lambda tok: windows)
+    out = tmp_path / "r.json"
+    args = _base(tiny_dirs, out)[:-2] + [
+        "--judge",
+        tiny_dirs["model"],
+        "--feature",
+        "3",
+        "--ladder",
+        "p50",
+        "none",
+    ]
+    code, cap = _run(capsys, args)
+    assert code == 0, cap.err
+    res = json.loads(out.read_text())
+    assert 0 <= res["judge"]["percentile"] <= 100 and res["judge"]["judge"] == tiny_dirs["model"]
+    assert all(g["judge"] is not None for g in res["ladder"]) and len(res["ladder"]) == 2
+    assert "judge       : percentile" in cap.out
+    code, cap = _run(capsys, _base(tiny_dirs, out) + ["--feature", "3", "--ladder", "off"])
+    assert (
+        code == 0
+        and json.loads(out.read_text())["ladder"] == []
+        and json.loads(out.read_text())["judge"] is None
+    )
 
 
 def test_subprocess_bad_feature_no_traceback(tiny_dirs, tmp_path):

@@ -169,6 +169,8 @@ def test_fluency_ladder_rungs_respect_their_ceilings_and_rise(tiny_llama, tiny_t
     assert all(a <= b + 1e-9 for a, b in zip(acts, acts[1:]))
     back = DreamResult.from_json(r.to_json())
     assert back.ladder == r.ladder
+    view = r._repr_html_()
+    assert "Fluency ladder" in view and view.count("<tr>") >= len(r.ladder) + 1
     assert r.to_dict()["ladder"][-1]["ratio"] == r.ratio_of(r.ladder[-1].prompt)
 
 

@@ -206,6 +206,7 @@ def test_card_rejects_a_dream_for_another_feature(tiny_llama, tiny_tokenizer, se
 
 
 def test_render_card_escapes_every_field():
+    from featuredream.engine.results import Prompt, Rung
     from featuredream.observe.card import CardData
 
     d = CardData(
@@ -229,7 +230,18 @@ def test_render_card_escapes_every_field():
             "stop": EVIL,
             "feasible": True,
             "seconds": 1.0,
+            "judge": {"xe": 4.0, "percentile": 42.0, "tokens": 2, "judge": EVIL},
         },
+        ladder=[
+            Rung(
+                EVIL,
+                5.0,
+                True,
+                Prompt(EVIL, [1], 1.5, 4.0, [EVIL], [1.5]),
+                {"percentile": 42.0, "judge": EVIL},
+            ),
+            Rung("none", None, True, Prompt(EVIL, [1], 2.5, 9.0), None),
+        ],
         logits_top=[(EVIL, 1.0)],
         logits_bottom=[(EVIL, -1.0)],
         logits_note=EVIL,
@@ -238,8 +250,10 @@ def test_render_card_escapes_every_field():
         figures={EVIL: None},
     )
     page = render_card(d)
-    assert "<script" not in page.lower() and page.count("&lt;script&gt;") >= 14
+    assert "<script" not in page.lower() and page.count("&lt;script&gt;") >= 18  # ladder: 4 more
     assert "\x07" not in page and "\\x07" in page
+    assert "Fluency ladder" in page and "judge percentile" in page
+    assert page.count("<tr>") >= 3 and ">42<" in page  # the rungs and the judge percentile
 
 
 def test_neuronpedia_export(tiny_llama, tiny_tokenizer, setup):

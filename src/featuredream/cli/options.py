@@ -181,7 +181,7 @@ def add_judge_option(parser: argparse.ArgumentParser) -> None:
 
 def auto_xe_max(args, cfg, sae=None):
     """``--xe-max auto`` (the default): p90 of natural text at each length, from the XE table in the SAE's
-    statistics or else the model's own table on the default corpus. Other values are kept as given."""
+    statistics or else the model's own table on the prose reference. Other values are kept as given."""
     if getattr(args, "xe_max", None) != "auto":
         return cfg
     return replace(cfg, xe_max="p90")

@@ -65,6 +65,7 @@ class CardData:
     steer_prompt: str
     figures: dict[str, str | None] = field(default_factory=dict)
     context_keep: float | None = None  # the share the minimal contexts keep (None: not computed)
+    ladder: list = field(default_factory=list)  # the dream's fluency ladder (engine.results.Rung)
 
 
 def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, n: int) -> list[tuple]:
@@ -173,6 +174,7 @@ def card_data(
             "stop": dream.stop_reason,
             "feasible": dream.feasible,
             "seconds": dream.wall_time,
+            "judge": dream.judge,
         }
     try:
         fvu = site_fvu(model, tok, sae)
@@ -201,6 +203,7 @@ def card_data(
         steer_prompt=steer_prompt,
         figures=figures,
         context_keep=keep,
+        ladder=list(dream.ladder) if dream is not None else [],
     )
 
 

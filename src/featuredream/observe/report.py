@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from ..engine.results import DreamResult, write_atomic
-from ..html_parts import HTMLPage
+from ..html_parts import HTMLPage, ladder_table
 from ..lm.saes import BoundSAE
 from .card import CardData, CardExample, card_data
 from .html import (
@@ -64,6 +64,8 @@ def render_card(d: CardData) -> HTMLPage:
             ),
             chip("dream XE", fmt_value(s["xe"], ".2f")),
         ]
+        if s.get("judge"):
+            chips.append(chip("judge percentile", fmt_value(s["judge"].get("percentile"), ".0f")))
     chips += [chip("latents", str(d.d_sae)), chip("FVU (check texts)", fmt_value(d.fvu, ".3f"))]
     out = [
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>feature {d.feature} \u00b7 {e(d.sae_name)}'
@@ -82,6 +84,14 @@ def render_card(d: CardData) -> HTMLPage:
             f"iterations ({e(str(s['stop']))}) \u00b7 {fmt_value(s['seconds'], '.1f')} s \u00b7 feasible: {e(str(s['feasible']))}"
         )
         out.append(f'<section><h2>Dreamed prompts</h2><p class="note">{meta}</p>{rows}</section>')
+    if d.ladder:
+        ratio_of = lambda p: p.activation / d.dataset_max if d.dataset_max else None  # noqa: E731
+        out.append(
+            '<section><h2>Fluency ladder</h2><p class="note">The most activating prompt found at each XE '
+            "ceiling (pNN: that percentile of natural prose at the prompt's length); judge pct: the fluency "
+            "judge's percentile among natural prose (50 = typical, lower reads more natural).</p>"
+            f"{ladder_table(d.ladder, ratio_of, vmax)}</section>"
+        )
     if d.examples:
         out.append(_examples_section(d, vmax))
     else:

@@ -113,7 +113,9 @@ def test_default_xe_table_is_the_models_prose_reference(setup, tmp_path, monkeyp
     st = compute_statistics(setup, cfg, tmp_path / "out")
     want = reference_xe_table(setup.model, setup.tok, "unused")
     torch.testing.assert_close(st.tensors["xe_quantiles"], want["xe_quantiles"])
-    torch.testing.assert_close(st.tensors["xe_quantiles"], xe_quantile_table(setup.model, windows)["xe_quantiles"])
+    torch.testing.assert_close(
+        st.tensors["xe_quantiles"], xe_quantile_table(setup.model, windows)["xe_quantiles"]
+    )
     assert st.info["xe_reference"].startswith("prose")
 
 

@@ -367,3 +367,29 @@ def test_cli_dream_features(sweep_dirs, tmp_path, capsys):
         "--sae", sweep_dirs["sae"],
     )  # fmt: skip
     assert code == 2 and "overlap at 3" in err
+
+
+def test_sweep_with_a_judge_summarizes_its_percentiles(sweep_dirs, tmp_path, monkeypatch):
+    """A spec's judge scores each feature's dream; the store's rows, the printed and the inline summary
+    show the percentiles (here the tiny model judges itself on a small reference)."""
+    from featuredream.lm import prose
+    from featuredream.sweep.summary import summary_html
+
+    monkeypatch.setenv("FEATUREDREAM_CACHE", str(tmp_path / "cache"))
+    windows = torch.randint(3, 300, (30, 16), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(prose, "prose_windows", lambda tok: windows)
+    out = tmp_path / "j"
+    spec = SweepSpec(**{**_spec(sweep_dirs).__dict__, "judge": sweep_dirs["model"]})
+    run_sweep(spec, [0, 1], out, progress=False)
+    s = summarize(out)
+    assert len(s.judge_pcts) == 2 and all(0 <= p <= 100 for p in s.judge_pcts)
+    store = SweepStore.read(out)
+    try:
+        assert [r["judge_pct"] for r in store.rows()] == [store.result(f).judge["percentile"] for f in (0, 1)]
+    finally:
+        store.close()
+    assert "judge percentile among natural prose: median" in format_summary(s)
+    assert "(50 = typical prose)" in summary_html(s)
+    plain = tmp_path / "p"
+    run_sweep(_spec(sweep_dirs), [0], plain, progress=False)
+    assert summarize(plain).judge_pcts == [] and "n/a (no judge)" in summary_html(summarize(plain))

@@ -268,3 +268,12 @@ def write_json(path: str | Path, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(clean(payload), indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def dataset_best_text(sae, tok, latent: int, n_tokens: int = 16) -> str:
+    """The latent's best dataset example as text: its stored context up to the activating token, the last
+    ``n_tokens`` tokens (what a dream of that length competes with)."""
+    st = sae.stats
+    pos = int(st.top_pos[latent, 0])
+    ids = st.top_tokens[latent, 0, : pos + 1].tolist()
+    return tok.decode(ids[-n_tokens:])

@@ -13,11 +13,17 @@ def _r(x) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _judged(d: dict) -> bool:
+    return any("median_judge_pct" in s for s in d["summary"].values())
+
+
 def summary_table(d: dict) -> str:
+    judged = _judged(d)
     lines = [
         "| mode | latents | ratio ≥ 1 (feasible) | median ratio | median XE / limit | median length | "
-        "median iterations | at 15 s | at 60 s | at 240 s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "median iterations | at 15 s | at 60 s | at 240 s |"
+        + (" judge pct: median / > 95 |" if judged else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if judged else ""),
     ]
     for mode, s in d["summary"].items():
         at = [
@@ -28,14 +34,18 @@ def summary_table(d: dict) -> str:
         lines.append(
             f"| {mode} | {s['n']} | **{wins}/{s['n']} ({100 * s['frac_ratio_ge_1']:.0f}%)** | "
             f"**{s['median_ratio']:.2f}** | {s['median_xe']:.2f} / {_r(s['median_xe_limit'])} | "
-            f"{s['median_tokens']:g} | {s['median_iterations']:g} | " + " | ".join(at) + " |"
+            f"{s['median_tokens']:g} | {s['median_iterations']:g} | "
+            + " | ".join(at)
+            + " |"
+            + (f" **{s['median_judge_pct']:.0f}** / {s['judge_pct_above_95']} |" if judged else "")
         )
     return "\n".join(lines)
 
 
 def rows_table(d: dict) -> str:
     modes = list(d["summary"])
-    head = "| latent | dataset max | " + " | ".join(f"{m}: ratio / XE (limit)" for m in modes)
+    judge = " / judge pct" if _judged(d) else ""
+    head = "| latent | dataset max | " + " | ".join(f"{m}: ratio / XE (limit){judge}" for m in modes)
     head += f" | {modes[0]} dream |"
     lines = [head, "|---:|---:|" + "---|" * len(modes) + "---|"]
     by = {(r["mode"], r["latent"]): r for r in d["rows"]}
@@ -47,6 +57,7 @@ def rows_table(d: dict) -> str:
             "–"
             if r is None
             else f"{r['ratio']:.2f}{'' if r['feasible'] else ' (INF)'} / {r['xe']:.2f} ({_r(r['xe_limit'])})"
+            + (f" / judge {r['judge_pct']:.0f}" if r.get("judge_pct") is not None else "")
             for r in rs
         ]
         text = rs[0]["text"].replace("\n", "⏎").replace("|", "\\|").replace("`", "'")

@@ -1,0 +1,85 @@
+"""Five dreams at each rung of the fluency ladder, next to the dataset's best example (README).
+
+    python benchmarks/ladder_examples.py            # ~6 min on a 2-core CPU
+
+The latents are the five lowest-numbered of the quality benchmark's seeded draw (``benchmarks/quality.py``,
+seed 0, tuning latents excluded), fixed before any result was known. Each is dreamed once with the CLI's
+defaults (60 s, ``--xe-max p90``, ladder p50 p75 p90 none, top-p 0.9); every rung is re-scored from its text
+by ``common.independent_score`` (the run fails loudly if one differs) and judged by Gemma 3 270M (a
+percentile among natural prose of the same length, 50 = typical). The dataset's best example (the last 16
+tokens of its context, up to the activating token) is judged too. Writes ``benchmarks/ladder_examples.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import dataset_best_text, independent_score, live_sample, tune_latents  # noqa: E402
+
+from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
+from featuredream.engine.config import DEFAULT_LADDER  # noqa: E402
+from featuredream.engine.objectives import make_objective  # noqa: E402
+from featuredream.lm.judge import FluencyJudge  # noqa: E402
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    model, tok = load_model(None, device="cpu")
+    sae = load_sae("default", model=model)
+    judge = FluencyJudge.load("default")
+    latents = live_sample(sae, 30, 0, exclude=tune_latents(sae))[:5]
+    out, t0 = [], time.time()
+    for lat in latents:
+        cfg = DreamConfig(
+            time_budget=60, iters=1_000_000, xe_max="p90", ladder=DEFAULT_LADDER, progress=False
+        )
+        r = dream(model, tok, make_objective(sae, lat), cfg, judge=judge)
+        rungs = []
+        for g in r.ladder:
+            indep = independent_score(model, tok, sae, lat, g.prompt.text)
+            if abs(indep - g.prompt.activation) > 1e-3 * max(1.0, abs(indep)):
+                raise SystemExit(
+                    f"latent {lat} rung {g.ceiling}: reported {g.prompt.activation}, text scores {indep}"
+                )
+            rungs.append(
+                dict(
+                    ceiling=g.ceiling,
+                    feasible=g.feasible,
+                    text=g.prompt.text,
+                    activation=g.prompt.activation,
+                    ratio=r.ratio_of(g.prompt),
+                    xe=g.prompt.xe,
+                    xe_limit=g.xe_limit,
+                    judge_pct=g.judge["percentile"],
+                )
+            )
+        best = dataset_best_text(sae, tok, lat)
+        (dj,) = judge.score([best])
+        out.append(
+            dict(
+                latent=lat,
+                dataset_max=r.dataset_max,
+                dataset_text=best,
+                dataset_judge_pct=dj.percentile,
+                rungs=rungs,
+            )
+        )
+        print(f"{lat}: dataset {dj.percentile:3.0f} {best!r}")
+        for g in rungs:
+            print(
+                f"   {g['ceiling']:>4} ratio {g['ratio']:5.2f} XE {g['xe']:5.2f} judge {g['judge_pct']:3.0f} {g['text']!r}"
+            )
+    result = dict(latents=latents, rows=out, seconds=round(time.time() - t0, 1), judge=judge.name)
+    Path("benchmarks/ladder_examples.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

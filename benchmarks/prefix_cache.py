@@ -27,10 +27,11 @@ from common import add_run_args, begin_run, end_run, machine_info, write_json  #
 from throughput import candidate_batches, timed  # noqa: E402
 
 from featuredream import DirectionObjective, SAEEncoder, load_model, load_sae  # noqa: E402
+from featuredream.engine.batch import pad_right  # noqa: E402
 from featuredream.engine.children import banned_ids, make_children  # noqa: E402
 from featuredream.engine.config import DreamConfig  # noqa: E402
-from featuredream.engine.evaluate import Evaluator, pad_right  # noqa: E402
-from featuredream.engine.signals import parent_signals  # noqa: E402
+from featuredream.engine.evaluate import Evaluator  # noqa: E402
+from featuredream.engine.parent_grads import parent_signals  # noqa: E402
 from featuredream.lm.models import text_config  # noqa: E402
 from featuredream.lm.sites import Site  # noqa: E402
 

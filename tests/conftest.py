@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers.saes import GEMMA3_WINDOW, TEXT, identity_sae_dir, write_sae_dir
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # The CLI's fluency judge (Gemma 3 270M) is off in tests unless a test asks for one: tiny models need no
-# second opinion, and a fresh machine would fetch Gemma for each CLI test (tests/cli/test_judge_cli.py
-# covers the option).
+# second opinion, and a fresh machine would fetch Gemma for each CLI test (tests/cli/test_cli.py covers
+# the option).
 os.environ["FEATUREDREAM_JUDGE"] = "none"
-
-_TEXT = (
-    "The quick brown fox jumps over the lazy dog. To be, or not to be, that is the question. "
-    "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune. "
-    "def parse(text): return json.loads(text) if text else None. The capital of France is Paris. "
-    "Once upon a time there was a little girl who lived in a village near the forest. "
-) * 4
 
 
 @pytest.fixture
@@ -44,12 +36,11 @@ def tiny_tokenizer():
     trainer = trainers.BpeTrainer(
         vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tk.train_from_iterator([_TEXT], trainer)
+    tk.train_from_iterator([TEXT], trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     return tok
 
 
-GEMMA3_WINDOW = 4
 """The tiny Gemma-3's sliding window: shorter than the prompts its tests use."""
 
 
@@ -110,90 +101,11 @@ def tiny_model(request, tiny_llama, tiny_gemma):
     return tiny_llama if request.param == "llama" else tiny_gemma
 
 
-def write_sae_dir(
-    path,
-    d_in: int = 64,
-    d_sae: int = 128,
-    hook: str = "blocks.1.hook_resid_post",
-    head=None,
-    seed=0,
-    arch: str = "topk",
-    stats: dict | None = None,
-):
-    """A random sae-lens SAE directory (cfg.json + sae_weights.safetensors)."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "architecture": arch,
-        "d_in": d_in,
-        "d_sae": d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "metadata": {
-            "sae_lens_version": "6.0.0",
-            "model_name": "tiny",
-            "hook_name": hook,
-            "hook_head_index": head,
-        },
-    }
-    if arch == "topk":
-        cfg["k"] = 8
-    (path / "cfg.json").write_text(json.dumps(cfg))
-    w = {
-        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
-        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
-        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
-        "b_dec": torch.randn(d_in, generator=g) * 0.1,
-    }
-    if arch == "jumprelu":
-        w["threshold"] = torch.zeros(d_sae)
-    save_file(w, str(path / "sae_weights.safetensors"))
-    if stats is not None:
-        (path / "stats.json").write_text(json.dumps(stats))
-    return path
-
-
 @pytest.fixture
 def tiny_sae(tmp_path, tiny_llama):
     from featuredream.lm.saes import load_sae
 
     return load_sae(write_sae_dir(tmp_path / "sae"), model=tiny_llama)
-
-
-def identity_sae_dir(path, d_in=64, hook="blocks.1.hook_resid_post", head=None):
-    """A 'standard' ReLU SAE with W_enc = [I, -I]: reconstructs any input exactly (FVU 0)."""
-    path.mkdir(parents=True, exist_ok=True)
-    eye = torch.eye(d_in)
-    cfg = {
-        "architecture": "standard",
-        "d_in": d_in,
-        "d_sae": 2 * d_in,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "metadata": {
-            "sae_lens_version": "6.0.0",
-            "model_name": "tiny",
-            "hook_name": hook,
-            "hook_head_index": head,
-        },
-    }
-    (path / "cfg.json").write_text(json.dumps(cfg))
-    save_file(
-        {
-            "W_enc": torch.cat([eye, -eye], 1).contiguous(),
-            "b_enc": torch.zeros(2 * d_in),
-            "W_dec": torch.cat([eye, -eye], 0).contiguous(),
-            "b_dec": torch.zeros(d_in),
-        },
-        str(path / "sae_weights.safetensors"),
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """featuredream: dream short, fluent prompts that maximally activate a feature of a language model."""
 
 from .engine.config import DreamConfig
-from .engine.dream import dream, dream_many
+from .engine.dream import dream, dream_features, dream_many
+from .engine.group import MultiLatentObjective
 from .engine.objectives import (
     DecoderProjection,
     DirectionObjective,
@@ -12,11 +13,13 @@ from .engine.objectives import (
     WeightedSum,
     make_objective,
 )
-from .engine.results import DreamResult, Prompt
+from .engine.results import DreamResult, FeatureError, Prompt, Rung
 from .lm.bos import with_bos
+from .lm.judge import FluencyJudge
 from .lm.models import load_model
 from .lm.saes import BoundSAE, load_sae
 from .lm.sites import Site, parse_hook_name
+from .observe import feature_card  # importing observe registers DreamResult's notebook view
 
 __all__ = [
     "BoundSAE",
@@ -24,15 +27,21 @@ __all__ = [
     "DirectionObjective",
     "DreamConfig",
     "DreamResult",
+    "FeatureError",
+    "FluencyJudge",
     "FunctionObjective",
+    "MultiLatentObjective",
     "Prompt",
+    "Rung",
     "SAEEncoder",
     "Site",
     "WeightedSum",
     "QueryDirection",
     "QueryFeature",
     "dream",
+    "dream_features",
     "dream_many",
+    "feature_card",
     "load_model",
     "load_sae",
     "make_objective",

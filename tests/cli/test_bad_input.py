@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import identity_sae_dir
-from test_cli import _base, _run
+from helpers.cli import dream_args, run_cli
+from helpers.saes import identity_sae_dir
 
 from featuredream.lm.models import load_model
 from featuredream.lm.saes import load_sae
@@ -79,11 +79,11 @@ def _ctx_sae(tmp_path, ctx: int) -> str:
 @pytest.mark.parametrize("extra,msg", BAD, ids=[m for _, m in BAD])
 def test_bad_input_one_line(tiny_dirs, tmp_path, capsys, extra, msg):
     out = tmp_path / "r.json"
-    args = _base(tiny_dirs, out)
+    args = dream_args(tiny_dirs, out)
     named = {"WIDE": tiny_dirs["wide"], "DEEP": tiny_dirs["deep"], "CTX8": _ctx_sae(tmp_path, 8)}
     extra = [named.get(e, e) for e in extra]
     # later flags override earlier ones in argparse
-    code, cap = _run(capsys, args + extra)
+    code, cap = run_cli(capsys, args + extra)
     assert code == 2
     err = [ln for ln in cap.err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("featuredream: error:"), cap.err
@@ -93,14 +93,16 @@ def test_bad_input_one_line(tiny_dirs, tmp_path, capsys, extra, msg):
 
 def test_bad_output_dirs(tiny_dirs, tmp_path, capsys):
     for out in (tmp_path / "missing" / "r.json", "/proc/r.json"):
-        code, cap = _run(capsys, _base(tiny_dirs, out) + ["--feature", "1"])
+        code, cap = run_cli(capsys, dream_args(tiny_dirs, out) + ["--feature", "1"])
         assert code == 2 and "output directory" in cap.err and len(cap.err.strip().splitlines()) == 1
 
 
 def test_corrupted_sae_file(tiny_dirs, tmp_path, capsys):
     bad = identity_sae_dir(tmp_path / "bad")
     (bad / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
-    code, cap = _run(capsys, _base(tiny_dirs, tmp_path / "r.json") + ["--feature", "1", "--sae", str(bad)])
+    code, cap = run_cli(
+        capsys, dream_args(tiny_dirs, tmp_path / "r.json") + ["--feature", "1", "--sae", str(bad)]
+    )
     assert code == 2 and "could not be read" in cap.err and len(cap.err.strip().splitlines()) == 1
 
 

@@ -6,43 +6,13 @@ import json
 import subprocess
 import sys
 
-from featuredream.cli.main import main
-
-
-def _run(capsys, args):
-    code = main(args)
-    return code, capsys.readouterr()
-
-
-def _base(d, out):
-    return [
-        "dream",
-        "--model",
-        d["model"],
-        "--sae",
-        d["sae"],
-        "--out",
-        str(out),
-        "--no-progress",
-        "--min-tokens",
-        "3",
-        "--max-tokens",
-        "12",
-        "--n-children",
-        "8",
-        "--iters",
-        "2",
-        "--n-start-samples",
-        "2",
-        "--judge",
-        "none",
-    ]
+from helpers.cli import dream_args, run_cli
 
 
 def test_cli_dream_writes_result(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code, cap = _run(
-        capsys, _base(tiny_dirs, out) + ["--feature", "3", "--objective", "decoder", "--reduce", "max"]
+    code, cap = run_cli(
+        capsys, dream_args(tiny_dirs, out) + ["--feature", "3", "--objective", "decoder", "--reduce", "max"]
     )
     assert code == 0, cap.err
     res = json.loads(out.read_text())
@@ -64,7 +34,7 @@ def test_cli_judge_scores_the_dream(tiny_dirs, tmp_path, capsys, monkeypatch):
     windows = __import__("torch").randint(3, 300, (30, 16), generator=g)
     monkeypatch.setattr(prose, "prose_windows", lambda tok: windows)
     out = tmp_path / "r.json"
-    args = _base(tiny_dirs, out)[:-2] + [
+    args = dream_args(tiny_dirs, out)[:-2] + [
         "--judge",
         tiny_dirs["model"],
         "--feature",
@@ -73,13 +43,13 @@ def test_cli_judge_scores_the_dream(tiny_dirs, tmp_path, capsys, monkeypatch):
         "p50",
         "none",
     ]
-    code, cap = _run(capsys, args)
+    code, cap = run_cli(capsys, args)
     assert code == 0, cap.err
     res = json.loads(out.read_text())
     assert 0 <= res["judge"]["percentile"] <= 100 and res["judge"]["judge"] == tiny_dirs["model"]
     assert all(g["judge"] is not None for g in res["ladder"]) and len(res["ladder"]) == 2
     assert "judge       : percentile" in cap.out
-    code, cap = _run(capsys, _base(tiny_dirs, out) + ["--feature", "3", "--ladder", "off"])
+    code, cap = run_cli(capsys, dream_args(tiny_dirs, out) + ["--feature", "3", "--ladder", "off"])
     assert (
         code == 0
         and json.loads(out.read_text())["ladder"] == []
@@ -90,7 +60,7 @@ def test_cli_judge_scores_the_dream(tiny_dirs, tmp_path, capsys, monkeypatch):
 def test_subprocess_bad_feature_no_traceback(tiny_dirs, tmp_path):
     cmd = (
         [sys.executable, "-m", "featuredream.cli"]
-        + _base(tiny_dirs, tmp_path / "r.json")
+        + dream_args(tiny_dirs, tmp_path / "r.json")
         + ["--feature", "abc"]
     )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -107,22 +77,22 @@ def test_unexpected_error_is_one_line_and_v_shows_the_traceback(tiny_dirs, tmp_p
 
     monkeypatch.setitem(train.COMMANDS, "train-sae", broken)
     argv = ["train-sae", "--out", str(tmp_path / "sae")]
-    code, cap = _run(capsys, argv)
+    code, cap = run_cli(capsys, argv)
     assert code == 1 and cap.out == ""
     assert cap.err.strip().splitlines() == [
         "featuredream: error: unexpected RuntimeError: disk on fire "
         "(rerun as 'featuredream -v ...' for the full traceback)"
     ]
-    code, cap = _run(capsys, ["-v", *argv])
+    code, cap = run_cli(capsys, ["-v", *argv])
     assert code == 1
     assert "Traceback (most recent call last)" in cap.err and "in broken" in cap.err
     assert cap.err.strip().splitlines()[-1] == "featuredream: error: unexpected RuntimeError: disk on fire"
     # bad input keeps its own one line and exit 2; Ctrl-C keeps 130
     monkeypatch.setitem(train.COMMANDS, "train-sae", lambda args: int("x"))
-    code, cap = _run(capsys, argv)
+    code, cap = run_cli(capsys, argv)
     assert code == 2 and "unexpected" not in cap.err and "Traceback" not in cap.err
     monkeypatch.setitem(train.COMMANDS, "train-sae", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
-    code, cap = _run(capsys, argv)
+    code, cap = run_cli(capsys, argv)
     assert code == 130 and cap.err.strip() == "featuredream: interrupted"
 
 
@@ -156,16 +126,16 @@ def test_cli_score_prints_each_texts_activation_and_xe(
     tiny_dirs, tiny_llama, tiny_tokenizer, capsys, one_thread
 ):
     """The identity SAE's latent 3 is coordinate 3 of resid_post 1 (the site check refuses SAEs that do not
-    reconstruct well, so the CLI is checked with an exact one; SAE weights by hand: test_verify.py)."""
+    reconstruct well, so the CLI is checked with an exact one; SAE weights by hand: test_finish.py)."""
     import re
 
     import pytest
-    from by_hand import mean_xe, resid
+    from helpers.by_hand import mean_xe, resid
 
     texts = ["The quick brown fox", "To be, or not to be"]
     for reduce in ("last", "max"):
         args = ["score", "--model", tiny_dirs["model"], "--sae", tiny_dirs["sae"], "--feature", "3"]
-        code, cap = _run(capsys, args + ["--reduce", reduce] + texts)
+        code, cap = run_cli(capsys, args + ["--reduce", reduce] + texts)
         assert code == 0, cap.err
         lines = cap.out.strip().splitlines()
         assert len(lines) == len(texts), cap.out
@@ -185,7 +155,7 @@ def test_cli_train_sae_writes_an_sae_that_load_sae_reads_back(
     import re
 
     import pytest
-    from test_train_sae import tiny_corpus
+    from helpers.corpus import tiny_corpus
 
     from featuredream import Site, load_sae
     from featuredream.lm import corpus
@@ -207,7 +177,7 @@ def test_cli_train_sae_writes_an_sae_that_load_sae_reads_back(
         "seed": 1,
     }
     args = ["train-sae", "--out", str(out), "--model", tiny_dirs["model"]]
-    code, cap = _run(capsys, args + [a for k, v in flags.items() for a in (f"--{k}", str(v))])
+    code, cap = run_cli(capsys, args + [a for k, v in flags.items() for a in (f"--{k}", str(v))])
     assert code == 0, cap.err
     stats = json.loads((out / "stats.json").read_text())
     m = re.search(r"wrote .*: FVU ([0-9.]+)", cap.out)
@@ -219,7 +189,7 @@ def test_cli_train_sae_writes_an_sae_that_load_sae_reads_back(
     assert sae.site == Site("resid_post", 1) and sae.d_sae == 32 and sae.sae.cfg.k == 8
     assert sae.stats.top_values.shape == (32, 2) and sae.stats.has_xe_table()
     # and the CLI accepts what it wrote (the site check passes at its own site)
-    code, cap = _run(
+    code, cap = run_cli(
         capsys, ["score", "--model", tiny_dirs["model"], "--sae", str(out), "--feature", "0", "To be"]
     )
     assert code == 0, cap.err
@@ -231,5 +201,23 @@ def test_every_command_prints_its_help(capsys):
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name in sub.choices:
-        code, out = _run(capsys, [name, "--help"])
+        code, out = run_cli(capsys, [name, "--help"])
         assert code == 0 and "usage" in out.out, name
+
+
+def test_shipped_field_docs_are_current():
+    """The CLI help reads the shipped field docs (no source file at run time); they equal the sources'."""
+    import json
+    from importlib import resources
+
+    from featuredream.engine.config import FIELD_DOCS, DreamConfig, field_docs, source_field_docs
+    from featuredream.lm.stats_pass import StatsConfig
+    from featuredream.lm.train_sae import TrainConfig
+
+    shipped = json.loads((resources.files("featuredream") / "data" / FIELD_DOCS).read_text())
+    for cls in (DreamConfig, StatsConfig, TrainConfig):
+        assert shipped[cls.__name__] == source_field_docs(cls), (
+            f"run python scripts/field_docs.py ({cls.__name__})"
+        )
+        assert field_docs(cls) == source_field_docs(cls)
+    assert "ladder" in field_docs(DreamConfig) and "xe_reference" in field_docs(StatsConfig)

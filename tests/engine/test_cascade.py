@@ -6,7 +6,7 @@ buffer and the same history, while the cascade really skips work (fewer rows rea
 from __future__ import annotations
 
 import pytest
-from by_hand import mean_xe
+from helpers.by_hand import mean_xe
 
 from featuredream import DreamConfig, SAEEncoder, dream
 

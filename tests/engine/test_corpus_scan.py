@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_sae_dir
+from helpers.saes import write_sae_dir
 
 from featuredream import DreamConfig, dream
 from featuredream.engine.corpus_scan import dataset_examples, scan_objective, token_values

@@ -4,13 +4,14 @@ equals K single runs with the same seeds (same prompts, scores within float tole
 import pytest
 import torch
 
+from featuredream.engine.batch import pad_right
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.dream import dream, dream_features, dream_many
-from featuredream.engine.evaluate import Evaluator, pad_right
+from featuredream.engine.evaluate import Evaluator
 from featuredream.engine.group import MultiLatentObjective
 from featuredream.engine.objectives import make_objective
+from featuredream.engine.parent_grads import batched_parent_signals
 from featuredream.engine.results import FeatureError
-from featuredream.engine.signals import batched_parent_signals
 from featuredream.lm.models import embed_scale
 from featuredream.lm.sites import run_sites
 
@@ -39,7 +40,7 @@ def test_multi_objective_scores_every_latent_like_single_objectives(
     multi = MultiLatentObjective(tiny_sae, latents, kind, reduce)
     ids, lengths = pad_right([_ids(tiny_tokenizer, t) for t in PROMPTS], 0)
     ev = Evaluator(tiny_llama, multi.singles[0], need_xe=False)
-    from featuredream.engine.evaluate import length_mask
+    from featuredream.engine.batch import length_mask
     from featuredream.lm.sites import run_sites
 
     acts, _ = run_sites(tiny_llama, multi.sites, input_ids=ids)

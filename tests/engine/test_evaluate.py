@@ -1,6 +1,7 @@
 import torch
 
-from featuredream.engine.evaluate import Evaluator, pad_right, reference_evaluate
+from featuredream.engine.batch import pad_right
+from featuredream.engine.evaluate import Evaluator, reference_evaluate
 from featuredream.engine.objectives import SAEEncoder
 
 

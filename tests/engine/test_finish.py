@@ -5,7 +5,7 @@ package: a plain forward pass with ``output_hidden_states=True`` and the SAE's w
 from __future__ import annotations
 
 import pytest
-from by_hand import decoder_projection, encoder_pre, mean_xe, resid
+from helpers.by_hand import decoder_projection, encoder_pre, mean_xe, resid
 
 from featuredream import DreamConfig, dream, make_objective
 

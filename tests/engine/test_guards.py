@@ -42,7 +42,7 @@ def _hacked_model(tiny_llama, token: int):
 
 
 def _sae_reading_direction(tmp_path, direction: torch.Tensor, norm_cap: float):
-    from conftest import write_sae_dir
+    from helpers.saes import write_sae_dir
 
     d = write_sae_dir(tmp_path / "hack", stats={"norm_cap": norm_cap})
     from safetensors.torch import load_file, save_file
@@ -106,7 +106,7 @@ def test_same_seed_same_result_and_environment_recorded(tiny_llama, tiny_tokeniz
 
 
 def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_tokenizer):
-    from conftest import identity_sae_dir
+    from helpers.saes import identity_sae_dir
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")

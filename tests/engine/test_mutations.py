@@ -3,7 +3,7 @@ import torch
 
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.engine.objectives import SAEEncoder
-from featuredream.engine.signals import parent_signals
+from featuredream.engine.parent_grads import parent_signals
 
 V = 50
 
@@ -83,7 +83,7 @@ def test_parent_signals_shapes(tiny_llama, tiny_sae, xe_weight):
 
 def test_gemma_gradient_applies_embedding_scale(tiny_gemma, tmp_path):
     """With inputs_embeds, Gemma-2's sqrt(d_model) scale must be applied by hand (seed bug 8)."""
-    from conftest import write_sae_dir
+    from helpers.saes import write_sae_dir
 
     from featuredream.lm.saes import load_sae
 

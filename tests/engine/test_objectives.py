@@ -106,3 +106,25 @@ def test_bad_reduce_and_direction(tiny_sae):
         SAEEncoder(tiny_sae, 0, reduce="median")
     with pytest.raises(ValueError, match="non-zero"):
         DirectionObjective(SITE, torch.zeros(64))
+
+
+@pytest.mark.parametrize("how", ["last", "max", "mean"])
+def test_reduce_positions_over_trailing_dims_equals_each_column(how):
+    """One reduction for ``[b, s]`` and ``[b, s, K]`` (the group's K latents, observe's d_sae values): each
+    column reduced alone gives the same; a row with no valid position gets ``empty``."""
+    from featuredream.engine.objectives import reduce_positions
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(4, 6, 3, generator=g)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [0, 0, 1, 1, 1, 1], [1] * 6]).bool()
+    valid = mask.clone()
+    valid[1, 3] = False  # the last real token of row 1 is capped
+    valid[3] = False  # nothing valid in row 3
+    whole = reduce_positions(acts, valid, mask, how, empty=-7.0)
+    cols = torch.stack([reduce_positions(acts[..., k], valid, mask, how, empty=-7.0) for k in range(3)], 1)
+    torch.testing.assert_close(whole, cols)
+    assert (whole[3] == -7.0).all()
+    if how == "last":
+        assert (whole[1] == -7.0).all() and torch.equal(whole[2], acts[2, 5])
+    if how == "max":
+        torch.testing.assert_close(whole[1], acts[1, :3].max(0).values)

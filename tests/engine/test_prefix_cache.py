@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featuredream.engine.evaluate import Evaluator, pad_right
+from featuredream.engine.batch import pad_right
+from featuredream.engine.evaluate import Evaluator
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.engine.objectives import DirectionObjective, SAEEncoder
 from featuredream.engine.prefix_cache import plan_buckets, shared_prefixes

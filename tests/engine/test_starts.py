@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from by_hand import encoder_pre, resid
-from conftest import write_sae_dir
+from helpers.by_hand import encoder_pre, resid
+from helpers.saes import write_sae_dir
 
 from featuredream import DreamConfig, SAEEncoder, dream, load_sae
 from featuredream.engine.starts import start_pool

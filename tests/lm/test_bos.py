@@ -14,13 +14,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import _TEXT
+from helpers.saes import TEXT
 
+from featuredream.engine.batch import pad_right
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.dream import dream
-from featuredream.engine.evaluate import Evaluator, pad_right, reference_evaluate
+from featuredream.engine.evaluate import Evaluator, reference_evaluate
 from featuredream.engine.objectives import DirectionObjective
-from featuredream.engine.signals import batched_parent_signals, parent_signals
+from featuredream.engine.parent_grads import batched_parent_signals, parent_signals
 from featuredream.engine.starts import model_samples
 from featuredream.lm.activations import pad_batch, site_activations
 from featuredream.lm.bos import BosModel, prepends_bos, with_bos
@@ -49,7 +50,7 @@ def _tokenizer(template: bool):
     trainer = trainers.BpeTrainer(
         vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tk.train_from_iterator([_TEXT], trainer)
+    tk.train_from_iterator([TEXT], trainer)
     if template:
         tk.post_processor = processors.TemplateProcessing(
             single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", BOS)]

@@ -24,13 +24,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GEMMA3_WINDOW, write_sae_dir
+from helpers.saes import GEMMA3_WINDOW, write_sae_dir
 
-from featuredream.engine.evaluate import Evaluator, pad_right
+from featuredream.engine.batch import pad_right
+from featuredream.engine.evaluate import Evaluator
 from featuredream.engine.group import Single
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.engine.objectives import DirectionObjective
-from featuredream.engine.signals import batched_parent_signals, parent_signals
+from featuredream.engine.parent_grads import batched_parent_signals, parent_signals
 from featuredream.lm.activations import pad_batch, site_activations
 from featuredream.lm.models import embed_scale
 from featuredream.lm.sites import Site

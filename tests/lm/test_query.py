@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import write_sae_dir
-from test_cli import _base, _run
+from helpers.cli import dream_args, run_cli
+from helpers.saes import write_sae_dir
 
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.dream import dream
@@ -143,12 +143,12 @@ def test_dreaming_a_query_latent_raises_it(tiny_llama, tiny_tokenizer, tmp_path)
 
 def test_cli_query_sae_and_key_text(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "q.json"
-    args = _base(tiny_dirs, out)
-    code, cap = _run(capsys, args + ["--sae", tiny_dirs["query"], "--feature", "3"])
+    args = dream_args(tiny_dirs, out)
+    code, cap = run_cli(capsys, args + ["--sae", tiny_dirs["query"], "--feature", "3"])
     assert code == 0, cap.err
     res = json.loads(out.read_text())
     assert res["site"] == "blocks.1.attn.hook_q[head 2]" and res["feature"] == 3
-    code, cap = _run(capsys, args + ["--site", "attn_q:1:2", "--key-text", "the lazy dog"])
+    code, cap = run_cli(capsys, args + ["--site", "attn_q:1:2", "--key-text", "the lazy dog"])
     assert code == 0, cap.err
     res = json.loads(out.read_text())
     assert res["site"] == "blocks.1.attn.hook_q[head 2]" and res["objective"].startswith(
@@ -156,7 +156,7 @@ def test_cli_query_sae_and_key_text(tiny_dirs, tmp_path, capsys):
     )
     vec = tmp_path / "d.json"
     vec.write_text(json.dumps([1.0] * 16))
-    code, cap = _run(capsys, args + ["--site", "attn_q_rot:1:0", "--direction", str(vec)])
+    code, cap = run_cli(capsys, args + ["--site", "attn_q_rot:1:0", "--direction", str(vec)])
     assert code == 0 and json.loads(out.read_text())["site"] == "blocks.1.attn.hook_rot_q[head 0]"
 
 
@@ -177,7 +177,7 @@ def test_cli_query_bad_input(tiny_dirs, tmp_path, capsys, extra, msg):
     vec = tmp_path / "v20.json"
     vec.write_text(json.dumps([0.5] * 20))
     sub = {"QUERY9": tiny_dirs["query9"], "VEC20": str(vec)}
-    args = [a for a in _base(tiny_dirs, tmp_path / "r.json")]
-    code, cap = _run(capsys, args + [sub.get(e, e) for e in extra])
+    args = [a for a in dream_args(tiny_dirs, tmp_path / "r.json")]
+    code, cap = run_cli(capsys, args + [sub.get(e, e) for e in extra])
     err = [ln for ln in cap.err.splitlines() if ln.strip()]
     assert code == 2 and len(err) == 1 and msg in err[0], cap.err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_sae_dir
+from helpers.saes import write_sae_dir
 
 from featuredream.lm.sae_stats import (
     Encoder,

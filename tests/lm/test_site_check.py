@@ -9,9 +9,9 @@ import re
 
 import pytest
 import torch
-from conftest import write_sae_dir
+from helpers.cli import run_cli
+from helpers.saes import write_sae_dir
 from safetensors.torch import save_file
-from test_cli import _run
 
 from featuredream import load_sae
 from featuredream.lm.sae_check import CHECK_TEXTS, check_site
@@ -117,13 +117,13 @@ def test_cli_refuses_an_sae_read_at_the_wrong_site(
         *args,
         *(["--out", str(out), "--iters", "1", "--no-progress"] if command == "dream" else ["To be"]),
     ]
-    code, cap = _run(capsys, args)
+    code, cap = run_cli(capsys, args)
     err = [ln for ln in cap.err.splitlines() if ln.strip()]
     assert code != 0 and len(err) == 1, cap.err
     assert "blocks.1.hook_mlp_out" in err[0] and re.search(r"FVU [0-9.]+", err[0]), err[0]
     assert "Traceback" not in cap.err and not out.exists()
     good = _sae_dir(tmp_path / "own", fitted, "blocks.1.hook_resid_post")
-    code, cap = _run(
+    code, cap = run_cli(
         capsys, ["score", "--model", tiny_dirs["model"], "--sae", str(good), "--feature", "0", "To be"]
     )
     assert code == 0, cap.err
@@ -132,7 +132,7 @@ def test_cli_refuses_an_sae_read_at_the_wrong_site(
 def test_exact_sae_with_a_decoder_bias_is_accepted(tiny_llama, tiny_tokenizer, tmp_path):
     """An exact SAE (identity with a non-zero b_dec) reconstructs every site to FVU ~1e-7; float noise
     between two such near-zero FVUs must not read as 'reconstructs better elsewhere'."""
-    from conftest import identity_sae_dir
+    from helpers.saes import identity_sae_dir
     from safetensors.torch import load_file
 
     path = identity_sae_dir(tmp_path / "sae")

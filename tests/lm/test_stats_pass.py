@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import write_sae_dir
-from test_cli import _base, _run
+from helpers.cli import dream_args, run_cli
+from helpers.saes import write_sae_dir
 
 from featuredream.lm.corpus import split_windows
 from featuredream.lm.sae_stats import xe_quantile_table
@@ -186,7 +186,7 @@ def test_load_sae_finds_cached_statistics(tiny_dirs, tmp_path, cache, capsys):
     for i, d in enumerate(_docs()):
         (corpus / f"{i}.txt").write_text(d)
     args = ["stats", "--model", tiny_dirs["model"], "--sae", tiny_dirs["sae"], "--corpus", str(corpus)]
-    code, out = _run(capsys, args + ["--tokens", "2048", "--heldout-tokens", "1280", "--ctx", "16"])
+    code, out = run_cli(capsys, args + ["--tokens", "2048", "--heldout-tokens", "1280", "--ctx", "16"])
     assert code == 0, out.err
     assert "wrote" in out.out
     assert len(list(cache.glob("stats/*/*/features.safetensors"))) == 1
@@ -199,7 +199,7 @@ def test_load_sae_finds_cached_statistics(tiny_dirs, tmp_path, cache, capsys):
     assert load_sae(other, model=model).stats is None
     assert len(dataset_windows(stats_examples(SAEEncoder(sae, 3)), 16, 2)) > 0
     res = tmp_path / "dream.json"
-    code, out = _run(capsys, _base(tiny_dirs, res) + ["--feature", "3"])
+    code, out = run_cli(capsys, dream_args(tiny_dirs, res) + ["--feature", "3"])
     assert code == 0, out.err
     r = json.loads(res.read_text())
     assert r["config"]["xe_max"] == "p90" and r["xe_limits"]["spec"] == "p90"
@@ -226,7 +226,7 @@ def test_bad_input_is_one_line(tiny_dirs, tmp_path, cache, capsys, extra, messag
     if "--corpus" not in extra:
         extra += ["--corpus", str(tmp_path / "ok.txt")]
     args = ["stats", "--model", tiny_dirs["model"], "--sae", tiny_dirs["sae"], "--ctx", "16", *extra]
-    code, out = _run(capsys, args + ["--out", str(tmp_path / "out")])
+    code, out = run_cli(capsys, args + ["--out", str(tmp_path / "out")])
     assert code == 2 and len(out.err.strip().splitlines()) == 1, out.err
     assert message.replace("'MISSING'", repr(str(tmp_path / "missing"))) in out.err
 
@@ -234,7 +234,7 @@ def test_bad_input_is_one_line(tiny_dirs, tmp_path, cache, capsys, extra, messag
 def test_an_sae_of_another_site_is_refused_in_one_line(tiny_dirs, tmp_path, cache, capsys):
     """The identity SAE of layer 1 declared at layer 7 (the tiny model has 3 layers), and a PCA-fitted
     SAE read at the wrong site, are refused before any pass."""
-    code, out = _run(capsys, ["stats", "--model", tiny_dirs["model"], "--sae", tiny_dirs["deep"]])
+    code, out = run_cli(capsys, ["stats", "--model", tiny_dirs["model"], "--sae", tiny_dirs["deep"]])
     assert code == 2 and len(out.err.strip().splitlines()) == 1, out.err
     assert not list(cache.glob("stats/*"))
 

@@ -9,21 +9,22 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import write_sae_dir
+from helpers.saes import write_sae_dir
 
 pytest.importorskip("transformer_lens")
 
+from featuredream.engine.batch import pad_right  # noqa: E402
 from featuredream.engine.config import DreamConfig  # noqa: E402
 from featuredream.engine.dream import dream, dream_many  # noqa: E402
-from featuredream.engine.evaluate import Evaluator, pad_right, reference_evaluate  # noqa: E402
+from featuredream.engine.evaluate import Evaluator, reference_evaluate  # noqa: E402
 from featuredream.engine.group import MultiLatentObjective, Single  # noqa: E402
 from featuredream.engine.objectives import QueryDirection, QueryFeature, SAEEncoder, make_objective  # noqa: E402
-from featuredream.engine.signals import batched_parent_signals  # noqa: E402
+from featuredream.engine.parent_grads import batched_parent_signals  # noqa: E402
 from featuredream.lm.activations import pad_batch, site_activations  # noqa: E402
 from featuredream.lm.saes import load_sae  # noqa: E402
 from featuredream.lm.sites import KINDS, Site, hook_site, run_sites  # noqa: E402
 from featuredream.lm.tl import TLModel, as_model, hooked_from_hf, load_tl_model  # noqa: E402
-from featuredream.observe.inspect import top_features  # noqa: E402
+from featuredream.observe.activity import top_features  # noqa: E402
 from featuredream.observe.tracing import attribution, logit_effects, steer, steering  # noqa: E402
 
 FAST = dict(
@@ -321,7 +322,7 @@ def test_tl_model_spec_from_the_cli_and_a_sweep(tiny_dirs, tmp_path, capsys):
     apart from the plain model (a store of one is refused for the other)."""
     import json
 
-    from test_cli import _base, _run
+    from helpers.cli import dream_args, run_cli
 
     from featuredream.engine.config import DreamConfig
     from featuredream.lm.models import load_model
@@ -332,10 +333,10 @@ def test_tl_model_spec_from_the_cli_and_a_sweep(tiny_dirs, tmp_path, capsys):
     assert isinstance(model, TLModel) and model.name_or_path_.startswith("tl:")
     outs = {}
     for name in ("plain", "tl"):
-        args = _base(tiny_dirs, tmp_path / f"{name}.json")
+        args = dream_args(tiny_dirs, tmp_path / f"{name}.json")
         if name == "tl":
             args[args.index("--model") + 1] = "tl:" + tiny_dirs["model"]
-        code, _ = _run(capsys, args + ["--feature", "3", "--iters", "3", "--seed", "1"])
+        code, _ = run_cli(capsys, args + ["--feature", "3", "--iters", "3", "--seed", "1"])
         assert code == 0
         outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert outs["tl"]["model"].startswith("tl:") and not outs["plain"]["model"].startswith("tl:")

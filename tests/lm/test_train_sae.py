@@ -8,17 +8,11 @@ import json
 
 import pytest
 import torch
-from by_hand import encoder_pre
+from helpers.by_hand import encoder_pre
+from helpers.corpus import tiny_corpus
 
 from featuredream import Site, load_sae
 from featuredream.lm.train_sae import TopKTrainer, TrainConfig, save_sae_lens_dir, train_sae
-
-WORDS = (
-    "The quick brown fox jumps over the lazy dog. To be, or not to be, that is the question. Whether 'tis "
-    "nobler in the mind to suffer the slings and arrows of outrageous fortune. def parse(text): return "
-    "json.loads(text) if text else None. The capital of France is Paris. Once upon a time there was a little "
-    "girl who lived in a village near the forest."
-).split()
 
 CFG = TrainConfig(
     site="blocks.1.hook_resid_post",
@@ -36,15 +30,6 @@ CFG = TrainConfig(
     example_after=2,
     forward_batch=16,
 )
-
-
-def tiny_corpus(n_docs: int = 20, n_words: int = 60) -> list[str]:
-    """Seeded documents of random words from a few sentences (~170 tokens each: 10 windows of 16)."""
-    g = torch.Generator().manual_seed(0)
-    return [
-        " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (n_words,), generator=g).tolist())
-        for _ in range(n_docs)
-    ]
 
 
 def _windows(tok, docs, held_out: bool) -> torch.Tensor:

@@ -6,14 +6,13 @@ import copy
 
 import pytest
 import torch
-from conftest import _TEXT, identity_sae_dir, write_sae_dir
+from helpers.saes import TEXT, identity_sae_dir, write_sae_dir
 
 from featuredream.engine.objectives import FunctionObjective, SAEEncoder
 from featuredream.lm.activations import site_activations
 from featuredream.lm.saes import load_sae
 from featuredream.lm.sites import Site, run_sites
-from featuredream.observe.examples import Example, corpus_stats, minimal_context, top_examples
-from featuredream.observe.inspect import (
+from featuredream.observe.activity import (
     differential_features,
     encode_prompts,
     fire_rate,
@@ -22,6 +21,7 @@ from featuredream.observe.inspect import (
     scan,
     top_features,
 )
+from featuredream.observe.examples import Example, corpus_stats, minimal_context, top_examples
 from featuredream.observe.tracing import attribution, format_attribution, logit_effects, steer, steering
 
 PROMPTS = [
@@ -126,8 +126,8 @@ def test_differential_and_top_features_on_model(tiny_llama, tiny_tokenizer, tiny
 
 def test_corpus_stats_match_brute_force(tiny_llama, tiny_tokenizer, tiny_sae, tmp_path):
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.txt").write_text(_TEXT[:400])
-    (tmp_path / "docs" / "b.md").write_text(_TEXT[400:700])
+    (tmp_path / "docs" / "a.txt").write_text(TEXT[:400])
+    (tmp_path / "docs" / "b.md").write_text(TEXT[400:700])
     ctx, before, after, k = 24, 5, 3, 3
     st = corpus_stats(
         tiny_llama,
@@ -142,7 +142,7 @@ def test_corpus_stats_match_brute_force(tiny_llama, tiny_tokenizer, tiny_sae, tm
         progress=False,
     )
     wins = []
-    for text in (_TEXT[:400], _TEXT[400:700]):
+    for text in (TEXT[:400], TEXT[400:700]):
         ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
         wins += [ids[i : i + ctx] for i in range(0, len(ids), ctx)]
     pres = [_alone_ids(tiny_llama, tiny_sae, w) for w in wins]  # each [len, d_sae]
@@ -174,7 +174,7 @@ def _alone_ids(model, sae, ids):
 
 def _corpus(tmp_path):
     (tmp_path / "docs").mkdir(exist_ok=True)
-    (tmp_path / "docs" / "a.txt").write_text(_TEXT[:400])
+    (tmp_path / "docs" / "a.txt").write_text(TEXT[:400])
     return tmp_path / "docs"
 
 
@@ -191,7 +191,7 @@ def test_corpus_stats_keep_the_whole_context_by_default(tiny_llama, tiny_tokeniz
         tiny_llama, tiny_tokenizer, tiny_sae, _corpus(tmp_path), ctx=ctx, k=2, after=after, progress=False
     )
     assert st.top_tokens.shape[-1] == ctx + after and st.info["before"] is None
-    wins = _windows_of(tiny_tokenizer, _TEXT[:400], ctx)
+    wins = _windows_of(tiny_tokenizer, TEXT[:400], ctx)
     for lat in (0, 7, 77):
         for ids, idx, acts, value in st.examples(lat):
             w = next(w for w in wins if w[: idx + 1] == ids[: idx + 1])  # starts at a window start
@@ -433,7 +433,7 @@ def cli_dirs(tmp_path_factory, tiny_llama, tiny_tokenizer):
     root = tmp_path_factory.mktemp("cli_inspect")
     tiny_llama.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    (root / "corpus.txt").write_text(_TEXT)
+    (root / "corpus.txt").write_text(TEXT)
     return {
         "root": root,
         "base": ["--model", str(root / "model"), "--sae", str(identity_sae_dir(root / "sae"))],
@@ -563,3 +563,14 @@ def test_cli_examples_print_the_minimal_context(cli_dirs, capsys, tiny_llama, ti
         assert ("\u2502" in text) == (m.start > 0)
     code, cap = _cli(capsys, [*args, "--keep", "2", *cli_dirs["base"]])
     assert code == 2 and "keep=2.0" in cap.err
+
+
+def test_default_steering_strengths_have_one_fallback(tiny_llama, tiny_tokenizer, tiny_sae):
+    """The card, ``inspect steer`` and ``steering()`` share one default: 0, 2, 4, 8 x the dataset maximum,
+    x 1 without a positive one."""
+    from featuredream.observe.tracing import STEER_SCALES, default_alphas
+
+    assert default_alphas(10.0) == (0.0, 20.0, 40.0, 80.0)
+    assert default_alphas(None) == default_alphas(0.0) == default_alphas(-3.0) == STEER_SCALES
+    out = steering(tiny_llama, tiny_tokenizer, tiny_sae, 3, "Hi", max_new_tokens=2)  # no stats: x 1
+    assert [s.alpha for s in out] == list(STEER_SCALES)

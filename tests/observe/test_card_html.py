@@ -15,15 +15,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import _TEXT, write_sae_dir
+from helpers.saes import TEXT, write_sae_dir
 
 from featuredream.engine.config import DreamConfig, log_penalties
 from featuredream.engine.dream import dream
 from featuredream.engine.objectives import SAEEncoder
 from featuredream.lm.saes import load_sae
 from featuredream.observe.card import CardData, CardExample, card_data, neuronpedia_json
+from featuredream.observe.card_html import feature_card, render_card
 from featuredream.observe.examples import Example, corpus_stats, minimal_context
-from featuredream.observe.report import feature_card, render_card
 
 EVIL = "<script>alert('x')</script>"
 
@@ -32,7 +32,7 @@ EVIL = "<script>alert('x')</script>"
 def setup(tmp_path_factory, tiny_llama, tiny_tokenizer):
     root = tmp_path_factory.mktemp("card")
     sae = load_sae(write_sae_dir(root / "sae"), model=tiny_llama)
-    (root / "corpus.txt").write_text(_TEXT)
+    (root / "corpus.txt").write_text(TEXT)
     stats = corpus_stats(tiny_llama, tiny_tokenizer, sae, root / "corpus.txt", ctx=32, k=4, progress=False)
     feature = int(stats.max_activation.argmax())  # fires on the corpus, so the dream ratio is defined
     cfg = DreamConfig(
@@ -268,7 +268,7 @@ def test_neuronpedia_export(tiny_llama, tiny_tokenizer, setup):
 
 
 def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
-    from conftest import identity_sae_dir
+    from helpers.saes import identity_sae_dir
 
     from featuredream.cli.main import main
 

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 from featuredream.engine.results import DreamResult, Prompt
 from featuredream.observe.card import CardData
-from featuredream.observe.report import render_card
+from featuredream.observe.card_html import render_card
 from featuredream.sweep.summary import SweepSummary
 
 EVIL = "<script>alert('x')</script>"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweep import _records, _same_records, _spec, sweep_dirs  # noqa: F401 (fixture)
+from helpers.sweep import records, same_records, sweep_spec
 
 from featuredream.sweep import run_sweep
 
@@ -32,7 +32,7 @@ def _task_pids() -> list[int]:
 def test_ray_backend_survives_a_killed_worker_and_matches_local(sweep_dirs, tmp_path):  # noqa: F811
     features = list(range(6))  # group size 2: three tasks on two workers
     local = tmp_path / "local"
-    run_sweep(_spec(sweep_dirs), features, local, progress=False)
+    run_sweep(sweep_spec(sweep_dirs), features, local, progress=False)
     killed: list[int] = []
     stop = threading.Event()
 
@@ -48,15 +48,17 @@ def test_ray_backend_survives_a_killed_worker_and_matches_local(sweep_dirs, tmp_
     killer = threading.Thread(target=kill_first_task, daemon=True)
     killer.start()
     try:
-        o = run_sweep(_spec(sweep_dirs), features, tmp_path / "ray", backend="ray", workers=2, progress=False)
+        o = run_sweep(
+            sweep_spec(sweep_dirs), features, tmp_path / "ray", backend="ray", workers=2, progress=False
+        )
     finally:
         stop.set()
         killer.join(5)
     assert killed, "no sweep task was seen running"
     assert o.failed == [] and (o.written, o.skipped, o.errors) == (6, 0, 0)
-    rows = _records(tmp_path / "ray")
+    rows = records(tmp_path / "ray")
     assert [r[0] for r in rows] == features  # every feature exactly once
-    _same_records(rows, _records(local))
+    same_records(rows, records(local))
     import sqlite3
 
     con = sqlite3.connect(str(tmp_path / "ray" / "sweep.sqlite"))

@@ -4,80 +4,23 @@ moment (a real SIGKILL of a running sweep and one inside an open transaction), t
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import identity_sae_dir
-from safetensors.torch import save_file
+from helpers.saes import identity_sae_dir
+from helpers.sweep import FAST_ARGS, cli, records, same_records, sweep_spec
 
 from featuredream import ready
-from featuredream.cli.main import main
-from featuredream.engine.config import DreamConfig
 from featuredream.engine.results import FeatureError
 from featuredream.sweep import STORE_FILE, SweepSpec, SweepStore, parse_features, run_sweep
 from featuredream.sweep.summary import format_summary, summarize, write_cards, write_index
-
-FAST = dict(
-    iters=3,
-    n_children=8,
-    min_tokens=3,
-    max_tokens=10,
-    start="prompt",
-    init_prompt="The quick brown fox",
-    gcg_topk=16,
-    progress=False,
-)
-FAST_ARGS = [
-    "--iters", "3", "--n-children", "8", "--min-tokens", "3", "--max-tokens", "10", "--start", "prompt",
-    "--init-prompt", "The quick brown fox", "--gcg-topk", "16", "--no-progress", "--device", "cpu",
-]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Every test here on one thread (conftest.one_thread)."""
-
-
-@pytest.fixture(scope="session")
-def sweep_dirs(tiny_dirs, tmp_path_factory):
-    """The tiny model on disk and an identity SAE with per-latent dataset maxima (so ratios exist)."""
-    root = tmp_path_factory.mktemp("sweep")
-    sae = identity_sae_dir(root / "sae")
-    stats = {
-        "max_activation": torch.linspace(0.5, 2.0, 128),
-        "fire_rate": torch.full((128,), 0.1),
-        "top_tokens": torch.full((128, 1, 4), -1),  # no top examples (top_pos -1)
-        "top_acts": torch.zeros(128, 1, 4),
-        "top_pos": torch.full((128, 1), -1),
-        "top_values": torch.zeros(128, 1),
-    }
-    save_file(stats, str(sae / "features.safetensors"))
-    return {"model": tiny_dirs["model"], "sae": str(sae), "root": root}
-
-
-def _spec(d, **cfg):
-    return SweepSpec(
-        model=d["model"], sae=d["sae"], device="cpu", config=DreamConfig(**{**FAST, **cfg}), group_size=2
-    )
-
-
-def _records(out):
-    con = sqlite3.connect(str(Path(out) / STORE_FILE))
-    rows = con.execute(
-        "SELECT feature, status, text, activation, xe FROM results ORDER BY feature"
-    ).fetchall()
-    con.close()
-    return rows
-
-
-def _same_records(a, b):
-    assert [r[:3] for r in a] == [r[:3] for r in b]  # same features, statuses, dreamed texts
-    for x, y in zip(a, b):
-        assert abs(x[3] - y[3]) <= 1e-4 and abs(x[4] - y[4]) <= 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- ranges
@@ -114,7 +57,7 @@ def test_parse_features_bad_input(text, n, match):
 
 def test_store_is_idempotent_and_refuses_to_mix(sweep_dirs, tmp_path):
     out = tmp_path / "s"
-    spec = _spec(sweep_dirs)
+    spec = sweep_spec(sweep_dirs)
     store = SweepStore.open(out, spec)
     assert store.put([(4, FeatureError(4, "no start"))]) == 1
     assert store.put([(4, FeatureError(4, "again")), (5, FeatureError(5, "x"))]) == 1  # 4 kept as it was
@@ -126,7 +69,7 @@ def test_store_is_idempotent_and_refuses_to_mix(sweep_dirs, tmp_path):
     with pytest.raises(
         ValueError, match=r"config.xe_max=None, this run has config.xe_max=5.0: refusing to mix"
     ):
-        SweepStore.open(out, _spec(sweep_dirs, xe_max=5.0), resume=True)
+        SweepStore.open(out, sweep_spec(sweep_dirs, xe_max=5.0), resume=True)
     other = identity_sae_dir(tmp_path / "other", d_in=64)
     with pytest.raises(ValueError, match="holds a sweep with sae='dir:.*refusing to mix"):
         SweepStore.open(
@@ -139,7 +82,7 @@ def test_store_is_idempotent_and_refuses_to_mix(sweep_dirs, tmp_path):
             out, SweepSpec(model=spec.model, sae=spec.sae, kind="decoder", config=spec.config), resume=True
         )
     # speed-only knobs (batch size, progress) may change between runs
-    SweepStore.open(out, _spec(sweep_dirs, batch_size=7, progress=True), resume=True).close()
+    SweepStore.open(out, sweep_spec(sweep_dirs, batch_size=7, progress=True), resume=True).close()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / STORE_FILE).write_text("not a database" * 100)
     with pytest.raises(ValueError, match="is not a featuredream sweep store"):
@@ -158,7 +101,7 @@ def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp
     store open, until it is killed."""
     features = "0-5"
     ref = tmp_path / "ref"
-    o = run_sweep(_spec(sweep_dirs), parse_features(features), ref, progress=False)
+    o = run_sweep(sweep_spec(sweep_dirs), parse_features(features), ref, progress=False)
     assert (o.requested, o.skipped, o.written, o.errors) == (6, 0, 6, 0)
     out = tmp_path / "killed"
     cmd = [
@@ -198,24 +141,25 @@ def test_sweep_resume_after_sigkill_loses_and_duplicates_nothing(sweep_dirs, tmp
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    before = _records(out)
+    before = records(out)
     assert [r[0] for r in before] == [0]  # the first group (group size 1), nothing after it
-    o = run_sweep(_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False)
+    o = run_sweep(sweep_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False)
     assert o.skipped == len(before) and o.written == 6 - len(before)
-    after = _records(out)
+    after = records(out)
     assert [r[0] for r in after] == list(range(6))  # all, once (feature is the primary key)
     assert after[: len(before)] == before  # finished records untouched
-    _same_records(after, _records(ref))
+    same_records(after, records(ref))
     # resuming a complete sweep does nothing
     assert (
-        run_sweep(_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False).written == 0
+        run_sweep(sweep_spec(sweep_dirs), parse_features(features), out, resume=True, progress=False).written
+        == 0
     )
 
 
 def test_kill_inside_a_transaction_leaves_no_trace(sweep_dirs, tmp_path):
     """SIGKILL after the INSERT and before the COMMIT: the next open rolls the half-write back."""
     out = tmp_path / "s"
-    SweepStore.open(out, _spec(sweep_dirs)).close()
+    SweepStore.open(out, sweep_spec(sweep_dirs)).close()
     code = (
         "import os, signal, sqlite3, sys\n"
         "con = sqlite3.connect(sys.argv[1]); con.execute('PRAGMA synchronous=FULL')\n"
@@ -225,11 +169,11 @@ def test_kill_inside_a_transaction_leaves_no_trace(sweep_dirs, tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code, str(out / STORE_FILE)], capture_output=True)
     assert r.returncode == -signal.SIGKILL
-    store = SweepStore.open(out, _spec(sweep_dirs), resume=True)
+    store = SweepStore.open(out, sweep_spec(sweep_dirs), resume=True)
     assert store.done() == set()
     store.close()
-    o = run_sweep(_spec(sweep_dirs), [1], out, resume=True, progress=False)
-    assert o.written == 1 and [r[:2] for r in _records(out)] == [(1, "ok")]
+    o = run_sweep(sweep_spec(sweep_dirs), [1], out, resume=True, progress=False)
+    assert o.written == 1 and [r[:2] for r in records(out)] == [(1, "ok")]
 
 
 def test_ctrl_c_keeps_finished_groups_and_resume_completes(sweep_dirs, tmp_path, monkeypatch):
@@ -246,11 +190,11 @@ def test_ctrl_c_keeps_finished_groups_and_resume_completes(sweep_dirs, tmp_path,
     monkeypatch.setattr(multi, "batched_parent_signals", interrupting)
     out = tmp_path / "s"
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(_spec(sweep_dirs), [0, 1, 2, 3], out, progress=False)
-    assert [r[0] for r in _records(out)] == [0, 1]  # the interrupted group left nothing half-done
+        run_sweep(sweep_spec(sweep_dirs), [0, 1, 2, 3], out, progress=False)
+    assert [r[0] for r in records(out)] == [0, 1]  # the interrupted group left nothing half-done
     monkeypatch.setattr(multi, "batched_parent_signals", real)
-    o = run_sweep(_spec(sweep_dirs), [0, 1, 2, 3], out, resume=True, progress=False)
-    assert (o.skipped, o.written) == (2, 2) and [r[0] for r in _records(out)] == [0, 1, 2, 3]
+    o = run_sweep(sweep_spec(sweep_dirs), [0, 1, 2, 3], out, resume=True, progress=False)
+    assert (o.skipped, o.written) == (2, 2) and [r[0] for r in records(out)] == [0, 1, 2, 3]
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -258,8 +202,8 @@ def test_ctrl_c_keeps_finished_groups_and_resume_completes(sweep_dirs, tmp_path,
 
 def test_summary_index_and_cards(sweep_dirs, tmp_path):
     out = tmp_path / "s"
-    run_sweep(_spec(sweep_dirs), [0, 1, 2, 70], out, progress=False)
-    store = SweepStore.open(out, _spec(sweep_dirs), resume=True)
+    run_sweep(sweep_spec(sweep_dirs), [0, 1, 2, 70], out, progress=False)
+    store = SweepStore.open(out, sweep_spec(sweep_dirs), resume=True)
     store.put([(9, FeatureError(9, "<script>alert(1)</script> no start"))])
     store.close()
     s = summarize(out)
@@ -279,12 +223,6 @@ def test_summary_index_and_cards(sweep_dirs, tmp_path):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_sweep_resume_and_summary(sweep_dirs, tmp_path, capsys):
     out = tmp_path / "s"
     base = [
@@ -297,16 +235,16 @@ def test_cli_sweep_resume_and_summary(sweep_dirs, tmp_path, capsys):
         str(out),
         *FAST_ARGS,
     ]
-    code, text, _ = _cli(capsys, *base, "--features", "0-2")
+    code, text, _ = cli(capsys, *base, "--features", "0-2")
     assert code == 0 and "3 features, 0 already done, 3 written now" in text
-    code, _, err = _cli(capsys, *base, "--features", "0-3")
+    code, _, err = cli(capsys, *base, "--features", "0-3")
     assert code == 2 and "pass --resume" in err and len(err.strip().splitlines()) == 1
-    code, text, _ = _cli(capsys, *base, "--features", "0-3", "--resume")
+    code, text, _ = cli(capsys, *base, "--features", "0-3", "--resume")
     assert code == 0 and "4 features, 3 already done, 1 written now" in text
-    code, _, err = _cli(capsys, *base, "--features", "0-3", "--resume", "--xe-max", "4")
+    code, _, err = cli(capsys, *base, "--features", "0-3", "--resume", "--xe-max", "4")
     assert code == 2 and "refusing to mix" in err and "config.xe_max='p90'" in err  # the CLI default
     assert len(err.strip().splitlines()) == 1
-    code, text, _ = _cli(capsys, "sweep-summary", str(out), "--worst", "2")
+    code, text, _ = cli(capsys, "sweep-summary", str(out), "--worst", "2")
     assert code == 0 and "4 stored, 4 dreamed" in text and (out / "index.html").exists()
     assert (out / "ratios.png").stat().st_size > 0
 
@@ -321,7 +259,7 @@ def test_cli_sweep_resume_and_summary(sweep_dirs, tmp_path, capsys):
     ],
 )
 def test_cli_sweep_bad_input(sweep_dirs, tmp_path, capsys, extra, match):
-    code, _, err = _cli(
+    code, _, err = cli(
         capsys,
         "sweep",
         "--model",
@@ -338,7 +276,7 @@ def test_cli_sweep_bad_input(sweep_dirs, tmp_path, capsys, extra, match):
 
 def test_cli_sweep_without_ray_installed(sweep_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now raises ImportError
-    code, _, err = _cli(
+    code, _, err = cli(
         capsys, "sweep", "--features", "0-3", "--out", str(tmp_path / "o"), "--backend", "ray",
         "--model", sweep_dirs["model"], "--sae", sweep_dirs["sae"],
     )  # fmt: skip
@@ -348,13 +286,13 @@ def test_cli_sweep_without_ray_installed(sweep_dirs, tmp_path, capsys, monkeypat
 
 
 def test_cli_summary_of_no_sweep(tmp_path, capsys):
-    code, _, err = _cli(capsys, "sweep-summary", str(tmp_path))
+    code, _, err = cli(capsys, "sweep-summary", str(tmp_path))
     assert code == 2 and "no sweep in" in err
 
 
 def test_cli_dream_features(sweep_dirs, tmp_path, capsys):
     out = tmp_path / "many"
-    code, text, _ = _cli(
+    code, text, _ = cli(
         capsys, "dream", "--features", "3,17", "--out", str(out), "--model", sweep_dirs["model"],
         "--sae", sweep_dirs["sae"], *FAST_ARGS,
     )  # fmt: skip
@@ -362,7 +300,7 @@ def test_cli_dream_features(sweep_dirs, tmp_path, capsys):
     for f in (3, 17):
         rec = json.loads((out / f"feature_{f}.json").read_text())
         assert rec["feature"] == f and rec["environment"]["multi"]["features"] == 2
-    code, _, err = _cli(
+    code, _, err = cli(
         capsys, "dream", "--features", "3,3", "--out", str(out), "--model", sweep_dirs["model"],
         "--sae", sweep_dirs["sae"],
     )  # fmt: skip
@@ -379,7 +317,7 @@ def test_sweep_with_a_judge_summarizes_its_percentiles(sweep_dirs, tmp_path, mon
     windows = torch.randint(3, 300, (30, 16), generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(prose, "prose_windows", lambda tok: windows)
     out = tmp_path / "j"
-    spec = SweepSpec(**{**_spec(sweep_dirs).__dict__, "judge": sweep_dirs["model"]})
+    spec = SweepSpec(**{**sweep_spec(sweep_dirs).__dict__, "judge": sweep_dirs["model"]})
     run_sweep(spec, [0, 1], out, progress=False)
     s = summarize(out)
     assert len(s.judge_pcts) == 2 and all(0 <= p <= 100 for p in s.judge_pcts)
@@ -391,5 +329,5 @@ def test_sweep_with_a_judge_summarizes_its_percentiles(sweep_dirs, tmp_path, mon
     assert "judge percentile among natural prose: median" in format_summary(s)
     assert "(50 = typical prose)" in summary_html(s)
     plain = tmp_path / "p"
-    run_sweep(_spec(sweep_dirs), [0], plain, progress=False)
+    run_sweep(sweep_spec(sweep_dirs), [0], plain, progress=False)
     assert summarize(plain).judge_pcts == [] and "n/a (no judge)" in summary_html(summarize(plain))

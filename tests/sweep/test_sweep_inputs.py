@@ -4,6 +4,7 @@ finished group's files through Ctrl-C."""
 
 # ruff: noqa: F811 - sweep_dirs is test_sweep's fixture, imported and then requested by name
 
+import importlib
 import os
 import sqlite3
 import time
@@ -12,9 +13,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_sweep import FAST_ARGS, _cli, _spec, sweep_dirs  # noqa: F401 (fixture)
+from helpers.sweep import FAST_ARGS, cli, sweep_spec
 
-import featuredream.engine.dream as front
 import featuredream.engine.loop as loop
 from featuredream.engine.results import FeatureError
 from featuredream.sweep import (
@@ -26,8 +26,11 @@ from featuredream.sweep import (
     resolve_runtime,
     run_sweep,
 )
-from featuredream.sweep.ray import task_cpus
+from featuredream.sweep.ray_backend import task_cpus
 from featuredream.sweep.summary import SweepSummary
+
+# the module, not the function featuredream.engine exports under the same name
+front = importlib.import_module("featuredream.engine.dream")
 
 
 def _sweep_args(d, out, *extra):
@@ -54,16 +57,16 @@ def test_bad_option_fails_before_the_store_exists(sweep_dirs, tmp_path, capsys, 
     (tmp_path / "EMPTY").mkdir()
     extra = [str(tmp_path / "EMPTY") if a == "EMPTY" else a for a in extra]
     out = tmp_path / "s"
-    code, _, err = _cli(capsys, *_sweep_args(sweep_dirs, out, "--features", "0-1", *extra))
+    code, _, err = cli(capsys, *_sweep_args(sweep_dirs, out, "--features", "0-1", *extra))
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
     assert not (out / STORE_FILE).exists()
 
 
 def test_corrected_rerun_after_a_bad_option(sweep_dirs, tmp_path, capsys):
     out = tmp_path / "s"
-    code, _, _ = _cli(capsys, *_sweep_args(sweep_dirs, out, "--features", "0-1", "--reduce", "maximum"))
+    code, _, _ = cli(capsys, *_sweep_args(sweep_dirs, out, "--features", "0-1", "--reduce", "maximum"))
     assert code == 2
-    code, text, err = _cli(capsys, *_sweep_args(sweep_dirs, out, "--features", "0-1", "--reduce", "max"))
+    code, text, err = cli(capsys, *_sweep_args(sweep_dirs, out, "--features", "0-1", "--reduce", "max"))
     assert code == 0 and "2 written now" in text, err
     assert SweepStore.read(out).meta("fingerprint")["reduce"] == "max"
 
@@ -71,9 +74,9 @@ def test_corrected_rerun_after_a_bad_option(sweep_dirs, tmp_path, capsys):
 def test_store_without_records_takes_the_new_fingerprint(sweep_dirs, tmp_path, caplog):
     """A run that died before its first group (e.g. the model failed to load) must not lock the store."""
     out = tmp_path / "s"
-    first = SweepStore.open(out, _spec(sweep_dirs))
+    first = SweepStore.open(out, sweep_spec(sweep_dirs))
     with caplog.at_level("WARNING", logger="featuredream.sweep.store"):
-        store = SweepStore.open(out, _spec(sweep_dirs, xe_max=5.0))
+        store = SweepStore.open(out, sweep_spec(sweep_dirs, xe_max=5.0))
     with pytest.raises(ValueError, match="another run replaced this store's configuration"):
         first.put([(0, FeatureError(0, "x"))])  # a run still going under the old one writes nothing
     first.close()
@@ -83,7 +86,7 @@ def test_store_without_records_takes_the_new_fingerprint(sweep_dirs, tmp_path, c
     store.put([(1, FeatureError(1, "x"))])
     store.close()
     with pytest.raises(ValueError, match="config.xe_max=5.0, this run has config.xe_max=None: refusing"):
-        SweepStore.open(out, _spec(sweep_dirs), resume=True)
+        SweepStore.open(out, sweep_spec(sweep_dirs), resume=True)
 
 
 # ------------------------------------------------------------------------------ fingerprint and hardware
@@ -92,7 +95,7 @@ def test_store_without_records_takes_the_new_fingerprint(sweep_dirs, tmp_path, c
 def test_fingerprint_follows_the_hardware(sweep_dirs, tmp_path, monkeypatch):
     """The default dtype and n_children differ between CPU and GPU: a CPU store is refused on a GPU (faked
     here: torch.cuda says it is available; nothing runs on CUDA)."""
-    d = _spec(sweep_dirs)
+    d = sweep_spec(sweep_dirs)
     spec = SweepSpec(model=d.model, sae=d.sae, config=replace(d.config, n_children=None), group_size=2)
     pinned = replace(spec, dtype="float32", config=replace(spec.config, n_children=32))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -116,14 +119,14 @@ def test_fingerprint_follows_the_hardware(sweep_dirs, tmp_path, monkeypatch):
 
 def test_old_schema_store_is_refused_in_one_line(sweep_dirs, tmp_path):
     out = tmp_path / "s"
-    store = SweepStore.open(out, _spec(sweep_dirs))
+    store = SweepStore.open(out, sweep_spec(sweep_dirs))
     assert store.meta("fingerprint")["schema"] == 2
     store.put([(0, FeatureError(0, "x"))])
     with store.conn:
         store.conn.execute("UPDATE meta SET value = '{\"schema\": 1}' WHERE key = 'fingerprint'")
     store.close()
     with pytest.raises(ValueError, match=r"store schema 1 \(an older featuredream\).*valid is a new --out"):
-        SweepStore.open(out, _spec(sweep_dirs), resume=True)
+        SweepStore.open(out, sweep_spec(sweep_dirs), resume=True)
 
 
 # ------------------------------------------------------------------------------ paths and Ray wiring
@@ -131,7 +134,7 @@ def test_old_schema_store_is_refused_in_one_line(sweep_dirs, tmp_path):
 
 def test_relative_paths_are_stored_absolute(sweep_dirs, tmp_path, monkeypatch):
     monkeypatch.chdir(sweep_dirs["root"])
-    d = _spec(sweep_dirs)
+    d = sweep_spec(sweep_dirs)
     rel = replace(d, model=os.path.relpath(d.model), sae=os.path.relpath(d.sae))
     assert not os.path.isabs(rel.model) and rel.resolved().model == os.path.abspath(d.model)
     out = tmp_path / "s"
@@ -144,7 +147,7 @@ def test_relative_paths_are_stored_absolute(sweep_dirs, tmp_path, monkeypatch):
 
 def test_ray_tasks_get_absolute_paths_and_the_probed_runtime(sweep_dirs, tmp_path, monkeypatch):
     """Without Ray: the backend is faked to see what run_sweep hands it and what the store records."""
-    import featuredream.sweep.ray as sweep_ray
+    import featuredream.sweep.ray_backend as sweep_ray
 
     seen = {}
 
@@ -162,7 +165,7 @@ def test_ray_tasks_get_absolute_paths_and_the_probed_runtime(sweep_dirs, tmp_pat
     monkeypatch.setattr(sweep_ray, "import_ray", lambda: None)
     monkeypatch.setattr(sweep_ray, "ray_backend", fake_backend)
     monkeypatch.chdir(sweep_dirs["root"])
-    d = _spec(sweep_dirs)
+    d = sweep_spec(sweep_dirs)
     rel = replace(d, model=os.path.relpath(d.model), sae=os.path.relpath(d.sae))
     run_sweep(rel, [0, 1, 2], tmp_path / "s", backend="ray", cpus_per_task=3, progress=False)
     for key in ("spec", "backend_spec"):
@@ -196,15 +199,15 @@ def test_cli_cpus_per_task(sweep_dirs, tmp_path, capsys, monkeypatch):
         return SweepOutcome(len(features), 0, len(features), 0)
 
     monkeypatch.setattr(run, "run_sweep", fake)
-    code, _, _ = _cli(capsys, *_sweep_args(sweep_dirs, tmp_path / "s", "--features", "0-3",
+    code, _, _ = cli(capsys, *_sweep_args(sweep_dirs, tmp_path / "s", "--features", "0-3",
                                            "--backend", "ray", "--cpus-per-task", "3"))  # fmt: skip
     assert code == 0 and (got["backend"], got["cpus_per_task"]) == ("ray", 3)
-    code, _, err = _cli(
+    code, _, err = cli(
         capsys, *_sweep_args(sweep_dirs, tmp_path / "s", "--features", "0", "--cpus-per-task", "0")
     )
     assert code == 2 and "valid is an integer >= 1" in err
     with pytest.raises(ValueError, match="cpus_per_task=2 applies to the ray backend only"):
-        run_sweep(_spec(sweep_dirs), [0], tmp_path / "t", cpus_per_task=2)
+        run_sweep(sweep_spec(sweep_dirs), [0], tmp_path / "t", cpus_per_task=2)
 
 
 # ------------------------------------------------------------------------------ ranges, summary, store
@@ -212,9 +215,9 @@ def test_cli_cpus_per_task(sweep_dirs, tmp_path, capsys, monkeypatch):
 
 def test_huge_feature_range_fails_fast(sweep_dirs, tmp_path, capsys):
     t0 = time.time()
-    code, _, err = _cli(capsys, *_sweep_args(sweep_dirs, tmp_path / "s", "--features", "0-1638400000"))
+    code, _, err = cli(capsys, *_sweep_args(sweep_dirs, tmp_path / "s", "--features", "0-1638400000"))
     assert code == 2 and "feature 1638400000 ('0-1638400000') is out of range: valid are 0..127" in err
-    code, _, err = _cli(capsys, "dream", "--features", "0-1638400000", "--out", str(tmp_path / "d"),
+    code, _, err = cli(capsys, "dream", "--features", "0-1638400000", "--out", str(tmp_path / "d"),
                         "--model", sweep_dirs["model"], "--sae", sweep_dirs["sae"], *FAST_ARGS)  # fmt: skip
     assert code == 2 and "names 1638400001 features: valid is at most" in err
     assert time.time() - t0 < 30 and not (tmp_path / "s").exists()
@@ -232,7 +235,7 @@ def test_summary_opens_read_only(sweep_dirs, tmp_path, capsys):
     con.commit()
     con.close()
     before = (d / STORE_FILE).read_bytes()
-    code, _, err = _cli(capsys, "sweep-summary", str(d))
+    code, _, err = cli(capsys, "sweep-summary", str(d))
     assert code == 2 and "is not a featuredream sweep store" in err and len(err.strip().splitlines()) == 1
     assert (d / STORE_FILE).read_bytes() == before
     with pytest.raises(ValueError, match="is not a featuredream sweep store"):
@@ -259,7 +262,7 @@ def test_connections_are_closed_on_errors(sweep_dirs, tmp_path, monkeypatch):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / STORE_FILE).write_text("not a database" * 100)
     with pytest.raises(ValueError, match="is not a featuredream sweep store"):
-        SweepStore.open(tmp_path / "junk", _spec(sweep_dirs))
+        SweepStore.open(tmp_path / "junk", sweep_spec(sweep_dirs))
     with pytest.raises(ValueError, match="is not a featuredream sweep store"):
         SweepStore.read(tmp_path / "junk")
     (tmp_path / "other").mkdir()
@@ -299,7 +302,7 @@ def test_dream_features_ctrl_c_between_groups_keeps_finished_files(sweep_dirs, t
 
     monkeypatch.setattr(front, "dream_many", second_raises)
     out = tmp_path / "many"
-    code, text, err = _cli(capsys, *_dream_args(sweep_dirs, out))
+    code, text, err = cli(capsys, *_dream_args(sweep_dirs, out))
     assert code == 130 and sorted(p.name for p in out.iterdir()) == ["feature_17.json", "feature_3.json"]
     assert "wrote 2 results" in text and "1 of 3 features not dreamed" in err
 
@@ -320,7 +323,7 @@ def test_dream_features_ctrl_c_in_a_group_stops_after_it(sweep_dirs, tmp_path, c
     monkeypatch.setattr(front, "dream_many", counting)
     monkeypatch.setattr(loop, "batched_parent_signals", interrupting)
     out = tmp_path / "many"
-    code, text, _ = _cli(capsys, *_dream_args(sweep_dirs, out))
+    code, text, _ = cli(capsys, *_dream_args(sweep_dirs, out))
     assert code == 130 and groups == [[3, 17]] and "wrote 2 results" in text
     assert sorted(p.name for p in out.iterdir()) == ["feature_17.json", "feature_3.json"]
     assert '"interrupted": true' in (out / "feature_3.json").read_text()
@@ -335,7 +338,7 @@ def test_dream_features_counts_only_written_results(sweep_dirs, tmp_path, capsys
 
     monkeypatch.setattr(front, "dream_many", first_fails)
     out = tmp_path / "many"
-    code, text, _ = _cli(capsys, *_dream_args(sweep_dirs, out))
+    code, text, _ = cli(capsys, *_dream_args(sweep_dirs, out))
     assert code == 0 and "3 failed: no start" in text and "20 failed: no start" in text
     assert f"wrote 1 results in {out}; 2 features failed" in text
     assert sorted(p.name for p in out.iterdir()) == ["feature_17.json"]

@@ -23,6 +23,7 @@ from .options import (
     config_from,
     feature_id,
     int_at_least,
+    load_checked,
     load_checked_sae,
 )
 
@@ -130,7 +131,7 @@ def cmd_dream(args) -> int:
     if args.html and sae is None:
         print("no HTML card: cards describe an SAE latent, not a raw direction")
     elif args.html:
-        from ..observe.report import feature_card
+        from ..observe.card_html import feature_card
 
         feature_card(model, tok, sae, args.feature, result, out.with_suffix(".html"))
         print(f"wrote {out.with_suffix('.html')}")
@@ -201,20 +202,14 @@ def ladder_lines(result) -> list[str]:
     return rows
 
 
-def cmd_dream_features(args) -> int:
-    """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``, written
-    as each group finishes (Ctrl-C keeps every finished group's files, exit 130)."""
-    from ..engine.dream import dream_features
+def _features_out(args) -> Path:
+    """``dream --features``' output directory, after checking the options that need no model (the feature
+    list's syntax, the reduction, the output path)."""
     from ..engine.objectives import check_reduce
-    from ..engine.results import FeatureError
-    from ..lm.models import load_model
-    from ..lm.sae_check import check_site
-    from ..lm.saes import load_sae
-    from ..sweep.spec import count_features, parse_features
+    from ..sweep.spec import count_features
 
     if args.feature is not None or args.site is not None:
         raise ValueError("--features cannot be combined with --feature or --site: give one target")
-    cfg = config_for_sae_files(args)
     out = Path("dreams" if args.out == "dream.json" else args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"with --features, --out is a directory; {str(out)!r} is a file")
@@ -222,10 +217,20 @@ def cmd_dream_features(args) -> int:
         raise ValueError(f"parent of output directory {str(out)!r} does not exist: create it first")
     count_features(args.features)  # the list's syntax, before the model loads (nothing expanded)
     check_reduce(args.reduce)
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
-    sae = load_sae(args.sae, model=model)
+    return out
+
+
+def cmd_dream_features(args) -> int:
+    """``dream --features``: one multi-feature run per group; a result JSON per feature in ``--out``, written
+    as each group finishes (Ctrl-C keeps every finished group's files, exit 130)."""
+    from ..engine.dream import dream_features
+    from ..engine.results import FeatureError
+    from ..sweep.spec import parse_features
+
+    out = _features_out(args)
+    cfg = config_for_sae_files(args)
+    model, tok, sae = load_checked(args)
     features = parse_features(args.features, sae.d_sae)
-    check_site(model, tok, sae)
     out.mkdir(exist_ok=True)
     written, failed, interrupted = [], [], False
 
@@ -244,7 +249,7 @@ def cmd_dream_features(args) -> int:
             act = f"{r.best.activation:10.3f} {ratio} {r.best.xe:6.2f} {pct}"
             print(f"{f:8d} {act}  {r.best.text!r}", flush=True)
             if args.html:
-                from ..observe.report import feature_card
+                from ..observe.card_html import feature_card
 
                 feature_card(model, tok, sae, f, r, path.with_suffix(".html"))
 

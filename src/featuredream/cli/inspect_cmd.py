@@ -93,7 +93,7 @@ def register(sub) -> None:
         "--alphas",
         type=_floats,
         default=None,
-        help="comma-separated (default: 0,2,4,8 x the feature's dataset max, or 0,4,8 without statistics)",
+        help="comma-separated (default: 0,2,4,8 x the feature's dataset max, or 0,2,4,8 without statistics)",
     )
     a.add_argument("--max-new-tokens", type=integer, default=20, help="tokens to generate (default: 20)")
 
@@ -111,11 +111,9 @@ def register(sub) -> None:
 
 
 def _load(args):
-    from ..lm.models import load_model
-    from ..lm.saes import load_sae
+    from .options import load_checked
 
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
-    return model, tok, load_sae(args.sae, model=model)
+    return load_checked(args)
 
 
 def _lines(path: str | None, given: list[str], what: str) -> list[str]:
@@ -169,81 +167,93 @@ def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full:
 
 
 def cmd_inspect(args) -> int:
-    from ..observe import inspect as ins
-    from ..observe import tracing
+    model, tok, sae = _load(args)
+    ACTIONS[args.action](args, model, tok, sae)
+    return 0
+
+
+def _top_features(args, model, tok, sae) -> None:
+    from ..observe import activity
+
+    rows = activity.top_features(model, tok, sae, args.prompt, args.n, args.reduce, args.values)
+    print(
+        activity.format_ranking(rows, f"top features of {sae.name} on {args.prompt!r} ({args.reduce} token)")
+    )
+
+
+def _diff(args, model, tok, sae) -> None:
+    from ..observe import activity
+
+    pos = _lines(args.pos_file, args.pos, "positive prompts")
+    neg = _lines(args.neg_file, args.neg, "negative prompts")
+    rows = activity.differential_features(model, tok, sae, pos, neg, args.n, args.reduce, args.values)
+    print(
+        activity.format_ranking(
+            rows, f"{len(pos)} positive vs {len(neg)} negative prompts ({args.reduce} token)"
+        )
+    )
+
+
+def _scan(args, model, tok, sae) -> None:
+    from ..observe import activity
+
+    prompts = _lines(args.file, args.prompts, "scan prompts")
+    vals = activity.scan(model, tok, sae, prompts, args.feature, args.reduce)
+    for p, v in zip(prompts, vals.tolist()):
+        print(f"{v:10.3f}  {p!r}")
+    rate = activity.fire_rate(model, tok, sae, prompts, args.feature, args.reduce)
+    print(f"fire rate ({args.reduce} token): {rate:.2f}")
+
+
+def _examples(args, model, tok, sae) -> None:
     from ..observe.examples import top_examples
 
-    model, tok, sae = _load(args)
-    a = args.action
-    if a == "top-features":
-        rows = ins.top_features(model, tok, sae, args.prompt, args.n, args.reduce, args.values)
-        print(
-            ins.format_ranking(rows, f"top features of {sae.name} on {args.prompt!r} ({args.reduce} token)")
-        )
-    elif a == "diff":
-        pos = _lines(args.pos_file, args.pos, "positive prompts")
-        neg = _lines(args.neg_file, args.neg, "negative prompts")
-        rows = ins.differential_features(model, tok, sae, pos, neg, args.n, args.reduce, args.values)
-        print(
-            ins.format_ranking(
-                rows, f"{len(pos)} positive vs {len(neg)} negative prompts ({args.reduce} token)"
-            )
-        )
-    elif a == "scan":
-        prompts = _lines(args.file, args.prompts, "scan prompts")
-        vals = ins.scan(model, tok, sae, prompts, args.feature, args.reduce)
-        for p, v in zip(prompts, vals.tolist()):
-            print(f"{v:10.3f}  {p!r}")
-        rate = ins.fire_rate(model, tok, sae, prompts, args.feature, args.reduce)
-        print(f"fire rate ({args.reduce} token): {rate:.2f}")
-    elif a == "examples":
-        exs = top_examples(
-            model,
-            tok,
-            sae,
-            args.feature,
-            args.corpus,
-            k=args.k,
-            **({"ctx": args.ctx, "batch_size": args.batch_size} if args.corpus else {}),
-        )
-        _print_examples(model, tok, sae, args.feature, exs, args.keep, args.full)
-    elif a == "logits":
-        le = tracing.logit_effects(model, tok, sae, args.feature, args.n)
-        print(f"{'promoted':>28}   {'suppressed':>28}")
-        for t, b in zip(le.top, le.bottom):
-            print(f"{t.token!r:>18} {t.value:+9.3f}   {b.token!r:>18} {b.value:+9.3f}")
-    elif a == "attribution":
-        from ..engine.objectives import make_objective
+    extra = {"ctx": args.ctx, "batch_size": args.batch_size} if args.corpus else {}
+    exs = top_examples(model, tok, sae, args.feature, args.corpus, k=args.k, **extra)
+    _print_examples(model, tok, sae, args.feature, exs, args.keep, args.full)
 
-        obj = make_objective(
-            sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard
-        )
-        print(
-            tracing.format_attribution(
-                tracing.attribution(model, tok, obj, args.prompt, args.position, method=args.method)
-            )
-        )
-    elif a == "steer":
-        alphas = args.alphas
-        if alphas is None:  # the direction's natural scale: a few times the feature's dataset maximum
-            from ..observe.card import STEER_SCALES
 
-            st = sae.stats
-            ok = st is not None and st.has("max_activation") and float(st.max_activation[args.feature]) > 0
-            alphas = (
-                tuple(round(x * float(st.max_activation[args.feature]), 1) for x in STEER_SCALES)
-                if ok
-                else (0.0, 4.0, 8.0)
-            )
-        for s in tracing.steering(model, tok, sae, args.feature, args.prompt, alphas, args.max_new_tokens):
-            print(f"alpha {s.alpha:8.2f}  {args.prompt}\u2502{s.text!r}")
-    return 0
+def _logits(args, model, tok, sae) -> None:
+    from ..observe import tracing
+
+    le = tracing.logit_effects(model, tok, sae, args.feature, args.n)
+    print(f"{'promoted':>28}   {'suppressed':>28}")
+    for t, b in zip(le.top, le.bottom):
+        print(f"{t.token!r:>18} {t.value:+9.3f}   {b.token!r:>18} {b.value:+9.3f}")
+
+
+def _attribution(args, model, tok, sae) -> None:
+    from ..engine.objectives import make_objective
+    from ..observe import tracing
+
+    obj = make_objective(sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard)
+    rows = tracing.attribution(model, tok, obj, args.prompt, args.position, method=args.method)
+    print(tracing.format_attribution(rows))
+
+
+def _steer(args, model, tok, sae) -> None:
+    from ..observe import tracing
+
+    for s in tracing.steering(model, tok, sae, args.feature, args.prompt, args.alphas, args.max_new_tokens):
+        print(f"alpha {s.alpha:8.2f}  {args.prompt}\u2502{s.text!r}")
+
+
+ACTIONS = {
+    "top-features": _top_features,
+    "diff": _diff,
+    "scan": _scan,
+    "examples": _examples,
+    "logits": _logits,
+    "attribution": _attribution,
+    "steer": _steer,
+}
+"""``featuredream inspect ACTION``: one handler per action, ``(args, model, tokenizer, sae)``."""
 
 
 def cmd_card(args) -> int:
     from ..engine.results import DreamResult, write_atomic
     from ..observe.card import STEER_PROMPT, neuronpedia_json
-    from ..observe.report import feature_card
+    from ..observe.card_html import feature_card
 
     out = check_out_path(args.out)
     js = check_out_path(args.json)

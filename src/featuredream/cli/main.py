@@ -1,6 +1,6 @@
 """``featuredream dream | score | train-sae | stats | inspect | card``; options come from the config dataclasses.
 
-Each command family is a module (:mod:`.dream`, :mod:`.train`, :mod:`.inspect`, :mod:`.sweep`) with
+Each command family is a module (:mod:`.dream`, :mod:`.train`, :mod:`.stats`, :mod:`.inspect_cmd`, :mod:`.sweep`) with
 ``register(subparsers)`` and ``COMMANDS``; the options they share are in :mod:`.options`.
 
 Bad input prints one line (``featuredream: error: ...``) on stderr and exits 2; an unexpected error prints
@@ -16,11 +16,11 @@ import os
 import sys
 import traceback
 
-from . import dream, inspect, stats, sweep, train
+from . import dream, inspect_cmd, stats, sweep, train
 
 log = logging.getLogger("featuredream")
 
-FAMILIES = (dream, train, stats, inspect, sweep)
+FAMILIES = (dream, train, stats, inspect_cmd, sweep)
 """The command modules, in the order their commands are listed: each has ``register`` and ``COMMANDS``."""
 
 

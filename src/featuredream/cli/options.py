@@ -221,20 +221,14 @@ def check_out_path(path: str | None) -> Path | None:
 
 
 def load_checked_sae(args, model, tok, *, stats_dir: str | None = None):
-    """The ``--sae`` of the options loaded for ``model`` (its statistics found as :func:`load_sae` does),
-    its site checked (:func:`~featuredream.lm.sae_check.check_site`: a one-line error for an SAE that does
-    not fit its declared site)."""
-    from ..lm.sae_check import check_site
-    from ..lm.saes import load_sae
+    """The ``--sae`` of the options for ``model``, site checked (:func:`~featuredream.lm.sae_check.checked_sae`)."""
+    from ..lm.sae_check import checked_sae
 
-    sae = load_sae(args.sae, model=model, stats_dir=stats_dir)
-    fvu = check_site(model, tok, sae)
-    log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
-    return sae
+    return checked_sae(model, tok, args.sae, stats_dir=stats_dir)
 
 
 def load_checked(args, *, stats_dir: str | None = None):
-    """``(model, tokenizer, sae)`` of the ``--model --sae --device --dtype`` options (:func:`load_checked_sae`)."""
+    """``(model, tokenizer, sae)`` of the ``--model --sae --device --dtype`` options, site checked."""
     from ..lm.models import load_model
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)

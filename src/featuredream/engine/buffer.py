@@ -1,7 +1,7 @@
 """The buffer of prompts, the ranking rule, and the activation-vs-XE Pareto frontier.
 
 Ranking (per penalty lambda): feasible prompts (XE <= ``xe_max``) by ``-activation + lambda * XE``;
-infeasible prompts after all feasible ones, by how far their XE exceeds ``xe_max`` (seed bug 9); non-finite
+infeasible prompts after all feasible ones, by how far their XE exceeds ``xe_max`` (so the search descends into the feasible region); non-finite
 scores never ranked in.
 """
 

@@ -7,7 +7,7 @@ import torch
 
 from .config import DreamConfig
 from .mutations import OPERATORS, delete, gcg_swap, sample_insert, sample_swap
-from .signals import ParentSignals
+from .parent_grads import ParentSignals
 
 
 class Canonicalizer:

@@ -15,7 +15,7 @@ DEFAULT_LADDER = ("p50", "p75", "p90", None)
 
 @dataclass(frozen=True)
 class DreamConfig:
-    """Configuration of :func:`featuredream.dream` (seed 003's defaults plus budgets, starts, Pareto)."""
+    """Configuration of :func:`featuredream.dream` (published feature-dreaming defaults plus budgets, starts, Pareto, ladder)."""
 
     iters: int = 200
     """Maximum iterations (one parent, ``n_children`` children each)."""
@@ -36,7 +36,7 @@ class DreamConfig:
     buffer_size: int = 4
     """Prompts kept in the buffer (parents are taken from it in turn)."""
     n_children: int | None = None
-    """Children evaluated per iteration; None: 128 on a GPU (seed 003), 64 on a CPU (64 with the prefix
+    """Children evaluated per iteration; None: 128 on a GPU, 64 on a CPU (64 with the prefix
     cache beat 16 and 32 at equal time on the tuning latents; benchmarks/README.md, "Tuning")."""
     p_gcg_swap: float = 0.25
     """Share of children made by GCG swaps (gradient top-k)."""
@@ -164,8 +164,23 @@ class DreamConfig:
         return [f.name for f in fields(cls)]
 
 
+FIELD_DOCS = "field_docs.json"
+"""Shipped beside the package data: each config dataclass's field docstrings, read by the CLI help
+(``scripts/field_docs.py`` writes it from the sources; ``tests/cli/test_cli.py`` checks it is current)."""
+
+
 def field_docs(cls) -> dict[str, str]:
-    """Field name -> the docstring under it in a dataclass's source (used for the CLI help)."""
+    """Field name -> the docstring under it in the dataclass ``cls`` (the CLI help), from the shipped
+    :data:`FIELD_DOCS` (no source file is read: an installation without sources has the same help)."""
+    import json
+    from importlib import resources
+
+    docs = json.loads((resources.files("featuredream") / "data" / FIELD_DOCS).read_text())
+    return docs.get(cls.__name__, {})
+
+
+def source_field_docs(cls) -> dict[str, str]:
+    """Field name -> the docstring under it in ``cls``'s source (what :data:`FIELD_DOCS` ships)."""
     import ast
     import inspect
     import textwrap

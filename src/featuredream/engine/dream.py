@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -88,16 +87,6 @@ def dream_many(
     loop = DreamLoop(model, tokenizer, objective, config or DreamConfig(), seeds)
     log.info("dreaming %d features of %s together", len(objective), objective.sae.name)
     results = loop.run(errors, on_interrupt)
-    total = time.time() - loop.t0
-    for res in results:
-        if isinstance(res, DreamResult):
-            res.wall_time = total / len(objective)
-            res.environment["multi"] = {
-                "features": len(objective),
-                "group_wall_time": total,
-                "loop_seconds": loop.loop_seconds,
-                "cached_tokens": loop.scorer.n_cached_tokens + loop.full.n_cached_tokens,
-            }
     judge_results(results, judge)
     return results
 

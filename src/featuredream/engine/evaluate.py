@@ -43,19 +43,19 @@ __all__ = [
     "EvalOutput",
     "Evaluator",
     "cat_outputs",
+    "cascade",
     "halve_on_oom",
-    "length_mask",
-    "pad_right",
     "reference_evaluate",
 ]
 
 
 class EvalOutput(NamedTuple):
-    """``scores [b]``, ``xe [b]`` (NaN when not computed), ``token_acts [b, s]``, ``valid [b, s]``."""
+    """``scores [b]``, ``xe [b]`` (NaN when not computed), ``token_acts [b, s]`` (None where the loop only
+    needs scores: its batches keep no per-token values), ``valid [b, s]`` (positions the norm guard kept)."""
 
     scores: torch.Tensor
     xe: torch.Tensor
-    token_acts: torch.Tensor
+    token_acts: torch.Tensor | None
     valid: torch.Tensor
 
 

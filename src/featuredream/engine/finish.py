@@ -29,44 +29,37 @@ def prompt_record(tokenizer, ids: list[int], score: float, xe: float, token_acts
     )
 
 
-def finish_result(model, tokenizer, run, *, t0: float, interrupted: bool) -> DreamResult:
+def finish_result(
+    model, tokenizer, run, *, wall_time: float, interrupted: bool, multi: dict | None = None
+) -> DreamResult:
     """Re-score ``run``'s best prompt (and buffer, and frontier) from their decoded strings with the
-    reference path and build its :class:`DreamResult`. ``run``: a :class:`~.state.FeatureRun`."""
+    reference path and build its :class:`DreamResult`. ``run``: a :class:`~.state.FeatureRun`;
+    ``wall_time``: the search's seconds; ``multi``: a group run's undivided figures (``environment``)."""
+    t_verify = time.time()
     objective, cfg, limit = run.objective, run.cfg, run.buffer.limit
     entries = [run.best] + [e for e in run.buffer.entries if e is not run.best]
     texts = [tokenizer.decode(e.ids.tolist()) for e in entries]
     ref = reference_evaluate(model, tokenizer, objective, texts)
-    # The reported best is chosen on the reference values, so feasibility cannot flip between the paths.
-    ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
-    lims = None if limit is None else limit.of([len(e.ids) for e in entries])
-    i_best = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, lims)))
+    i_best, best_p = _reported_best(tokenizer, run, entries, texts, ref)
     best = entries[i_best]
-    best_ids = tokenizer(texts[i_best], add_special_tokens=False)["input_ids"]
-    best_p = prompt_record(
-        tokenizer,
-        best_ids,
-        ref.scores[i_best],
-        ref.xe[i_best],
-        ref.token_acts[i_best, : len(best_ids)].tolist(),
-    )
-    xe_limit = None if limit is None else limit.at(len(best_ids))
+    xe_limit = None if limit is None else limit.at(len(best_p.ids))
     feasible = xe_limit is None or best_p.xe <= xe_limit
     if not feasible:
         log.warning(
             "no candidate satisfied xe_max=%s (%.2f at %d tokens); reporting the best infeasible prompt (XE %.2f)",
             cfg.xe_max,
             xe_limit,
-            len(best_ids),
+            len(best_p.ids),
             best_p.xe,
         )
-    counts = run.counts()
+    counters = run.counters
     sae = getattr(objective, "sae", None)
     return DreamResult(
         best=best_p,
         buffer=[
             prompt_record(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i]) for i, e in enumerate(entries)
         ],
-        history=run.history,
+        history=[asdict(h) for h in run.history],
         frontier=_frontier(model, tokenizer, objective, run.frontier.members()),
         config=asdict(cfg),
         objective=objective.name,
@@ -75,22 +68,33 @@ def finish_result(model, tokenizer, run, *, t0: float, interrupted: bool) -> Dre
         feature=getattr(objective, "latent", None),
         site=", ".join(str(s) for s in objective.sites),
         seed=cfg.seed,
-        wall_time=time.time() - t0,
+        wall_time=wall_time,
         start=run.start,
         feasible=feasible,
         xe_limit=xe_limit,
         xe_limits=None if limit is None else limit.describe(cfg.min_tokens, cfg.max_tokens),
         interrupted=interrupted,
         stop_reason=run.stop_reason,
-        n_evaluated=counts["evaluated"],
-        n_nonfinite=counts["nonfinite"],
-        n_dropped_retokenization=counts["dropped"],
-        n_capped_positions=counts["capped"],
+        n_evaluated=counters.evaluated,
+        n_nonfinite=counters.nonfinite,
+        n_dropped_retokenization=run.canon.dropped,
+        n_capped_positions=counters.capped,
         **_dataset_max(run),
         ladder=_ladder(tokenizer, run, entries, texts, ref),
-        verification=_verification(model, best, best_p, cfg.needs_xe),
-        environment=_environment(model),
+        verification={**_verification(model, best, best_p, cfg.needs_xe), "seconds": time.time() - t_verify},
+        environment=_environment(model) | ({"multi": multi} if multi is not None else {}),
     )
+
+
+def _reported_best(tokenizer, run, entries, texts: list[str], ref) -> tuple[int, Prompt]:
+    """The reported best: chosen on the reference values (so feasibility cannot flip between the paths),
+    with its re-encoded ids and per-token activations."""
+    cfg, limit = run.cfg, run.buffer.limit
+    ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
+    lims = None if limit is None else limit.of([len(e.ids) for e in entries])
+    i = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, lims)))
+    ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+    return i, prompt_record(tokenizer, ids, ref.scores[i], ref.xe[i], ref.token_acts[i, : len(ids)].tolist())
 
 
 def _ladder(tokenizer, run, entries, texts: list[str], ref) -> list[Rung]:

@@ -22,7 +22,7 @@ import torch
 
 from ..lm.saes import BoundSAE
 from ..lm.sites import Site
-from .objectives import Objective, ObjectiveOutput, make_objective, reduce_positions
+from .objectives import Objective, ObjectiveOutput, guarded, make_objective, reduce_positions
 
 
 @runtime_checkable
@@ -121,18 +121,18 @@ class MultiLatentObjective:
         """
         x = acts[self.site]
         mask = mask.bool()
-        vals = self.token_values(x).float()  # [b, s, K]
-        valid = mask
-        if self.norm_cap is not None:
-            valid = valid & (x.float().norm(dim=-1) <= self.norm_cap)
-        b, s, k = vals.shape
+        valid = guarded(x, mask, self.norm_cap)
+        vals = self.token_values(x).float().masked_fill(~mask[..., None], 0.0)  # [b, s, K]
         if owner is not None:
-            own = vals.gather(2, owner.to(vals.device)[:, None, None].expand(b, s, 1))[..., 0]
-            own = own.masked_fill(~mask, 0.0)
-            return ObjectiveOutput(reduce_positions(own, valid, mask, self.reduce), own, valid)
-        vals = vals.masked_fill(~mask[..., None], 0.0)
-        flat = vals.permute(0, 2, 1).reshape(b * k, s)
-        scores = reduce_positions(
-            flat, valid.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), self.reduce
+            b, s, _ = vals.shape
+            vals = vals.gather(2, owner.to(vals.device)[:, None, None].expand(b, s, 1))[..., 0]
+        return ObjectiveOutput(reduce_positions(vals, valid, mask, self.reduce), vals, valid)
+
+
+def check_device(objective, dev: torch.device) -> None:
+    """ValueError (one line) when ``objective``'s SAE is not on the model's device ``dev``."""
+    sae = getattr(objective, "sae", None)
+    if sae is not None and sae.sae.W_enc.device != dev:
+        raise ValueError(
+            f"the SAE is on {sae.sae.W_enc.device} but the model is on {dev}: load it with load_sae(..., model=model)"
         )
-        return ObjectiveOutput(scores.view(b, k), vals, valid)

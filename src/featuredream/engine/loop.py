@@ -7,7 +7,8 @@ backward), :meth:`~DreamLoop.children` (each feature's own children, re-encoded,
 :meth:`~DreamLoop.evaluate` (every feature's children in one batch; the cascade scores to the objective's
 layer first and finishes XE only for children that could enter their own buffer; the prefix cache runs
 each child from its first token that differs from its own parent) and :meth:`~DreamLoop.update` (buffer,
-best, history, patience and restarts), and finally :meth:`~DreamLoop.finish` (verification by the
+best and history); between iterations :meth:`~DreamLoop.patience` (restarts or stops), the time budget and
+Ctrl-C; and finally :meth:`~DreamLoop.finish` (verification by the
 reference path and the :class:`~.results.DreamResult`).
 
 Ranking (per penalty lambda; :mod:`.buffer`): feasible prompts (XE <= ``xe_max``) by ``-activation +
@@ -41,20 +42,17 @@ from .children import Canonicalizer, banned_ids, make_children
 from .config import DreamConfig, default_children
 from .corpus_scan import dataset_examples
 from .evaluate import EvalOutput, Evaluator, cascade
+from .finish import finish_result
 from .fluency import resolve_xe_limit
-from .group import ObjectiveGroup, Single
+from .group import ObjectiveGroup, Single, check_device
 from .interrupt import stop_requested
+from .parent_grads import batched_parent_signals
 from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import FeatureError
-from .signals import batched_parent_signals
 from .starts import check_context, model_samples, scanned_samples, start_pool
-from .state import FeatureRun, RungSpec
-from .verify import finish_result
+from .state import FeatureRun, HistoryRow, Job, RungSpec
 
 log = logging.getLogger(__name__)
-
-Job = tuple[FeatureRun, list[torch.Tensor], list[str], "float | None"]
-"""One feature's candidates for one evaluation: (run, ids, operators / sources, buffer bound)."""
 
 
 class DreamLoop:
@@ -79,7 +77,7 @@ class DreamLoop:
         self.vocab = model.get_input_embeddings().weight.shape[0]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never read
         for single in group.singles:
-            _check_device(single, self.dev)
+            check_device(single, self.dev)
             check_context(cfg, single)
         self.banned = banned_ids(tokenizer, self.vocab).to(self.dev)
         fast = dict(batch_size=cfg.batch_size, prefix_cache=cfg.prefix_cache)
@@ -174,7 +172,7 @@ class DreamLoop:
             )
             return None
         r.seen.update(tuple(s.tolist()) for s in seqs)
-        return (r, seqs, sources, None)
+        return Job(r, seqs, sources, None)
 
     def _sample_starts(self, r: FeatureRun) -> list[tuple[list[int], str]]:
         """Model samples for the start pool, made once per seed (and size) for all features; a cold start (no
@@ -205,17 +203,14 @@ class DreamLoop:
             kids, ops = self.children(r, parent, sig)
             n_fresh[r.k] = len(kids)
             if kids:
-                jobs.append((r, kids, ops, r.buffer.entry_bound()))
+                jobs.append(Job(r, kids, ops, r.buffer.entry_bound()))
         # the cache pays only for batches large enough (PREFIX_MIN_CHILDREN: measured on CPU)
         use_cache = sum(n_fresh.values()) >= PREFIX_MIN_CHILDREN.get(self.dev.type, 0)
         entries = self.evaluate(jobs, {r.k: p.ids for r, p in zip(active, parents)} if use_cache else None)
-        for r in active:
-            self.update(r, entries.get(r.k, []), it, n_fresh[r.k])
-        dt = time.time() - t_it
+        dt = time.time() - t_it  # the iteration's time (the updates below are bookkeeping)
         self.loop_seconds += dt
-        for r in active:  # this iteration's time, shared among the features that ran it
-            r.history[-1]["seconds"] = dt / len(active)
-            r.history[-1]["elapsed"] = time.time() - self.t0
+        for r in active:  # shared among the features that ran it
+            self.update(r, entries.get(r.k, []), it, n_fresh[r.k], dt / len(active))
 
     def signals(self, active: list[FeatureRun], parents: list[Entry]):
         """The K parents' gradients and next-token distributions, one forward + backward pass."""
@@ -229,8 +224,9 @@ class DreamLoop:
         kids, ops = make_children(parent.ids, sig, r.cfg, r.gen, self.banned, self.vocab)
         return r.fresh(r.canon(kids), ops)
 
-    def update(self, r: FeatureRun, entries: list[Entry], it: int, n_fresh: int) -> None:
-        """Merge ``entries`` into ``r``'s buffer, track its best and log the iteration."""
+    def update(self, r: FeatureRun, entries: list[Entry], it: int, n_fresh: int, seconds: float) -> None:
+        """Merge ``entries`` into ``r``'s buffer, track its best and log the iteration (``seconds``: its
+        share of the iteration's time)."""
         r.buffer.merge(entries)
         top = min(entries, key=r.buffer.loss) if entries else None
         if r.buffer.loss(r.buffer.entries[0]) < r.buffer.loss(r.best):
@@ -238,20 +234,20 @@ class DreamLoop:
         else:
             r.since_improved += 1
         r.history.append(
-            {
-                "iter": it,
-                "operator": top.source if top else None,
-                "child_activation": top.score if top else None,
-                "child_xe": top.xe if top else None,
-                "best_activation": r.best.score,
-                "best_xe": r.best.xe,
-                "best_loss": r.buffer.loss(r.best),
-                "best_feasible": r.buffer.feasible(r.best),
-                "best_tokens": len(r.best.ids),
-                "candidates": n_fresh,
-                "seconds": 0.0,  # set by step once the whole iteration is timed
-                "elapsed": 0.0,
-            }
+            HistoryRow(
+                iter=it,
+                operator=top.source if top else None,
+                child_activation=top.score if top else None,
+                child_xe=top.xe if top else None,
+                best_activation=r.best.score,
+                best_xe=r.best.xe,
+                best_loss=r.buffer.loss(r.best),
+                best_feasible=r.buffer.feasible(r.best),
+                best_tokens=len(r.best.ids),
+                candidates=n_fresh,
+                seconds=seconds,
+                elapsed=time.time() - self.t0,
+            )
         )
 
     def patience(self, it: int) -> None:
@@ -280,12 +276,13 @@ class DreamLoop:
         """All jobs' candidates in one batch -> per feature, the entries that may enter its buffer.
 
         ``parents``: ``{k: parent ids}`` whose children may use the prefix cache."""
-        seqs = [s for _, ss, _, _ in jobs for s in ss]
+        seqs = [s for job in jobs for s in job.seqs]
         if not seqs:
             return {}
-        owner = torch.tensor([r.k for r, ss, _, _ in jobs for _ in ss], device=self.dev)
+        owner = torch.tensor([job.run.k for job in jobs for _ in job.seqs], device=self.dev)
         bound = torch.tensor(
-            [float("nan") if b is None else b for _, ss, _, b in jobs for _ in ss], dtype=torch.float64
+            [float("nan") if job.bound is None else job.bound for job in jobs for _ in job.seqs],
+            dtype=torch.float64,
         )
         ids, lengths = pad_right(seqs, self.pad_id, self.dev)
         if self.cascade:
@@ -294,10 +291,10 @@ class DreamLoop:
             o = self.full(ids, lengths, owner, parents)
             out = EvalOutput(o.scores.cpu(), o.xe.cpu(), None, o.valid)
         entries, i = {}, 0
-        for r, ss, sources, _ in jobs:
-            j = i + len(ss)
+        for job in jobs:
+            j = i + len(job.seqs)
             part = EvalOutput(out.scores[i:j], out.xe[i:j], None, out.valid[i:j])
-            entries[r.k] = self.ingest(r, ss, sources, part, lengths[i:j])
+            entries[job.run.k] = self.ingest(job.run, job.seqs, job.sources, part, lengths[i:j])
             i = j
         return entries
 
@@ -308,12 +305,12 @@ class DreamLoop:
         bad = torch.isnan(scores) | torch.isposinf(scores)
         if r.cfg.needs_xe:
             bad |= torch.isnan(xe)
-        r.stats["nonfinite"] += int(bad.sum())
-        r.stats["evaluated"] += len(seqs)
+        r.counters.nonfinite += int(bad.sum())
+        r.counters.evaluated += len(seqs)
         # -inf scores (norm guard) and children the cascade cut off (XE +inf) never enter
         finite = torch.isfinite(scores) & ~bad & ~torch.isinf(xe)
         real = torch.arange(out.valid.shape[1], device=out.valid.device)[None] < lengths[:, None]
-        r.stats["capped"] += int((~out.valid & real).sum())
+        r.counters.capped += int((~out.valid & real).sum())
         if r.cfg.needs_xe:
             r.frontier.add(seqs, scores, xe, finite)
         return [
@@ -371,20 +368,29 @@ class DreamLoop:
             self.patience(it)
 
     def finish(self) -> list:
-        """Verify each feature's best by the reference path: a :class:`DreamResult` or a FeatureError each."""
+        """Verify each feature's best by the reference path and assemble its result: a :class:`DreamResult`
+        or a :class:`FeatureError` each. ``wall_time`` is the search's time (start to last iteration; the
+        group's time divided among its features when K > 1, whose undivided figures go to
+        ``environment["multi"]``); each verification times itself (``verification["seconds"]``)."""
+        searched = time.time() - self.t0
+        K = len(self.runs)
+        multi = None
+        if not isinstance(self.group, Single):
+            multi = {
+                "features": K,
+                "group_wall_time": searched,
+                "loop_seconds": self.loop_seconds,
+                "cached_tokens": self.scorer.n_cached_tokens + self.full.n_cached_tokens,
+            }
         out: list = []
         for r in self.runs:
             if r.error is not None:
                 out.append(FeatureError(getattr(r.objective, "latent", None), r.error))
                 continue
             interrupted = self.interrupted and r.stop_reason == "interrupted"
-            out.append(finish_result(self.model, self.tok, r, t0=self.t0, interrupted=interrupted))
+            out.append(
+                finish_result(
+                    self.model, self.tok, r, wall_time=searched / K, interrupted=interrupted, multi=multi
+                )
+            )
         return out
-
-
-def _check_device(objective, dev: torch.device) -> None:
-    sae = getattr(objective, "sae", None)
-    if sae is not None and sae.sae.W_enc.device != dev:
-        raise ValueError(
-            f"the SAE is on {sae.sae.W_enc.device} but the model is on {dev}: load it with load_sae(..., model=model)"
-        )

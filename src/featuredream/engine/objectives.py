@@ -56,18 +56,29 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_positions(
-    token_acts: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, how: str
+    token_acts: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, how: str, empty: float = -torch.inf
 ) -> torch.Tensor:
-    """Reduce ``token_acts [b, s]`` over valid positions to ``[b]`` (see module doc)."""
-    neg = torch.tensor(-torch.inf, dtype=token_acts.dtype, device=token_acts.device)
+    """Reduce ``token_acts [b, s, *rest]`` over the valid positions (``valid [b, s]``) of each row to
+    ``[b, *rest]`` (see module doc); a row whose reduced positions are not valid gets ``empty``."""
+    v = valid.view(*valid.shape, *([1] * (token_acts.ndim - 2)))
+    fill = torch.tensor(empty, dtype=token_acts.dtype, device=token_acts.device)
     if how == "last":
-        idx = last_real_index(mask).unsqueeze(1)
-        return torch.where(valid.gather(1, idx), token_acts.gather(1, idx), neg).squeeze(1)
+        rows = torch.arange(len(mask), device=mask.device)
+        idx = last_real_index(mask)
+        return torch.where(v[rows, idx], token_acts[rows, idx], fill)
     if how == "max":
-        return token_acts.masked_fill(~valid, -torch.inf).max(dim=1).values
-    n = valid.sum(dim=1)
-    total = token_acts.masked_fill(~valid, 0.0).sum(dim=1)
-    return torch.where(n > 0, total / n.clamp_min(1), neg)
+        top = token_acts.masked_fill(~v, -torch.inf).max(dim=1).values
+        return torch.where(v.any(dim=1), top, fill)
+    n = v.sum(dim=1)
+    total = token_acts.masked_fill(~v, 0.0).sum(dim=1)
+    return torch.where(n > 0, total / n.clamp_min(1), fill)
+
+
+def guarded(x: torch.Tensor, mask: torch.Tensor, norm_cap: float | None) -> torch.Tensor:
+    """``valid [b, s]``: the real positions (``mask``) whose activation ``x [b, s, d]`` has a norm within
+    ``norm_cap`` (the norm guard: a first token's "massive activation" never counts; None: no cap)."""
+    valid = mask.bool()
+    return valid if norm_cap is None else valid & (x.float().norm(dim=-1) <= norm_cap)
 
 
 class _SiteObjective:
@@ -88,11 +99,8 @@ class _SiteObjective:
     def __call__(self, acts: dict[Site, torch.Tensor], mask: torch.Tensor) -> ObjectiveOutput:
         x = acts[self.site]
         mask = mask.bool()
-        vals = self.token_values(x).float()
-        valid = mask
-        if self.norm_cap is not None:
-            valid = valid & (x.float().norm(dim=-1) <= self.norm_cap)
-        vals = vals.masked_fill(~mask, 0.0)
+        valid = guarded(x, mask, self.norm_cap)
+        vals = self.token_values(x).float().masked_fill(~mask, 0.0)
         return ObjectiveOutput(reduce_positions(vals, valid, mask, self.reduce), vals, valid)
 
 
@@ -107,7 +115,7 @@ def _norm_cap(sae: BoundSAE, norm_guard: bool | float) -> float | None:
 
 
 class SAEEncoder(_SiteObjective):
-    """A latent's encoder pre-activation (before ReLU / TopK / threshold), as seed 003 optimizes.
+    """A latent's encoder pre-activation (before ReLU / TopK / threshold), the quantity feature dreaming maximizes.
 
     ``norm_guard``: True uses the cap recorded with the SAE (if any), a number sets it, False disables.
     """
@@ -124,7 +132,7 @@ class SAEEncoder(_SiteObjective):
     def dataset_max(self) -> float | None:
         """The latent's maximum over the SAE's corpus (same quantity), if statistics are shipped."""
         st = self.sae.stats
-        return float(st.max_activation[self.latent]) if st is not None and st.has("max_activation") else None
+        return st.value("max_activation", self.latent) if st is not None else None
 
 
 class DecoderProjection(_SiteObjective):
@@ -142,7 +150,7 @@ class DecoderProjection(_SiteObjective):
 
     def dataset_max(self) -> float | None:
         st = self.sae.stats
-        return float(st.max_projection[self.latent]) if st is not None and st.has("max_projection") else None
+        return st.value("max_projection", self.latent) if st is not None else None
 
 
 class DirectionObjective(_SiteObjective):

@@ -1,7 +1,7 @@
 """What the mutation operators need from a parent, for K parents in one forward + backward pass.
 
 For each parent: the gradient of its *whole* loss (``-activation + w * XE``) with respect to the one-hot
-ids (for GCG; seed bug 5 ignored the XE term) and the next-token log-probabilities (for sampled swap /
+ids (for GCG, with the XE term: without it GCG proposes swaps the fluency ranking then rejects) and the next-token log-probabilities (for sampled swap /
 insert). A single dream is K = 1.
 """
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .result_html import dream_result_html
+_HTML_VIEW: list[Callable[[Any], str]] = []
+"""The notebook view of a :class:`DreamResult`, registered from above (the engine does not import the
+observation package): :func:`register_html_view`."""
+
+
+def register_html_view(view: Callable[[Any], str]) -> None:
+    """Make ``view(result) -> HTML`` the notebook view of every :class:`DreamResult`."""
+    _HTML_VIEW[:] = [view]
 
 
 @dataclass
@@ -73,6 +81,8 @@ class DreamResult:
     feature: int | None
     seed: int
     wall_time: float
+    """Seconds of the search (start pool to last iteration; a group's time divided among its features).
+    The verification's own time is ``verification["seconds"]``."""
     start: str
     feasible: bool
     interrupted: bool = False
@@ -111,9 +121,10 @@ class DreamResult:
             return None
         return prompt.activation / self.dataset_max
 
-    def _repr_html_(self) -> str:
-        """Jupyter's inline view: the prompt's tokens coloured by activation, ratio, XE, trajectory."""
-        return dream_result_html(self)
+    def _repr_html_(self) -> str | None:
+        """Jupyter's inline view (:mod:`featuredream.observe.result_view`): the prompt's tokens coloured by
+        activation, ratio, XE, judge, trajectory and ladder; None (plain repr) when no view is registered."""
+        return _HTML_VIEW[0](self) if _HTML_VIEW else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,4 +1,5 @@
-"""One feature's state in the dreaming loop: what a single dream used to keep in closure locals."""
+"""One feature's state in the dreaming loop, and the loop's small typed records: a feature's counters, one
+history row per iteration, one evaluation job."""
 
 from __future__ import annotations
 
@@ -11,6 +12,50 @@ from .children import Canonicalizer
 from .config import DreamConfig
 from .corpus_scan import DatasetExamples
 from .fluency import XeLimit
+from .objectives import Objective
+
+
+@dataclass
+class Counters:
+    """A feature's candidate counts: evaluated, non-finite scores, capped positions (norm guard)."""
+
+    evaluated: int = 0
+    nonfinite: int = 0
+    capped: int = 0
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One iteration of one feature (``DreamResult.history`` holds these as dicts)."""
+
+    iter: int
+    operator: str | None
+    """The operator of the iteration's best child (None: no child was kept)."""
+    child_activation: float | None
+    child_xe: float | None
+    best_activation: float
+    best_xe: float
+    best_loss: float
+    best_feasible: bool
+    best_tokens: int
+    candidates: int
+    """Fresh children evaluated."""
+    seconds: float
+    """This iteration's time, shared among the features that ran it."""
+    elapsed: float
+    """Seconds since the loop began, at the end of this iteration."""
+
+
+@dataclass
+class Job:
+    """One feature's candidates for one evaluation."""
+
+    run: FeatureRun
+    seqs: list[torch.Tensor]
+    sources: list[str]
+    """Each candidate's operator (children) or source (starts)."""
+    bound: float | None
+    """Activation a candidate must exceed to enter the buffer (None: anything may)."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +73,7 @@ class FeatureRun:
     frontier, counters, history, unused starts, best entry, patience and restart counters."""
 
     k: int
-    objective: object
+    objective: Objective
     cfg: DreamConfig
     gen: torch.Generator
     buffer: Buffer
@@ -36,8 +81,8 @@ class FeatureRun:
     label: str | None = None
     seen: set = field(default_factory=set)
     frontier: Frontier = field(default_factory=Frontier)
-    stats: dict = field(default_factory=lambda: {"nonfinite": 0, "capped": 0, "evaluated": 0})
-    history: list = field(default_factory=list)
+    counters: Counters = field(default_factory=Counters)
+    history: list[HistoryRow] = field(default_factory=list)
     unused: list = field(default_factory=list)
     best: Entry | None = None
     start: str = ""
@@ -51,15 +96,6 @@ class FeatureRun:
     dataset: DatasetExamples | None = None
     """The objective's top corpus examples and maximum (its SAE's statistics or a corpus scan), when the
     start used them."""
-
-    def counts(self) -> dict[str, int]:
-        """The result's counters: candidates evaluated, non-finite, dropped by retokenization, capped."""
-        return {
-            "evaluated": self.stats["evaluated"],
-            "nonfinite": self.stats["nonfinite"],
-            "dropped": self.canon.dropped,
-            "capped": self.stats["capped"],
-        }
 
     def xe_weight(self, parent: Entry) -> float:
         """The XE weight of ``parent``'s gradient loss: the penalty, plus 1 (feasible) or 10 (infeasible)

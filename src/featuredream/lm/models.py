@@ -219,7 +219,7 @@ def text_config(model: nn.Module):
 def embed_scale(model: nn.Module) -> float:
     """The factor the embedding module multiplies by (Gemma's sqrt(d_model)); 1.0 for most models.
 
-    Passing ``inputs_embeds`` skips it, so GCG must apply it by hand (seed bug 8). The factor is the
+    Passing ``inputs_embeds`` skips it, so GCG must apply it by hand. The factor is the
     module's buffer rounded to the weights' dtype, as its forward multiplies: in bfloat16 Gemma 3 270M's
     sqrt(640) = 25.298 is 25.25, and the exact value would make GCG's forward differ from the model's.
     """

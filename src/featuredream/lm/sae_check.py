@@ -1,8 +1,10 @@
 """Checking an SAE's site: its reconstruction (FVU) at the site it declares and at the sites it is easily
-confused with (seed 003's off-by-one: a resid_post SAE read at resid_pre).
+confused with (the classic off-by-one: a resid_post SAE read at resid_pre).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
@@ -11,6 +13,8 @@ from .models import text_config
 from .saes import BoundSAE
 from .sites import Site, kv_head, run_sites
 from .tl import as_model
+
+log = logging.getLogger(__name__)
 
 # Short, varied text used to check an SAE's site: English prose, verse, code docs, dialogue.
 CHECK_TEXTS = (
@@ -95,7 +99,7 @@ def check_site(
     """Measure the SAE's reconstruction at its declared site and at the sites it is easily confused with.
 
     ValueError if the declared site reconstructs poorly (FVU > ``max_fvu``) or an adjacent site does
-    better by more than ``margin`` (relative): the seed-003 off-by-one (a resid_post SAE read at
+    better by more than ``margin`` (relative): the classic off-by-one (a resid_post SAE read at
     resid_pre) is caught even when the residual stream changes little between layers, and so is a query SAE
     bound to the wrong head or read after rotary when trained before it (see :func:`adjacent_sites`). Returns the FVU.
     """
@@ -117,3 +121,25 @@ def check_site(
             f"(FVU {fvu:.2f} > {max_fvu}): is it trained on this model?"
         )
     return fvu
+
+
+def checked_sae(model: nn.Module, tokenizer, spec: str, *, stats_dir=None, check: bool = True) -> BoundSAE:
+    """The SAE ``spec`` loaded for ``model`` (its statistics found as :func:`~.saes.load_sae` does) and,
+    with ``check``, its site checked (:func:`check_site`: a one-line ValueError for an SAE that does not
+    fit its declared site)."""
+    from .saes import load_sae
+
+    sae = load_sae(spec, model=model, stats_dir=stats_dir)
+    if check:
+        fvu = check_site(model, tokenizer, sae)
+        log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
+    return sae
+
+
+def load_checked(model_name: str | None, sae_spec: str, *, device=None, dtype=None, check: bool = True):
+    """``(model, tokenizer, sae)``: the model loaded and :func:`checked_sae`. The one loader of the CLI
+    commands and the sweep workers."""
+    from .models import load_model
+
+    model, tok = load_model(model_name, device=device, dtype=dtype)
+    return model, tok, checked_sae(model, tok, sae_spec, check=check)

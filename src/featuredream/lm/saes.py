@@ -52,6 +52,11 @@ class FeatureStats:
     def has(self, name: str) -> bool:
         return name in self.tensors
 
+    def value(self, name: str, latent: int) -> float | None:
+        """One latent's value of statistic ``name`` (e.g. ``max_activation``: the dataset maximum); None
+        when these statistics lack it."""
+        return float(self.tensors[name][latent]) if name in self.tensors else None
+
     def has_xe_table(self) -> bool:
         """The statistics carry natural-text XE quantiles by length (``xe_lengths``, ``xe_quantiles``)."""
         return self.has("xe_lengths") and self.has("xe_quantiles")
@@ -248,6 +253,34 @@ def find_stats(spec: str, model: nn.Module | None) -> Path | None:
     return found
 
 
+def _load_weights(spec_s: str, name: str, device: str, dtype: str):
+    """``(sae-lens SAE, statistics beside it or None)`` of a fixture name, a local directory or a
+    ``release:sae_id`` of the registry; ValueError naming the valid forms otherwise."""
+    if (FIXTURE_DIR / name / "cfg.json").exists():
+        return _load_dir(FIXTURE_DIR / name, device, dtype), _load_stats(FIXTURE_DIR / name)
+    if Path(spec_s).expanduser().is_dir():
+        path = Path(spec_s).expanduser()
+        return _load_dir(path, device, dtype), _load_stats(path)
+    if ":" in spec_s and not Path(spec_s).exists():
+        release, sae_id = spec_s.split(":", 1)
+        from sae_lens import SAE
+
+        from .hub import hub_access
+
+        with hub_access() as online:
+            try:
+                return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype), None
+            except Exception as e:
+                where = "" if online else " (the hub is not reachable: only the local cache was read)"
+                raise ValueError(
+                    f"could not load SAE {spec_s!r} from the sae-lens registry{where}: {type(e).__name__}"
+                ) from e
+    raise ValueError(
+        f"unknown SAE spec {spec_s!r}: valid are {', '.join(fixture_names())}, a sae-lens directory, "
+        "or 'release:sae_id' from the sae-lens registry"
+    )
+
+
 def load_sae(
     spec: str | Path = "default",
     *,
@@ -274,36 +307,9 @@ def load_sae(
     model = as_model(model)
     if device is None:
         device = next(model.parameters()).device if model is not None else "cpu"
-    device = str(device)
     spec_s = str(spec)
     name = FIXTURE_ALIASES.get(spec_s, spec_s)
-    stats = None
-    if (FIXTURE_DIR / name / "cfg.json").exists():
-        sae = _load_dir(FIXTURE_DIR / name, device, dtype)
-        stats = _load_stats(FIXTURE_DIR / name)
-    elif Path(spec_s).expanduser().is_dir():
-        path = Path(spec_s).expanduser()
-        sae = _load_dir(path, device, dtype)
-        stats = _load_stats(path)
-    elif ":" in spec_s and not Path(spec_s).exists():
-        release, sae_id = spec_s.split(":", 1)
-        from sae_lens import SAE
-
-        from .hub import hub_access
-
-        with hub_access() as online:
-            try:
-                sae = SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
-            except Exception as e:
-                where = "" if online else " (the hub is not reachable: only the local cache was read)"
-                raise ValueError(
-                    f"could not load SAE {spec_s!r} from the sae-lens registry{where}: {type(e).__name__}"
-                ) from e
-    else:
-        raise ValueError(
-            f"unknown SAE spec {spec_s!r}: valid are {', '.join(fixture_names())}, a sae-lens directory, "
-            "or 'release:sae_id' from the sae-lens registry"
-        )
+    sae, stats = _load_weights(spec_s, name, str(device), dtype)
     if stats_dir is not None:
         stats = _load_stats(Path(stats_dir).expanduser(), required=True)
     elif (found := find_stats(spec_s, model)) is not None:

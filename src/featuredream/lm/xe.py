@@ -1,4 +1,4 @@
-"""Cross-entropy of a padded batch over real tokens only (seed bug 2 averaged over padding)."""
+"""Cross-entropy of a padded batch over real tokens only (averaging over padding would favour short prompts in a padded batch)."""
 
 from __future__ import annotations
 

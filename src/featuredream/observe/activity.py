@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checks import check_choice, check_int
+from ..engine.objectives import reduce_positions
 from ..lm.activations import VALUES, latent_values, model_device, pad_batch, site_activations, valid_positions
 from ..lm.saes import BoundSAE
 from ..lm.tl import as_model
@@ -89,8 +90,6 @@ def encode_prompts(
     of ``[n_tokens_i, d_sae]``. Excluded positions (norm cap) count as not firing.
     """
     model = as_model(model, tok)
-    from ..engine.objectives import last_real_index
-
     prompts = _check_prompts(prompts)
     check_choice(reduce, ENCODE_REDUCTIONS, "reduction")
     check_choice(values, VALUES, "values")
@@ -106,14 +105,7 @@ def encode_prompts(
         x = site_activations(model, sae.site, ids, mask)
         valid = valid_positions(sae, x, mask, norm_guard)
         v = latent_values(sae, x, values).masked_fill(~valid[..., None], off)  # [b, s, d_sae]
-        if reduce == "last":
-            r = v[torch.arange(len(chunk), device=dev), last_real_index(mask)]
-        elif reduce == "max":
-            r = v.max(dim=1).values
-        elif reduce == "mean":
-            n = valid.sum(1, keepdim=True)
-            r = v.masked_fill(~valid[..., None], 0.0).sum(1) / n.clamp_min(1)
-            r = r.masked_fill(n == 0, off)
+        r = reduce_positions(v, valid, mask, reduce, empty=off) if reduce != "all" else None
         for j, i in enumerate(chunk):
             out[i] = v[j][mask[j]].cpu() if reduce == "all" else r[j].cpu()
     return out if reduce == "all" else torch.stack(out)
@@ -203,7 +195,7 @@ def fire_rate(
 
 
 def format_ranking(rankings: Sequence[FeatureRanking], title: str | None = None) -> str:
-    """A readable table (seed 000's ``pretty_ranking`` with a header)."""
+    """A readable table (with a header)."""
     diff = any(r.pos_mean is not None for r in rankings)
     if diff:
         head = (

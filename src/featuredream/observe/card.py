@@ -1,6 +1,6 @@
 """The data of a feature card: everything :func:`card_data` computes with the model (examples and their
 minimal contexts, logit effects, steering, histogram values, the dream's prompts), and the feature in a
-Neuronpedia-like JSON shape (:func:`neuronpedia_json`). Rendering it as HTML: :mod:`featuredream.observe.report`.
+Neuronpedia-like JSON shape (:func:`neuronpedia_json`). Rendering it as HTML: :mod:`featuredream.observe.card_html`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ from ..lm.models import model_name
 from ..lm.sae_check import CHECK_TEXTS, site_fvu
 from ..lm.saes import BoundSAE, FeatureStats
 from ..lm.tl import as_model
+from .activity import encode_prompts
 from .examples import Example, minimal_context
 from .figures import frontier_figure, histogram_figure, png_data_uri, trajectory_figure
-from .inspect import encode_prompts
-from .tracing import RESIDUAL_KINDS, logit_effects, steering
+from .tracing import RESIDUAL_KINDS, default_alphas, logit_effects, steering
 
 log = logging.getLogger(__name__)
 
 STEER_PROMPT = "My favourite thing to talk about is"
-STEER_SCALES = (0.0, 2.0, 4.0, 8.0)
 
 
 class CardExample(NamedTuple):
@@ -110,77 +109,23 @@ def card_data(
     keep: float | None = 0.9,
 ) -> CardData:
     """Run what the card needs. ``stats``: examples from :func:`featuredream.observe.examples.corpus_stats` (default:
-    the SAE's shipped ones). ``alphas`` default: ``STEER_SCALES`` x the dataset max (x 1 without it).
+    the SAE's shipped ones). ``alphas`` default: :func:`~.tracing.default_alphas` of the dataset max.
     ``keep``: each example shows its minimal context keeping that share of its value (None: skip that
     computation and show the last ``report.SHOWN_TAIL`` tokens of the context)."""
     model = as_model(model, tok)
     f = sae.check_latent(feature)
-    if dream is not None and dream.feature is not None and dream.feature != f:
-        raise ValueError(
-            f"the dream result is for feature {dream.feature}, not {f}: pass the matching --feature"
-        )
-    if dream is not None and dream.sae is not None and dream.sae != sae.name:
-        log.warning("the dream result names SAE %r but the card uses %r", dream.sae, sae.name)
+    _check_dream(dream, f, sae)
     stats = stats if stats is not None else sae.stats
     examples = [Example(*e) for e in stats.examples(f)][:n_examples] if stats is not None else []
     mins = None if keep is None else [m.length for m in minimal_context(model, tok, sae, f, examples, keep)]
     # the histogram, the colours and the steering scale use the encoder pre-activation; a decoder-projection
     # dream keeps its own ratio (its dataset max is the max projection) but gets no line on the histogram
     encoder_dream = dream is not None and not dream.objective.endswith("/decoder")
-    dmax = float(stats.max_activation[f]) if stats is not None and "max_activation" in stats.tensors else None
+    dmax = stats.value("max_activation", f) if stats is not None else None
     if dmax is None and encoder_dream:
         dmax = dream.dataset_max
-    rate = float(stats.fire_rate[f]) if stats is not None and "fire_rate" in stats.tensors else None
-    dreams = _dream_prompts(model, tok, sae, f, dream, n_dreams) if dream is not None else []
-    if sae.site.kind in RESIDUAL_KINDS + ("attn_z",):
-        le = logit_effects(model, tok, sae, f, n_logits)
-        top, bottom = [(t.token, t.value) for t in le.top], [(t.token, t.value) for t in le.bottom]
-        note = "direct effect: unit decoder direction through the final norm's gain and the unembedding"
-    else:
-        top, bottom, note = [], [], f"{sae.site.kind} does not write to the residual stream"
-    scale = dmax if dmax is not None and dmax > 0 else 1.0
-    alphas = tuple(alphas) if alphas is not None else tuple(round(s * scale, 1) for s in STEER_SCALES)
-    try:
-        steered = [
-            (s.alpha, s.text) for s in steering(model, tok, sae, f, steer_prompt, alphas, max_new_tokens)
-        ]
-    except ValueError as e:  # e.g. a site kind that cannot be steered
-        log.warning("no steering: %s", e)
-        steered = []
-    generic = encode_prompts(model, tok, sae, list(CHECK_TEXTS), "all", values="pre")
-    generic_vals = [v for g in generic for v in g[:, f].tolist() if math.isfinite(v)]
-    example_vals = [a for e in examples for a in e.acts]
-    best = dream.best if dream is not None else None
-    figures = {
-        "Activation histogram": png_data_uri(
-            histogram_figure(generic_vals, example_vals, dmax, best.activation if encoder_dream else None)
-        ),
-        "Optimization trajectory": png_data_uri(trajectory_figure(dream.history))
-        if dream and dream.history
-        else None,
-        "Activation vs XE frontier": png_data_uri(frontier_figure(dream.frontier, best))
-        if dream and dream.frontier
-        else None,
-    }
-    summary = None
-    if dream is not None:
-        summary = {
-            "ratio": dream.ratio,
-            "activation": dream.best.activation,
-            "xe": dream.best.xe,
-            "start": dream.start,
-            "objective": dream.objective,
-            "iterations": len(dream.history),
-            "stop": dream.stop_reason,
-            "feasible": dream.feasible,
-            "seconds": dream.wall_time,
-            "judge": dream.judge,
-        }
-    try:
-        fvu = site_fvu(model, tok, sae)
-    except Exception as e:  # noqa: BLE001 - the FVU is informative only
-        log.warning("could not measure FVU: %s", e)
-        fvu = None
+    top, bottom, note = _logits(model, tok, sae, f, n_logits)
+    alphas = tuple(alphas) if alphas is not None else default_alphas(dmax)  # dmax: maybe the dream's
     return CardData(
         feature=f,
         sae_name=sae.name,
@@ -188,23 +133,92 @@ def card_data(
         model=model_name(model),
         d_sae=sae.d_sae,
         dataset_max=dmax,
-        fire_rate=rate,
-        fvu=fvu,
+        fire_rate=stats.value("fire_rate", f) if stats is not None else None,
+        fvu=_fvu(model, tok, sae),
         examples=[
             CardExample([tok.decode([i]) for i in e.ids], e.index, e.acts, e.value, m)
             for e, m in zip(examples, mins if mins is not None else [None] * len(examples))
         ],
-        dreams=dreams,
-        dream_summary=summary,
+        dreams=_dream_prompts(model, tok, sae, f, dream, n_dreams) if dream is not None else [],
+        dream_summary=_dream_summary(dream),
         logits_top=top,
         logits_bottom=bottom,
         logits_note=note,
-        steering=steered,
+        steering=_steered(model, tok, sae, f, steer_prompt, alphas, max_new_tokens),
         steer_prompt=steer_prompt,
-        figures=figures,
+        figures=_figures(model, tok, sae, f, examples, dmax, dream, encoder_dream),
         context_keep=keep,
         ladder=list(dream.ladder) if dream is not None else [],
     )
+
+
+def _check_dream(dream: DreamResult | None, f: int, sae: BoundSAE) -> None:
+    if dream is not None and dream.feature is not None and dream.feature != f:
+        raise ValueError(
+            f"the dream result is for feature {dream.feature}, not {f}: pass the matching --feature"
+        )
+    if dream is not None and dream.sae is not None and dream.sae != sae.name:
+        log.warning("the dream result names SAE %r but the card uses %r", dream.sae, sae.name)
+
+
+def _logits(model, tok, sae: BoundSAE, f: int, n: int) -> tuple[list, list, str]:
+    """The latent's direct logit effects (top, bottom, note); none for a site off the residual stream."""
+    if sae.site.kind not in RESIDUAL_KINDS + ("attn_z",):
+        return [], [], f"{sae.site.kind} does not write to the residual stream"
+    le = logit_effects(model, tok, sae, f, n)
+    note = "direct effect: unit decoder direction through the final norm's gain and the unembedding"
+    return [(t.token, t.value) for t in le.top], [(t.token, t.value) for t in le.bottom], note
+
+
+def _steered(model, tok, sae: BoundSAE, f: int, prompt: str, alphas, max_new_tokens: int) -> list:
+    try:
+        return [(s.alpha, s.text) for s in steering(model, tok, sae, f, prompt, alphas, max_new_tokens)]
+    except ValueError as e:  # e.g. a site kind that cannot be steered
+        log.warning("no steering: %s", e)
+        return []
+
+
+def _figures(model, tok, sae: BoundSAE, f: int, examples, dmax, dream, encoder_dream: bool) -> dict:
+    """The card's figures as data URIs (None: nothing to plot)."""
+    generic = encode_prompts(model, tok, sae, list(CHECK_TEXTS), "all", values="pre")
+    generic_vals = [v for g in generic for v in g[:, f].tolist() if math.isfinite(v)]
+    example_vals = [a for e in examples for a in e.acts]
+    best = dream.best if dream is not None else None
+    hist = histogram_figure(generic_vals, example_vals, dmax, best.activation if encoder_dream else None)
+    return {
+        "Activation histogram": png_data_uri(hist),
+        "Optimization trajectory": png_data_uri(trajectory_figure(dream.history))
+        if dream and dream.history
+        else None,
+        "Activation vs XE frontier": png_data_uri(frontier_figure(dream.frontier, best))
+        if dream and dream.frontier
+        else None,
+    }
+
+
+def _dream_summary(dream: DreamResult | None) -> dict[str, Any] | None:
+    if dream is None:
+        return None
+    return {
+        "ratio": dream.ratio,
+        "activation": dream.best.activation,
+        "xe": dream.best.xe,
+        "start": dream.start,
+        "objective": dream.objective,
+        "iterations": len(dream.history),
+        "stop": dream.stop_reason,
+        "feasible": dream.feasible,
+        "seconds": dream.wall_time,
+        "judge": dream.judge,
+    }
+
+
+def _fvu(model, tok, sae: BoundSAE) -> float | None:
+    try:
+        return site_fvu(model, tok, sae)
+    except Exception as e:  # noqa: BLE001 - the FVU is informative only
+        log.warning("could not measure FVU: %s", e)
+        return None
 
 
 def neuronpedia_json(
@@ -248,19 +262,15 @@ def neuronpedia_json(
         "index": f,
         "hookName": sae.site.hook_name,
         "activations": acts,
-        "maxActApprox": float(stats.max_activation[f])
-        if stats is not None and "max_activation" in stats.tensors
-        else None,
-        "frac_nonzero": float(stats.fire_rate[f])
-        if stats is not None and "fire_rate" in stats.tensors
-        else None,
+        "maxActApprox": stats.value("max_activation", f) if stats is not None else None,
+        "frac_nonzero": stats.value("fire_rate", f) if stats is not None else None,
     }
-    if sae.site.kind in RESIDUAL_KINDS + ("attn_z",):
-        le = logit_effects(model, tok, sae, f, n_logits)
+    top, bottom, _ = _logits(model, tok, sae, f, n_logits)  # the card's logit section, in its shape
+    if top or bottom:
         out |= {
-            "pos_str": [t.token for t in le.top],
-            "pos_values": [t.value for t in le.top],
-            "neg_str": [t.token for t in le.bottom],
-            "neg_values": [t.value for t in le.bottom],
+            "pos_str": [t for t, _ in top],
+            "pos_values": [v for _, v in top],
+            "neg_str": [t for t, _ in bottom],
+            "neg_values": [v for _, v in bottom],
         }
     return out

@@ -18,18 +18,16 @@ from pathlib import Path
 from torch import nn
 
 from ..engine.results import DreamResult, write_atomic
-from ..html_parts import HTMLPage, ladder_table
 from ..lm.saes import BoundSAE
 from .card import CardData, CardExample, card_data
-from .html import (
+from .card_parts import CSS, alpha_multiple, context_spans, logit_table
+from .html_parts import (
     ACT_RGB,
-    CSS,
     NEG_RGB,
-    alpha_multiple,
+    HTMLPage,
     chip,
-    context_spans,
     fmt_value,
-    logit_table,
+    ladder_table,
     scored_index,
     show_token,
     token_spans,
@@ -45,7 +43,7 @@ SHOWN_TAIL = 12  # context tokens shown when the minimal context is not known
 
 def render_card(d: CardData) -> HTMLPage:
     """The card as one self-contained HTML document (see module doc): a ``str`` that a notebook shows
-    inline (:class:`~featuredream.html_parts.HTMLPage`)."""
+    inline (:class:`~.html_parts.HTMLPage`)."""
     e = html.escape
     # colours run up to the scored values (dataset max, examples' values, dreams' scores), not to the largest
     # token: a first-token attention sink (hundreds, against scores of ~30) would wash every other token out
@@ -53,6 +51,23 @@ def render_card(d: CardData) -> HTMLPage:
         [d.dataset_max or 0.0] + [CardExample(*ex).value for ex in d.examples] + [dr[3] for dr in d.dreams]
     )
     vmax = vmax if vmax > 0 else 1.0
+    out = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>feature {d.feature} \u00b7 {e(d.sae_name)}'
+        f'</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body><main>',
+        _header(d),
+        _dreams_section(d, vmax),
+        _ladder_section(d, vmax),
+        _examples_section(d, vmax) if d.examples else _no_examples(),
+        _figures_section(d),
+        _logits_section(d),
+        _steering_section(d),
+        "<footer>featuredream feature card \u00b7 self-contained, no network</footer></main></body></html>",
+    ]
+    return HTMLPage("\n".join(part for part in out if part))
+
+
+def _header(d: CardData) -> str:
+    e = html.escape
     chips = [chip("dataset max", fmt_value(d.dataset_max)), chip("fire rate", fmt_value(d.fire_rate, ".3%"))]
     s = d.dream_summary
     if s is not None:
@@ -67,38 +82,52 @@ def render_card(d: CardData) -> HTMLPage:
         if s.get("judge"):
             chips.append(chip("judge percentile", fmt_value(s["judge"].get("percentile"), ".0f")))
     chips += [chip("latents", str(d.d_sae)), chip("FVU (check texts)", fmt_value(d.fvu, ".3f"))]
-    out = [
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>feature {d.feature} \u00b7 {e(d.sae_name)}'
-        f'</title><meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body><main>',
+    return (
         f'<header><h1>Feature {d.feature}</h1><div class="sub">SAE <b>{e(d.sae_name)}</b> \u00b7 site <code>{e(d.site)}'
-        f'</code> \u00b7 model <b>{e(d.model)}</b></div><div class="chips">{"".join(chips)}</div></header>',
-    ]
-    if d.dreams:
-        rows = "".join(
-            f'<div class="row"><div class="lbl">{e(lbl)}</div><div class="text">{token_spans(toks, acts, vmax, scored_index(acts, act))}'
-            f'</div><div class="val">{fmt_value(act)}<br><span class="note">XE {fmt_value(xe, ".2f")}</span></div></div>'
-            for lbl, toks, acts, act, xe in d.dreams
-        )
-        meta = (
-            f"objective <code>{e(s['objective'])}</code> \u00b7 start: {e(str(s['start']))} \u00b7 {s['iterations']} "
-            f"iterations ({e(str(s['stop']))}) \u00b7 {fmt_value(s['seconds'], '.1f')} s \u00b7 feasible: {e(str(s['feasible']))}"
-        )
-        out.append(f'<section><h2>Dreamed prompts</h2><p class="note">{meta}</p>{rows}</section>')
-    if d.ladder:
-        ratio_of = lambda p: p.activation / d.dataset_max if d.dataset_max else None  # noqa: E731
-        out.append(
-            '<section><h2>Fluency ladder</h2><p class="note">The most activating prompt found at each XE '
-            "ceiling (pNN: that percentile of natural prose at the prompt's length); judge pct: the fluency "
-            "judge's percentile among natural prose (50 = typical, lower reads more natural).</p>"
-            f"{ladder_table(d.ladder, ratio_of, vmax)}</section>"
-        )
-    if d.examples:
-        out.append(_examples_section(d, vmax))
-    else:
-        out.append(
-            '<section><h2>Top dataset examples</h2><p class="note">This SAE ships no dataset statistics: '
-            "run <code>featuredream inspect examples --corpus FILES</code> or pass examples to the card.</p></section>"
-        )
+        f'</code> \u00b7 model <b>{e(d.model)}</b></div><div class="chips">{"".join(chips)}</div></header>'
+    )
+
+
+def _dreams_section(d: CardData, vmax: float) -> str:
+    if not d.dreams:
+        return ""
+    e, s = html.escape, d.dream_summary
+    rows = "".join(
+        f'<div class="row"><div class="lbl">{e(lbl)}</div><div class="text">{token_spans(toks, acts, vmax, scored_index(acts, act))}'
+        f'</div><div class="val">{fmt_value(act)}<br><span class="note">XE {fmt_value(xe, ".2f")}</span></div></div>'
+        for lbl, toks, acts, act, xe in d.dreams
+    )
+    meta = (
+        f"objective <code>{e(s['objective'])}</code> \u00b7 start: {e(str(s['start']))} \u00b7 {s['iterations']} "
+        f"iterations ({e(str(s['stop']))}) \u00b7 {fmt_value(s['seconds'], '.1f')} s \u00b7 feasible: {e(str(s['feasible']))}"
+    )
+    return f'<section><h2>Dreamed prompts</h2><p class="note">{meta}</p>{rows}</section>'
+
+
+def _ladder_section(d: CardData, vmax: float) -> str:
+    if not d.ladder:
+        return ""
+
+    def ratio_of(p):
+        return p.activation / d.dataset_max if d.dataset_max else None
+
+    return (
+        '<section><h2>Fluency ladder</h2><p class="note">The most activating prompt found at each XE '
+        "ceiling (pNN: that percentile of natural prose at the prompt's length); judge pct: the fluency "
+        "judge's percentile among natural prose (50 = typical, lower reads more natural).</p>"
+        f"{ladder_table(d.ladder, ratio_of, vmax)}</section>"
+    )
+
+
+def _no_examples() -> str:
+    return (
+        '<section><h2>Top dataset examples</h2><p class="note">This SAE ships no dataset statistics: '
+        "run <code>featuredream inspect examples --corpus FILES</code> or pass examples to the card.</p></section>"
+    )
+
+
+def _figures_section(d: CardData) -> str:
+    e = html.escape
     figs = "".join(
         f'<figure><figcaption>{e(cap)}</figcaption><img alt="{e(cap)}" src="{uri}"></figure>'
         for cap, uri in d.figures.items()
@@ -110,29 +139,33 @@ def render_card(d: CardData) -> HTMLPage:
         if missing
         else ""
     )
-    out.append(f'<section><h2>Figures</h2><div class="grid">{figs}</div>{note}</section>')
-    if d.logits_top:
-        out.append(
-            f'<section><h2>Logit effects</h2><p class="note">{e(d.logits_note)}</p><div class="cols"><div><b>promoted'
-            f"</b>{logit_table(d.logits_top, ACT_RGB)}</div><div><b>suppressed</b>"
-            f"{logit_table(d.logits_bottom, NEG_RGB)}</div></div></section>"
-        )
-    else:
-        out.append(f'<section><h2>Logit effects</h2><p class="note">{e(d.logits_note)}</p></section>')
-    if d.steering:
-        rows = "".join(
-            f'<tr><td>\u03b1 = {a:g}{alpha_multiple(a, d.dataset_max)}</td><td class="text">{show_token(t)}</td></tr>'
-            for a, t in d.steering
-        )
-        out.append(
-            f'<section><h2>Steering</h2><p class="note">Greedy continuations of <code>{e(d.steer_prompt)}</code> with '
-            f"\u03b1 \u00d7 the unit decoder direction added at <code>{e(d.site)}</code> at every position (\u03b1 = 0: plain "
-            f'generation).</p><table class="steer">{rows}</table></section>'
-        )
-    out.append(
-        "<footer>featuredream feature card \u00b7 self-contained, no network</footer></main></body></html>"
+    return f'<section><h2>Figures</h2><div class="grid">{figs}</div>{note}</section>'
+
+
+def _logits_section(d: CardData) -> str:
+    e = html.escape
+    if not d.logits_top:
+        return f'<section><h2>Logit effects</h2><p class="note">{e(d.logits_note)}</p></section>'
+    return (
+        f'<section><h2>Logit effects</h2><p class="note">{e(d.logits_note)}</p><div class="cols"><div><b>promoted'
+        f"</b>{logit_table(d.logits_top, ACT_RGB)}</div><div><b>suppressed</b>"
+        f"{logit_table(d.logits_bottom, NEG_RGB)}</div></div></section>"
     )
-    return HTMLPage("\n".join(out))
+
+
+def _steering_section(d: CardData) -> str:
+    if not d.steering:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f'<tr><td>\u03b1 = {a:g}{alpha_multiple(a, d.dataset_max)}</td><td class="text">{show_token(t)}</td></tr>'
+        for a, t in d.steering
+    )
+    return (
+        f'<section><h2>Steering</h2><p class="note">Greedy continuations of <code>{e(d.steer_prompt)}</code> with '
+        f"\u03b1 \u00d7 the unit decoder direction added at <code>{e(d.site)}</code> at every position (\u03b1 = 0: plain "
+        f'generation).</p><table class="steer">{rows}</table></section>'
+    )
 
 
 def _example_row(ex: CardExample, vmax: float) -> str:

@@ -1,30 +1,14 @@
-"""HTML building blocks of the feature card: CSS, escaped token spans, chips and tables.
+"""The feature card's own HTML parts: its style sheet, logit tables, steering scales and collapsed contexts.
 
-Every string that may come from a tokenizer, a corpus or a result file goes through :func:`html.escape`.
-The token spans, chips and number formats are :mod:`featuredream.html_parts`' (shared with the notebook
-views of a dream result and a sweep summary), re-exported here.
+Every string that may come from a tokenizer, a corpus or a result file goes through :func:`html.escape`
+(token spans and number formats: :mod:`.html_parts`, shared with the notebook views).
 """
 
 from __future__ import annotations
 
 import html
 
-from ..html_parts import ACT_RGB, NEG_RGB, chip, fmt_value, scored_index, show_token, token_spans
-
-__all__ = [
-    "ACT_RGB",
-    "CSS",
-    "NEG_RGB",
-    "alpha_multiple",
-    "chip",
-    "context_spans",
-    "fmt_value",
-    "logit_table",
-    "scored_index",
-    "show_token",
-    "token_spans",
-]
-
+from .html_parts import show_token, token_spans
 
 # The card's whole style sheet (inlined in its <style>).
 CSS = """

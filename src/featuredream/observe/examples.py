@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,6 +118,58 @@ def _left_align(grid_tok: torch.Tensor, grid_act: torch.Tensor, before: int):
     return tok, act, before - lead
 
 
+@dataclass
+class _Top:
+    """The running top-k of :func:`corpus_stats`: ``values [k, d]`` (-inf: none yet), the example windows'
+    ``tokens`` and ``acts [k, d, w]`` around each activating token, fire counts, valid positions."""
+
+    values: torch.Tensor
+    tokens: torch.Tensor
+    acts: torch.Tensor
+    fires: torch.Tensor
+    n_pos: int = 0
+
+    @classmethod
+    def empty(cls, k: int, d: int, w: int, dev) -> _Top:
+        return cls(
+            torch.full((k, d), -torch.inf, device=dev),
+            torch.full((k, d, w), -1, dtype=torch.long, device=dev),
+            torch.zeros((k, d, w), device=dev),
+            torch.zeros(d, device=dev),
+        )
+
+    def merge(self, ids: torch.Tensor, mask: torch.Tensor, pre: torch.Tensor, offs: torch.Tensor) -> None:
+        """Merge a batch's window maxima (``pre [b, s, d]``, -inf off valid positions) into the top-k."""
+        k, d, w = self.tokens.shape
+        m, p = pre.max(dim=1)  # [b, d]
+        top_v, idx = torch.cat([self.values, m]).topk(k, dim=0)  # [k, d]
+        new = idx >= k
+        old = idx.clamp(max=k - 1)[..., None].expand(k, d, w)
+        bi = (idx - k).clamp_min(0)
+        grid = p.gather(0, bi)[..., None] + offs  # [k, d, w]
+        inside = (grid >= 0) & (grid < mask.sum(1)[bi][..., None])
+        b3, g3 = bi[..., None].expand(k, d, w), grid.clamp(0, ids.shape[1] - 1)
+        lat = torch.arange(d, device=ids.device)[None, :, None].expand(k, d, w)
+        new_tok = torch.where(inside, ids[b3, g3], -1)
+        new_act = torch.where(inside, pre[b3, g3, lat].nan_to_num(0.0, neginf=0.0), 0.0)
+        self.tokens = torch.where(new[..., None], new_tok, self.tokens.gather(0, old))
+        self.acts = torch.where(new[..., None], new_act, self.acts.gather(0, old))
+        self.values = top_v
+
+    def tensors(self, before: int) -> dict[str, torch.Tensor]:
+        """The :class:`FeatureStats` tensors, examples left-aligned at their first kept token."""
+        tok_l, act_l, pos = _left_align(self.tokens.cpu(), self.acts.cpu(), before)
+        found = torch.isfinite(self.values.cpu())
+        return {
+            "max_activation": self.values[0].cpu(),
+            "fire_rate": self.fires.cpu() / max(self.n_pos, 1),
+            "top_tokens": torch.where(found[..., None], tok_l, -1).permute(1, 0, 2).int().contiguous(),
+            "top_acts": act_l.permute(1, 0, 2).contiguous(),
+            "top_pos": torch.where(found, pos, -1).T.contiguous(),
+            "top_values": self.values.cpu().T.contiguous(),
+        }
+
+
 @torch.no_grad()
 def corpus_stats(
     model: nn.Module,
@@ -148,46 +201,22 @@ def corpus_stats(
     whole = before is None
     before = ctx - 1 if whole else before
     docs = _read_corpus(corpus)
-    dev, d, w = model_device(model), sae.d_sae, before + 1 + after
-    best_v = torch.full((k, d), -torch.inf, device=dev)
-    best_tok = torch.full((k, d, w), -1, dtype=torch.long, device=dev)
-    best_act = torch.zeros((k, d, w), device=dev)
-    fires, n_pos = torch.zeros(d, device=dev), 0
+    dev, w = model_device(model), before + 1 + after
+    top = _Top.empty(k, sae.d_sae, w, dev)
     offs = torch.arange(-before, after + 1, device=dev)
-    lat = torch.arange(d, device=dev)[None, :, None].expand(k, d, w)
     bar = tqdm(total=len(docs), desc="top examples", unit="doc", disable=not progress)
     for seqs, doc in _windows(tok, docs, ctx, batch_size):
         ids, mask = pad_batch(seqs, tok.pad_token_id, "right", dev)
         x = site_activations(model, sae.site, ids, mask)
         valid = valid_positions(sae, x, mask, norm_guard)
-        n_pos += int(valid.sum())
-        fires += ((latent_values(sae, x, "code") > 0) & valid[..., None]).sum((0, 1)).float()
+        top.n_pos += int(valid.sum())
+        top.fires += ((latent_values(sae, x, "code") > 0) & valid[..., None]).sum((0, 1)).float()
         pre = latent_values(sae, x, "pre").masked_fill(~valid[..., None], -torch.inf)  # [b, s, d]
-        m, p = pre.max(dim=1)  # [b, d]
-        top_v, idx = torch.cat([best_v, m]).topk(k, dim=0)  # [k, d]
-        new = idx >= k
-        old = idx.clamp(max=k - 1)[..., None].expand(k, d, w)
-        bi = (idx - k).clamp_min(0)
-        grid = p.gather(0, bi)[..., None] + offs  # [k, d, w]
-        inside = (grid >= 0) & (grid < mask.sum(1)[bi][..., None])
-        b3, g3 = bi[..., None].expand(k, d, w), grid.clamp(0, ids.shape[1] - 1)
-        new_tok = torch.where(inside, ids[b3, g3], -1)
-        new_act = torch.where(inside, pre[b3, g3, lat].nan_to_num(0.0, neginf=0.0), 0.0)
-        best_tok = torch.where(new[..., None], new_tok, best_tok.gather(0, old))
-        best_act = torch.where(new[..., None], new_act, best_act.gather(0, old))
-        best_v = top_v
+        top.merge(ids, mask, pre, offs)
         bar.update(doc + 1 - bar.n)
     bar.close()
-    tok_l, act_l, pos = _left_align(best_tok.cpu(), best_act.cpu(), before)
-    found = torch.isfinite(best_v.cpu())
-    tensors = {
-        "max_activation": best_v[0].cpu(),
-        "fire_rate": fires.cpu() / max(n_pos, 1),
-        "top_tokens": torch.where(found[..., None], tok_l, -1).permute(1, 0, 2).int().contiguous(),
-        "top_acts": act_l.permute(1, 0, 2).contiguous(),
-        "top_pos": torch.where(found, pos, -1).T.contiguous(),
-        "top_values": best_v.cpu().T.contiguous(),
-    }
+    tensors = top.tensors(before)
+    n_pos = top.n_pos
     cap = sae.stats.norm_cap if (norm_guard and sae.stats is not None) else None
     info = dict(
         corpus=[str(c) for c in _paths(corpus)],

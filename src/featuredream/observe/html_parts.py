@@ -1,5 +1,5 @@
-"""Escaped HTML parts shared by the feature card (:mod:`featuredream.observe.html`) and the notebook views
-(``_repr_html_`` of :class:`~featuredream.engine.results.DreamResult`, sweep summaries and cards).
+"""Escaped HTML parts shared by the feature card (:mod:`.card_html`) and the notebook views (``_repr_html_`` of
+:class:`~featuredream.engine.results.DreamResult` (:mod:`.result_view`), sweep summaries and cards).
 
 Every string that may come from a tokenizer, a corpus or a result file goes through :func:`html.escape`, so
 a dreamed ``<script>`` token shows as text. Notebook views get :data:`INLINE_CSS`, whose rules all sit under

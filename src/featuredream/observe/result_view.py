@@ -3,7 +3,9 @@ prompt as token chips coloured by per-token activation, the activation and its r
 against its ceiling, feasibility, the fluency judge's percentile, the best activation per iteration as an
 inline SVG line, and the fluency ladder (one row per ceiling).
 
-Built from :mod:`featuredream.html_parts`, the card's escaped parts: every token and name is escaped.
+Built from :mod:`.html_parts`, the card's escaped parts: every token and name is escaped. The engine sits
+below this package, so :class:`DreamResult` reaches this view through
+:func:`featuredream.engine.results.register_html_view` (called by ``featuredream.observe``'s import).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import html
 import math
 from typing import Any
 
-from ..html_parts import (
+from .html_parts import (
     fmt_value,
     inline_view,
     judge_cell,

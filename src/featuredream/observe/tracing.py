@@ -7,7 +7,7 @@
   does. The gain is read from the norm module itself (``norm(c * 1)``), which covers Llama's ``w`` and
   Gemma's ``1 + w`` without a per-architecture table. Gemma-2's logit soft-capping is monotone and skipped.
 * :func:`attribution` — gradient x input per input token, or integrated gradients from a zero embedding
-  (sums to ``f(x) - f(0)``, a cheap linearization in the spirit of seed 004's linearized scores).
+  (sums to ``f(x) - f(0)``, a cheap linearization a first-order estimate of each token's share).
 * :func:`steering` — greedy continuations with ``alpha * direction`` added at the SAE's site at every
   position, through the scoped hook :func:`steer`.
 """
@@ -28,6 +28,17 @@ from ..lm.models import embed_scale
 from ..lm.saes import BoundSAE
 from ..lm.sites import EDITABLE_KINDS, Site, head_columns, head_dim, hook_site, output_projection, run_sites
 from ..lm.tl import as_model
+
+STEER_SCALES = (0.0, 2.0, 4.0, 8.0)
+"""Default steering strengths, in multiples of the feature's dataset maximum (:func:`default_alphas`)."""
+
+
+def default_alphas(dataset_max: float | None) -> tuple[float, ...]:
+    """The direction's natural scale: :data:`STEER_SCALES` x the feature's dataset maximum (x 1 without a
+    positive one), rounded to 0.1."""
+    scale = dataset_max if dataset_max is not None and dataset_max > 0 else 1.0
+    return tuple(round(s * scale, 1) for s in STEER_SCALES)
+
 
 log = logging.getLogger(__name__)
 
@@ -273,13 +284,16 @@ def steering(
     sae: BoundSAE,
     feature: int,
     prompt: str,
-    alphas: Sequence[float] = (0.0, 4.0, 8.0),
+    alphas: Sequence[float] | None = None,
     max_new_tokens: int = 20,
 ) -> list[Steered]:
     """Greedy continuations of ``prompt`` with ``alpha`` x the feature's unit decoder direction added at
-    the SAE's site (one generation per alpha; ``alpha = 0`` reproduces plain generation exactly)."""
+    the SAE's site (one generation per alpha; ``alpha = 0`` reproduces plain generation exactly).
+    ``alphas`` default: :func:`default_alphas` of the feature's dataset maximum."""
     model = as_model(model, tok)
     f = sae.check_latent(feature)
+    if alphas is None:
+        alphas = default_alphas(sae.stats.value("max_activation", f) if sae.stats is not None else None)
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"steering prompt {prompt!r} is empty: valid is a non-empty string")
     if not alphas:

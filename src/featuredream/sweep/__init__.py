@@ -1,7 +1,7 @@
 """Sweeps over many features, as a chain of modules each importing only those before it:
 :mod:`~featuredream.sweep.spec` (what runs) -> :mod:`~featuredream.sweep.store` (SQLite records and their
 fingerprint) -> :mod:`~featuredream.sweep.worker` (dream a group, record it) ->
-:mod:`~featuredream.sweep.ray` (the Ray backend) -> :mod:`~featuredream.sweep.run` (:func:`run_sweep`);
+:mod:`~featuredream.sweep.ray_backend` (the Ray backend) -> :mod:`~featuredream.sweep.run` (:func:`run_sweep`);
 :mod:`~featuredream.sweep.summary` reads a store."""
 
 from .run import BACKENDS, check_sweep, run_sweep

@@ -4,7 +4,7 @@
 :func:`featuredream.dream_many` per group, :func:`featuredream.sweep.worker.run_group`) and writes each
 group's finished features to the store in ``out_dir`` (:mod:`featuredream.sweep.store`: SQLite, one
 record per feature, a fingerprint that refuses to mix configurations); ``resume=True`` skips the features
-already there. Backends: ``local`` (this process) and ``ray`` (:mod:`featuredream.sweep.ray`, one task per
+already there. Backends: ``local`` (this process) and ``ray`` (:mod:`featuredream.sweep.ray_backend`, one task per
 group on a Ray cluster).
 
 Everything a user gives is checked before the store is touched (:class:`~featuredream.sweep.SweepSpec` on
@@ -47,13 +47,13 @@ def run_sweep(
     """Dream ``features`` into ``out_dir`` (see module doc); Ctrl-C keeps every finished feature.
 
     ``backend='ray'``: ``address`` of a running cluster (None: start a local one with ``workers`` CPUs);
-    ``cpus_per_task``: CPUs (and torch threads) per task (None: see :func:`featuredream.sweep.ray.task_cpus`).
+    ``cpus_per_task``: CPUs (and torch threads) per task (None: see :func:`featuredream.sweep.ray_backend.task_cpus`).
     """
     check_choice(backend, BACKENDS, "backend")
     if cpus_per_task is not None and backend != "ray":
         raise ValueError(f"cpus_per_task={cpus_per_task!r} applies to the ray backend only: valid is None")
     if backend == "ray":
-        from .ray import import_ray
+        from .ray_backend import import_ray
 
         import_ray()  # fail in one line before any work when Ray is missing
     spec = check_sweep(spec, features, out_dir)
@@ -61,7 +61,7 @@ def run_sweep(
     if backend == "local":
         outcome = _sweep(spec, features, out_dir, resume, progress, resolve_runtime(spec), _run_local)
     else:
-        from .ray import ray_backend
+        from .ray_backend import ray_backend
 
         with ray_backend(spec, address=address, workers=workers, cpus_per_task=cpus_per_task) as run:
             outcome = _sweep(spec, features, out_dir, resume, progress, run.runtime, run)

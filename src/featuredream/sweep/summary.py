@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.results import write_atomic
-from ..html_parts import fmt_value, inline_view, table
 from ..observe.figures import new_figure, png_data_uri
+from ..observe.html_parts import fmt_value, inline_view, table
 from .store import SweepStore
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,8 @@ def card_path(out_dir: Path, feature: int) -> Path:
 
 
 def write_cards(out_dir: str | Path, features: list[int], loaded=None) -> list[Path]:
-    """Write :func:`featuredream.observe.report.feature_card` for ``features`` (their stored dream shown)."""
-    from ..observe.report import feature_card
+    """Write :func:`featuredream.observe.card_html.feature_card` for ``features`` (their stored dream shown)."""
+    from ..observe.card_html import feature_card
     from .run import load_spec
 
     out_dir = Path(out_dir)

@@ -26,15 +26,11 @@ def load_spec(spec: SweepSpec, check: bool = True):
     """``(model, tokenizer, sae)`` for ``spec``, loaded once per process (Ray workers reuse them)."""
     key = (spec.model, spec.sae, spec.device, spec.dtype)
     if key not in _LOADED:
-        from ..lm.models import load_model
-        from ..lm.sae_check import check_site
-        from ..lm.saes import load_sae
+        from ..lm.sae_check import load_checked
 
-        model, tok = load_model(spec.model, device=spec.device, dtype=spec.dtype)
-        sae = load_sae(spec.sae, model=model)
-        if check:
-            fvu = check_site(model, tok, sae)
-            log.info("SAE %s at %s: FVU %.3f on check texts", sae.name, sae.site.hook_name, fvu)
+        model, tok, sae = load_checked(
+            spec.model, spec.sae, device=spec.device, dtype=spec.dtype, check=check
+        )
         _LOADED.clear()
         _LOADED[key] = (model, tok, sae)
     return _LOADED[key]

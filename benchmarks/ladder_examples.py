@@ -12,7 +12,7 @@ tokens of its context, up to the activating token) is judged too. Writes ``bench
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import sys
 import time
@@ -21,7 +21,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import dataset_best_text, independent_score, live_sample, tune_latents  # noqa: E402
+from common import (  # noqa: E402
+    add_run_args,
+    begin_run,
+    dataset_best_text,
+    end_run,
+    independent_score,
+    live_sample,
+    machine_info,
+    tune_latents,
+    write_json,
+)
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.engine.config import DEFAULT_LADDER  # noqa: E402
@@ -30,16 +40,22 @@ from featuredream.lm.judge import FluencyJudge  # noqa: E402
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="time budget per latent")
+    ap.add_argument("--n", type=int, default=5, help="how many of the draw's latents (lowest first)")
+    add_run_args(ap, "ladder_examples")
+    args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    idle, monitor = begin_run(args)
     torch.manual_seed(0)
     model, tok = load_model(None, device="cpu")
     sae = load_sae("default", model=model)
     judge = FluencyJudge.load("default")
-    latents = live_sample(sae, 30, 0, exclude=tune_latents(sae))[:5]
+    latents = live_sample(sae, 30, 0, exclude=tune_latents(sae))[: args.n]
     out, t0 = [], time.time()
     for lat in latents:
         cfg = DreamConfig(
-            time_budget=60, iters=1_000_000, xe_max="p90", ladder=DEFAULT_LADDER, progress=False
+            time_budget=args.seconds, iters=1_000_000, xe_max="p90", ladder=DEFAULT_LADDER, progress=False
         )
         r = dream(model, tok, make_objective(sae, lat), cfg, judge=judge)
         rungs = []
@@ -77,8 +93,16 @@ def main() -> None:
             print(
                 f"   {g['ceiling']:>4} ratio {g['ratio']:5.2f} XE {g['xe']:5.2f} judge {g['judge_pct']:3.0f} {g['text']!r}"
             )
-    result = dict(latents=latents, rows=out, seconds=round(time.time() - t0, 1), judge=judge.name)
-    Path("benchmarks/ladder_examples.json").write_text(json.dumps(result, indent=1))
+    result = dict(
+        args=vars(args),
+        machine=machine_info("cpu"),
+        latents=latents,
+        rows=out,
+        seconds=round(time.time() - t0, 1),
+        judge=judge.name,
+        **end_run(idle, monitor),
+    )
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -53,10 +54,11 @@ def test_default_corpus_is_the_plays_then_the_pydoc_texts(monkeypatch):
         corpus._default_corpus.cache_clear()
 
 
-def test_pydoc_text_is_the_same_in_every_process():
-    """pydoc shows object addresses, live module state (the logging handlers a process made), ``os.environ``
-    and the time zone: the corpus renders in a fresh isolated interpreter with a fixed environment, so two
-    processes in different environments give the same text."""
+def test_pydoc_text_is_the_same_in_every_process(tmp_path):
+    """pydoc shows object addresses, live module state (the logging handlers a process made), ``os.environ``,
+    the time zone and the interpreter's path: the corpus renders in a fresh isolated interpreter with a fixed
+    environment, so two processes in different environments, run by interpreters at different paths (two
+    venvs, CI's clone and a laptop's), give the same text."""
     import logging
     import os
     import subprocess
@@ -65,15 +67,22 @@ def test_pydoc_text_is_the_same_in_every_process():
     logging.getLogger("featuredream-test").addHandler(logging.StreamHandler())  # state pydoc would show
     here = corpus.pydoc_documents()
     code = "from featuredream.lm.corpus import pydoc_documents; import json, sys; json.dump(pydoc_documents(), sys.stdout)"
-    env = dict(os.environ, TZ="America/New_York", HOME="/elsewhere", FEATUREDREAM_TEST_VAR="x" * 80)
+    elsewhere = tmp_path / "another-venv" / "python"
+    elsewhere.parent.mkdir()
+    elsewhere.symlink_to(sys.executable)
+    path = os.pathsep.join([str(Path(corpus.__file__).parents[2]), *sys.path])  # no venv at that path
+    env = dict(
+        os.environ, TZ="America/New_York", HOME="/elsewhere", FEATUREDREAM_TEST_VAR="x" * 80, PYTHONPATH=path
+    )
     other = json.loads(
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+            [str(elsewhere), "-c", code], capture_output=True, text=True, check=True, env=env
         ).stdout
     )
     assert here == other  # another process, time zone and environment (CI's differs from a laptop's)
     assert not any(" at 0x" in d for d in here) and not any("\nFILE\n" in d for d in here)
     assert not any("environ({" in d for d in here)
+    assert not any(sys.executable in d for d in here) and any("executable='python'" in d for d in here)
 
 
 def test_user_text_files_and_directories(tmp_path):

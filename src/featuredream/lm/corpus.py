@@ -83,7 +83,8 @@ for name in sys.argv[1:]:
         mod = importlib.import_module(name)
     except ImportError:
         continue
-    docs.append(pydoc.plain(pydoc.render_doc(mod, renderer=pydoc.plaintext)))
+    text = pydoc.plain(pydoc.render_doc(mod, renderer=pydoc.plaintext))
+    docs.append(text.replace(repr(sys.executable), "'python'"))
 sys.stdout.write(json.dumps(docs))
 """
 
@@ -93,7 +94,8 @@ def pydoc_documents() -> list[str]:
     environment and installation of one Python version: rendered in a fresh isolated interpreter (pydoc
     shows module state, e.g. the logging handlers a process has made) with a fixed environment (pydoc shows
     ``os.environ`` and the time zone), object addresses, ``os.environ`` and the ``FILE`` section (the
-    installation's path) removed."""
+    installation's path) removed, and the interpreter's path (``platform.architecture``'s default
+    argument: a venv's location) written as ``'python'``."""
     proc = subprocess.run(
         [sys.executable, "-I", "-c", _RENDER, *PYDOC_MODULES],
         capture_output=True,

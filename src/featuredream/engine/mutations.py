@@ -91,7 +91,8 @@ def sample_swap(
     """Replace the token at a random position p >= 1 by one sampled from the distribution predicted at p-1
     (cut to its ``top_p`` nucleus).
 
-    (Seed bug 3 used the distribution predicted *at* p, which is about p+1.)
+    (The distribution predicted *at* p is about position p+1: drawing from it is a known bug of the seed
+    notebook this operator comes from.)
     ``ids [L]`` (L >= 2), ``logprobs [L, V]`` -> ``children [n, L]``, ``positions [n]``.
     """
     L = len(ids)

@@ -3,8 +3,8 @@
     python benchmarks/tables.py                      # every table, with the JSON it comes from
     python benchmarks/tables.py --check              # exit 1 unless each table is in benchmarks/README.md as is
 
-Covers throughput.json, prefix_cache.json, quality_vs_time.json, scaling.json, multi_feature.json and the
-quality JSONs (through quality_table.py). The tuning table's labels are prose; tune_round*.json hold its
+Covers throughput.json, prefix_cache.json, quality_vs_time.json, scaling.json, multi_feature.json,
+ladder_examples.json and the quality JSONs (through quality_table.py). The tuning table's labels are prose; tune_round*.json hold its
 figures.
 """
 
@@ -24,6 +24,32 @@ HERE = Path(__file__).parent
 
 def _f(x, spec: str, none: str = "–") -> str:
     return none if x is None else format(x, spec)
+
+
+def _cell_text(text: str) -> str:
+    return "`" + text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`"
+
+
+def ladder_examples_table(d: dict) -> str:
+    """Per latent: its best dataset example, then the dream at each rung of the ladder."""
+    lines = [
+        "| latent | text | ratio | XE (limit) | judge pct |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in d["rows"]:
+        lines.append(
+            f"| **{row['latent']}** | dataset's best: {_cell_text(row['dataset_text'])} | 1.00 | – | "
+            f"{row['dataset_judge_pct']:.0f} |"
+        )
+        for g in row["rungs"]:
+            ceiling = g["ceiling"] or "none"
+            limit = "" if g["xe_limit"] is None else f" ({g['xe_limit']:.2f})"
+            infeasible = "" if g["feasible"] else " (INF)"
+            lines.append(
+                f"| | {ceiling}: {_cell_text(g['text'])} | {g['ratio']:.2f}{infeasible} | "
+                f"{g['xe']:.2f}{limit} | {g['judge_pct']:.0f} |"
+            )
+    return "\n".join(lines)
 
 
 def throughput_tables(d: dict) -> list[str]:
@@ -159,6 +185,8 @@ def all_tables() -> list[tuple[str, str]]:
         out.append(("scaling.json", scaling_table(d)))
     if (d := load("multi_feature.json")) is not None:
         out.append(("multi_feature.json", multi_feature_table(d)))
+    if (d := load("ladder_examples.json")) is not None:
+        out.append(("ladder_examples.json", ladder_examples_table(d)))
     return out
 
 

@@ -6,6 +6,9 @@ come from a batch-of-one pass instead of the children's batch).
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import pytest
 import torch
 
@@ -13,7 +16,7 @@ from featuredream.engine.batch import pad_right
 from featuredream.engine.evaluate import Evaluator
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.engine.objectives import DirectionObjective, SAEEncoder
-from featuredream.engine.prefix_cache import plan_buckets, shared_prefixes
+from featuredream.engine.prefix_cache import cache_argument, plan_buckets, shared_prefixes
 from featuredream.lm.sites import Site
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -61,6 +64,18 @@ def test_prefix_cache_equals_plain_path(tiny_model, tiny_sae, need_xe, reduce):
     parent = torch.randint(1, 300, (11,), generator=torch.Generator().manual_seed(1))
     obj = SAEEncoder(tiny_sae, 5, reduce=reduce)
     _compare(tiny_model, obj, parent, _children(parent, 300), need_xe)
+
+
+def test_prefix_cache_passes_the_cache_without_a_deprecation_warning(tiny_llama, tiny_sae):
+    """transformers 5.2x renamed ``past_key_values`` to ``cache`` and warns on the old name (a warning the
+    CLI printed on every dream); the cache goes by the name the model's forward takes."""
+    parent = torch.randint(1, 300, (9,), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _compare(tiny_llama, SAEEncoder(tiny_sae, 1), parent, _children(parent, 300), need_xe=True)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    want = "cache" if "cache" in inspect.signature(tiny_llama.forward).parameters else "past_key_values"
+    assert cache_argument(tiny_llama) == want
 
 
 @pytest.mark.parametrize(

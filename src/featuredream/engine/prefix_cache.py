@@ -21,6 +21,7 @@ the plain path for anything else.
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -105,10 +106,18 @@ def plan_buckets(
     return out
 
 
-def _forward(model: nn.Module, sites, logits: bool, **kwargs) -> tuple[dict, torch.Tensor | None, object]:
-    """One cached forward pass; stops after the last site unless ``logits``. Returns acts, logits, cache."""
+def _forward(model: nn.Module, sites, logits: bool, cache, **kwargs) -> tuple[dict, torch.Tensor | None, object]:
+    """One forward pass with the key/value ``cache`` (filled in place); stops after the last site unless
+    ``logits``. Returns acts, logits, cache."""
+    kwargs[cache_argument(model)] = cache
     acts, out = forward_with_capture(model, sites, stop_early=not logits, use_cache=True, **kwargs)
-    return acts, (out.logits if out is not None and logits else None), kwargs["past_key_values"]
+    return acts, (out.logits if out is not None and logits else None), cache
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The name ``model.forward`` takes its key/value cache by: ``cache`` in recent transformers (which
+    deprecates ``past_key_values`` with a warning), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class ParentsRun(NamedTuple):
@@ -133,7 +142,7 @@ def run_parents(model: nn.Module, sites, parents: list[torch.Tensor], *, logits:
     ids, lengths = pad_right([p.to(dev) for p in parents], 0, dev)
     # no config: every layer keeps all positions. A sliding-window layer's cache (DynamicCache(config=...),
     # Gemma) keeps only the last window, which cannot be cut at a child's p (tests/lm/test_gemma3.py).
-    acts, lg, cache = _forward(model, sites, logits, input_ids=ids, past_key_values=DynamicCache())
+    acts, lg, cache = _forward(model, sites, logits, DynamicCache(), input_ids=ids)
     kv = [(item[0], item[1]) for item in cache]
     if lg is None:
         return ParentsRun(ids, lengths, acts, kv, None, None)
@@ -190,7 +199,7 @@ def run_tails(
     # explicit positions p..: models with absolute position embeddings (GPT-2) need them even when the
     # parent's pass stopped before any layer ran (an empty cache would restart them at 0)
     pos = torch.arange(p, ids.shape[1], device=ids.device)[None].expand(len(ids), -1)
-    acts, lg, _ = _forward(model, sites, logits, input_ids=tail, past_key_values=cache, position_ids=pos)
+    acts, lg, _ = _forward(model, sites, logits, cache, input_ids=tail, position_ids=pos)
     full = {site: torch.cat([take(par.acts[site][:, :p]).to(a.dtype), a], dim=1) for site, a in acts.items()}
     if lg is None:
         return full, None

@@ -106,7 +106,9 @@ def plan_buckets(
     return out
 
 
-def _forward(model: nn.Module, sites, logits: bool, cache, **kwargs) -> tuple[dict, torch.Tensor | None, object]:
+def _forward(
+    model: nn.Module, sites, logits: bool, cache, **kwargs
+) -> tuple[dict, torch.Tensor | None, object]:
     """One forward pass with the key/value ``cache`` (filled in place); stops after the last site unless
     ``logits``. Returns acts, logits, cache."""
     kwargs[cache_argument(model)] = cache

@@ -10,7 +10,7 @@ from helpers.by_hand import encoder_pre, resid
 from helpers.saes import write_sae_dir
 
 from featuredream import DreamConfig, SAEEncoder, dream, load_sae
-from featuredream.engine.starts import start_pool
+from featuredream.engine.starts import model_samples, start_pool
 from featuredream.lm.sae_stats import Encoder, feature_statistics
 from featuredream.lm.saes import FeatureStats
 
@@ -79,3 +79,21 @@ def test_dream_from_the_dataset_starts_from_the_examples(dataset_sae, tiny_llama
     assert len(not_windows) <= 1  # everything else in the buffer is a start (the one child aside)
     assert len(r.buffer) >= len({tuple(ctx[-n:]) for ctx, _ in examples for n in range(3, len(ctx) + 1)})
     assert r.best.activation >= max(v for _, v in examples) - 1e-4
+
+
+def test_fast_model_samples_draw_from_each_positions_top_k(tiny_llama, tiny_tokenizer, one_thread):
+    """The cold start's decoding loop (key/value cache, top-50 draw): every sampled token is among the 50
+    most probable non-special next tokens of a plain forward of its sample (a cache read at the wrong
+    positions or a draw from the whole vocabulary breaks this), samples are full length, varied, seeded."""
+    samples = model_samples(tiny_llama, tiny_tokenizer, 24, 12, seed=3, fast=True)
+    assert len(samples) == 24 and all(len(s) == 12 for s in samples)
+    assert samples == model_samples(tiny_llama, tiny_tokenizer, 24, 12, seed=3, fast=True)
+    assert len({tuple(s) for s in samples}) == 24
+    ids = torch.tensor(samples)
+    with torch.no_grad():
+        logits = tiny_llama(input_ids=ids).logits[:, :-1].float()
+    special = tiny_tokenizer.all_special_ids
+    assert not set(special) & set(ids.flatten().tolist())
+    logits[..., special] = -torch.inf
+    top = logits.topk(50, dim=-1).indices  # [b, s-1, 50]
+    assert bool((top == ids[:, 1:, None]).any(-1).all())

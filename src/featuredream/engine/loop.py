@@ -181,9 +181,9 @@ class DreamLoop:
         cold = cfg.cold_samples > 0 and not (r.dataset is not None and r.dataset.contexts)
         n = cfg.cold_samples if cold else cfg.n_start_samples
         length = cfg.max_tokens if cold else (cfg.min_tokens + cfg.max_tokens) // 2
-        key = (cfg.seed, n, length)
+        key = (cfg.seed, n, length, cold)
         if key not in self._samples:
-            self._samples[key] = model_samples(self.model, self.tok, n, length, cfg.seed) if n > 0 else []
+            self._samples[key] = model_samples(self.model, self.tok, n, length, cfg.seed, fast=cold)
         samples = self._samples[key]
         return (
             scanned_samples(self.model, r.objective, samples, cfg)

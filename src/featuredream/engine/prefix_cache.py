@@ -21,6 +21,7 @@ the plain path for anything else.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import NamedTuple
 
@@ -118,8 +119,13 @@ def _forward(
 
 def cache_argument(model: nn.Module) -> str:
     """The name ``model.forward`` takes its key/value cache by: ``cache`` in recent transformers (which
-    deprecates ``past_key_values`` with a warning), ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    deprecates ``past_key_values`` with a warning), ``past_key_values`` before (read once per class)."""
+    return _cache_argument_of(type(model))
+
+
+@functools.cache
+def _cache_argument_of(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 class ParentsRun(NamedTuple):

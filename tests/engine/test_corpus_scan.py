@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.massive import SITE as MSITE
+from helpers.massive import massive_token_model
 from helpers.saes import write_sae_dir
 
 from featuredream import DreamConfig, dream
-from featuredream.engine.corpus_scan import dataset_examples, scan_objective, token_values
+from featuredream.engine.corpus_scan import dataset_examples, scan_objective, token_values, values_alone
 from featuredream.engine.evaluate import reference_evaluate
 from featuredream.engine.objectives import (
     DecoderProjection,
@@ -110,16 +112,55 @@ def test_cold_scan_starts_at_each_samples_best_prefix(tiny_llama, tiny_tokenizer
 def test_cold_start_uses_the_scan_and_warm_does_not(tiny_llama, tiny_tokenizer, cache, one_thread):
     base = dict(iters=1, min_tokens=3, max_tokens=12, n_children=8, progress=False, n_start_samples=4)
     calls = []
-    import featuredream.engine.loop as loop
+    import featuredream.engine.starts as starts
 
-    real = loop.scanned_samples
+    real = starts.scanned_samples
     loop_scanned = lambda *a: calls.append(1) or real(*a)  # noqa: E731
     try:
-        loop.scanned_samples = loop_scanned
+        starts.scanned_samples = loop_scanned
         dream(tiny_llama, tiny_tokenizer, _direction(), DreamConfig(start="samples", **base))
         assert calls == [1]
         dream(tiny_llama, tiny_tokenizer, _direction(), DreamConfig(start="samples", cold_samples=0, **base))
         dream(tiny_llama, tiny_tokenizer, _direction(), DreamConfig(start="auto", **base))
         assert calls == [1]
     finally:
-        loop.scanned_samples = real
+        starts.scanned_samples = real
+
+
+def test_the_scan_never_reads_a_massive_norm_position(tiny_llama, tiny_tokenizer, cache, one_thread):
+    """A direction along a massive-norm token: unguarded, the scan's maximum sits on that token (the hole);
+    guarded by the site's cap, neither the maximum nor any example is there, and the maximum reproduces
+    when its context is scored alone (a forward pass of the context, no store)."""
+    model, token, d = massive_token_model(tiny_llama, tiny_tokenizer)
+    hole = scan_objective(model, tiny_tokenizer, DirectionObjective(MSITE, d, norm_guard=False))
+    assert hole.maximum_context[-1] == token
+    found = scan_objective(model, tiny_tokenizer, DirectionObjective(MSITE, d))
+    assert found.maximum < hole.maximum / 10
+    assert all(c[-1] != token for c in found.contexts) and found.maximum_context[-1] != token
+    fresh = DirectionObjective(MSITE, d, norm_guard=found_cap(model, tiny_tokenizer))
+    assert values_alone(model, fresh, [found.maximum_context]) == [pytest.approx(found.maximum, rel=1e-5)]
+    assert values_alone(model, fresh, found.contexts) == pytest.approx(found.values, rel=1e-5)
+    assert found.maximum >= max(found.values)
+    windows, _ = site_store.site_store(model, tiny_tokenizer, [MSITE])
+    every = token_values(model, fresh, windows)  # a fresh float32 pass over every valid position
+    assert found.maximum == pytest.approx(float(every.max()), rel=2e-2)
+
+
+def found_cap(model, tok) -> float:
+    return site_store.site_norm_cap(model, tok, MSITE)
+
+
+def test_a_callable_and_a_decoder_projection_without_statistics_are_guarded_too(
+    tiny_llama, tiny_tokenizer, tmp_path, cache, one_thread
+):
+    """Every objective kind without a recorded cap takes its site's: a callable reading the massive
+    direction and an SAE (no statistics) whose latent's decoder is that direction."""
+    model, token, d = massive_token_model(tiny_llama, tiny_tokenizer)
+    fn = FunctionObjective(lambda acts: acts[MSITE].float() @ d, [MSITE], name="along the token")
+    sae = load_sae(write_sae_dir(tmp_path / "sae", d_sae=8), model=model)
+    with torch.no_grad():
+        sae.sae.W_dec[3] = d
+    for obj in (fn, DecoderProjection(sae, 3)):
+        found = scan_objective(model, tiny_tokenizer, obj)
+        assert found.maximum_context[-1] != token and all(c[-1] != token for c in found.contexts)
+        assert values_alone(model, obj, [found.maximum_context])[0] == pytest.approx(found.maximum, rel=1e-5)

@@ -1,8 +1,11 @@
 import torch
+from helpers.massive import SITE as MSITE
+from helpers.massive import massive_token_model
 
 from featuredream.engine.batch import pad_right
 from featuredream.engine.evaluate import Evaluator, reference_evaluate
-from featuredream.engine.objectives import SAEEncoder
+from featuredream.engine.objectives import DirectionObjective, SAEEncoder
+from featuredream.lm.site_store import site_norm_cap
 
 
 def test_fast_path_equals_reference(tiny_llama, tiny_tokenizer, tiny_sae):
@@ -164,3 +167,21 @@ def test_oom_as_runtime_error_frees_cuda_cache_and_other_errors_propagate(tiny_l
     monkeypatch.setattr(ev, "_run", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         ev(ids, torch.full((3,), 5))
+
+
+def test_the_reference_path_applies_the_sites_cap(tiny_llama, tiny_tokenizer, one_thread):
+    """Re-scoring a text that ends on a massive-norm token: a fresh direction objective (cap not yet
+    measured) scores -inf there, like the fast path; unguarded it reads the huge value."""
+    model, token, d = massive_token_model(tiny_llama, tiny_tokenizer)
+    text = tiny_tokenizer.decode(
+        [*tiny_tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"], token]
+    )
+    assert tiny_tokenizer(text, add_special_tokens=False)["input_ids"][-1] == token
+    hole = reference_evaluate(model, tiny_tokenizer, DirectionObjective(MSITE, d, norm_guard=False), [text])
+    assert float(hole.scores[0]) > 10 * site_norm_cap(model, tiny_tokenizer, MSITE)  # a projection > the cap
+    fresh = DirectionObjective(MSITE, d)
+    ref = reference_evaluate(model, tiny_tokenizer, fresh, [text])
+    assert float(ref.scores[0]) == -float("inf") and not bool(ref.valid[0, -1]) and bool(ref.valid[0, 0])
+    ids, lengths = pad_right([torch.tensor(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])], 0)
+    fast = Evaluator(model, fresh)(ids, lengths)
+    assert float(fast.scores[0]) == -float("inf")

@@ -70,13 +70,20 @@ def direction_objective(args, model: torch.nn.Module, tokenizer):
         vec = key_vector(model, tokenizer, site.layer, site.head, args.key_text)
     else:
         vec = load_direction(args.direction)
+    guard = not getattr(args, "no_norm_guard", False)
     if query:
         return QueryDirection(
-            site.layer, site.head, vec, args.reduce, rotary=site.kind == "attn_q_rot", model=model
+            site.layer,
+            site.head,
+            vec,
+            args.reduce,
+            rotary=site.kind == "attn_q_rot",
+            model=model,
+            norm_guard=guard,
         )
     width = site_width(model, site)
     if vec.numel() != width:
         raise ValueError(
             f"direction has {vec.numel()} numbers but {site} has width {width}: valid is a vector of {width}"
         )
-    return DirectionObjective(Site(site.kind, site.layer, site.head), vec, args.reduce)
+    return DirectionObjective(Site(site.kind, site.layer, site.head), vec, args.reduce, norm_guard=guard)

@@ -89,7 +89,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, objective: bool = True
         )
         parser.add_argument("--reduce", default="last", help="position reduction: last, max, mean")
         parser.add_argument(
-            "--no-norm-guard", action="store_true", help="do not exclude massive-activation positions"
+            "--no-norm-guard",
+            action="store_true",
+            help="do not exclude massive-activation positions (norm above the SAE's recorded cap, or for "
+            "a direction and an SAE without statistics 3x the site's median norm)",
         )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..lm.site_store import site_store
+from .objectives import resolve_norm_caps
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,17 @@ log = logging.getLogger(__name__)
 class DatasetExamples:
     """An objective's top corpus examples, best first: ``contexts`` (token ids from the window start to the
     activating token, so scoring one alone gives its value under ``reduce='last'``), their ``values``, the
-    corpus ``maximum`` (the ratio's denominator) and where they come from (``source``)."""
+    corpus ``maximum`` (the ratio's denominator) and where they come from (``source``).
+
+    ``maximum_context``: the context whose last token gives ``maximum`` when scored alone (None when the
+    maximum comes from statistics that keep no context, e.g. a decoder projection's ``max_projection``).
+    """
 
     contexts: list[list[int]]
     values: list[float]
     maximum: float | None
     source: str
+    maximum_context: list[int] | None = None
 
 
 def stats_examples(objective) -> DatasetExamples | None:
@@ -48,7 +54,9 @@ def stats_examples(objective) -> DatasetExamples | None:
     source = "SAE statistics" + (
         f" ({tokens} tokens" + (f" of {corpus})" if corpus else ")") if tokens else ""
     )
-    return DatasetExamples([ids[: pos + 1] for ids, pos, _, _ in exs], [v for *_, v in exs], maximum, source)
+    contexts, values = [ids[: pos + 1] for ids, pos, _, _ in exs], [v for *_, v in exs]
+    best = contexts[0] if contexts and maximum is not None and values[0] >= maximum else None
+    return DatasetExamples(contexts, values, maximum, source, best)
 
 
 @torch.no_grad()
@@ -88,13 +96,54 @@ def top_windows(windows: torch.Tensor, values: torch.Tensor, k: int, source: str
     return DatasetExamples(contexts, [float(best[w]) for w in order], maximum, source)
 
 
+@torch.no_grad()
+def values_alone(model: nn.Module, objective, contexts: list[list[int]]) -> list[float]:
+    """Each context run alone (one unpadded forward pass): the objective's value at its last token,
+    ``-inf`` where that position is not valid (the norm guard) or not finite."""
+    from ..lm.sites import run_sites
+
+    dev = next(model.parameters()).device
+    out = []
+    for ctx in contexts:
+        ids = torch.tensor([ctx], device=dev)
+        acts, _ = run_sites(model, objective.sites, input_ids=ids)
+        res = objective(acts, torch.ones(ids.shape, dtype=torch.bool, device=dev))
+        v = float(res.token_acts[0, -1])
+        out.append(v if bool(res.valid[0, -1]) and torch.isfinite(torch.tensor(v)) else -float("inf"))
+    return out
+
+
+def rescored(model: nn.Module, objective, found: DatasetExamples, top: list[int] | None) -> DatasetExamples:
+    """``found`` with every value (and the maximum, at ``top``: the best position's context) re-measured by
+    scoring each context alone (:func:`values_alone`; the store holds float16), best first, so every
+    number shown beside a context reproduces from it."""
+    vals = values_alone(model, objective, found.contexts + ([top] if top is not None else []))
+    order = sorted(range(len(found.contexts)), key=lambda i: -vals[i])
+    contexts = [found.contexts[i] for i in order if vals[i] > -float("inf")]
+    values = [vals[i] for i in order if vals[i] > -float("inf")]
+    cands = list(zip(values, contexts)) + (
+        [(vals[-1], top)] if top is not None and vals[-1] > -float("inf") else []
+    )
+    if not cands:
+        return DatasetExamples([], [], None, found.source)
+    maximum, where = max(cands, key=lambda c: c[0])
+    return DatasetExamples(contexts, values, maximum, found.source, where)
+
+
 def scan_objective(model: nn.Module, tok, objective, k: int = 8, min_tokens: int = 1) -> DatasetExamples:
     """The objective's ``k`` best windows of the activation store (one example per window, at its best
-    valid position with at least ``min_tokens`` tokens of context) and its maximum there."""
+    valid position with at least ``min_tokens`` tokens of context) and its maximum there (over every valid
+    position), each re-measured on its context alone (:func:`rescored`)."""
+    resolve_norm_caps(model, tok, objective)
     windows, acts = site_store(model, tok, objective.sites)
     values = token_values(model, objective, windows, acts)
     source = f"corpus scan ({windows.numel()} tokens of the default corpus)"
     found = top_windows(windows, values, k, source, min_tokens)
+    top = None
+    if found.maximum is not None:
+        w, p = divmod(int(values.argmax()), values.shape[1])
+        top = windows[w, : p + 1].tolist()
+    found = rescored(model, objective, found, top)
     log.info("%s: %d corpus examples, maximum %s", objective.name, len(found.contexts), found.maximum)
     return found
 

@@ -96,13 +96,17 @@ class MultiLatentObjective:
         self.sae, self.kind = sae, kind
         self.site, self.reduce = sae.site, self.singles[0].reduce
         self.sites = (sae.site,)
-        self.norm_cap = self.singles[0].norm_cap
         self.name = f"{sae.name}/{len(self.latents)} latents/{kind}"
         if kind == "decoder":
             self.directions = torch.stack([o.direction for o in self.singles], dim=1)  # [d_in, K]
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    @property
+    def norm_cap(self) -> float | str | None:
+        """The members' norm cap (one SAE, one guard: the same for all; see :func:`.objectives.resolve_norm_caps`)."""
+        return self.singles[0].norm_cap
 
     def label(self, k: int) -> str | None:
         return f"feature {self.latents[k]}"

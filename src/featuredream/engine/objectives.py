@@ -5,13 +5,18 @@ last of them) and maps ``{Site: activation}`` plus the attention mask to an :cla
 Per-token values are reduced over *real* positions only: ``last`` (the last real token, whatever the
 padding side), ``max`` or ``mean``.
 
-Norm guard: residual positions with "massive activations" (norm far above the median; SmolLM2's first
-token and ``\\n\\n``) give huge, meaningless SAE pre-activations. With a ``norm_cap`` such positions are
-not valid: ``max``/``mean`` skip them and ``last`` scores ``-inf`` when the last token is one of them.
+Norm guard, for every objective: positions with "massive activations" (norm far above the median;
+SmolLM2's first token and ``\\n\\n``) give huge, meaningless values on any direction. Positions whose
+activation norm is above the objective's ``norm_cap`` are not valid: ``max``/``mean`` skip them and
+``last`` scores ``-inf`` when the last token is one of them. An SAE objective uses the cap its statistics
+record; every other objective (and an SAE without statistics) uses its site's cap (:data:`SITE_CAP`, 3x the
+median norm there, measured once per model and site by :func:`resolve_norm_caps`, which every entry point
+calls). ``norm_guard=False`` turns the guard off, a number sets the cap.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -20,6 +25,8 @@ import torch
 from ..lm.saes import BoundSAE
 from ..lm.sites import Site
 from ..lm.tl import as_model
+
+log = logging.getLogger(__name__)
 
 REDUCTIONS = ("last", "max", "mean")
 
@@ -74,11 +81,63 @@ def reduce_positions(
     return torch.where(n > 0, total / n.clamp_min(1), fill)
 
 
-def guarded(x: torch.Tensor, mask: torch.Tensor, norm_cap: float | None) -> torch.Tensor:
-    """``valid [b, s]``: the real positions (``mask``) whose activation ``x [b, s, d]`` has a norm within
+SITE_CAP = "site"
+"""An objective's ``norm_cap`` before its site's cap is measured (:func:`resolve_norm_caps`). Called before
+that (an :class:`~.evaluate.Evaluator` used directly), the objective guards nothing and says so once."""
+_UNRESOLVED_WARNED: list[bool] = []
+
+
+def guarded(x: torch.Tensor, mask: torch.Tensor, norm_cap: float | str | None) -> torch.Tensor:
+    """``valid [b, s]``: the real positions (``mask``) whose activation ``x [b, s, ...]`` has a norm within
     ``norm_cap`` (the norm guard: a first token's "massive activation" never counts; None: no cap)."""
     valid = mask.bool()
-    return valid if norm_cap is None else valid & (x.float().norm(dim=-1) <= norm_cap)
+    if norm_cap is None:
+        return valid
+    if norm_cap == SITE_CAP:
+        if not _UNRESOLVED_WARNED:
+            _UNRESOLVED_WARNED.append(True)
+            log.warning(
+                "an objective's norm cap (its site's) is not measured, so no position is guarded: call "
+                "featuredream.engine.objectives.resolve_norm_caps(model, tokenizer, objective) first (dream, "
+                "reference_evaluate, the scans and attribution do), or pass norm_guard=False or a number"
+            )
+        return valid
+    return valid & (x.float().flatten(2).norm(dim=-1) <= norm_cap)
+
+
+def guard_cap(norm_guard: bool | float | None, recorded: float | None = None) -> float | str | None:
+    """The ``norm_cap`` a ``norm_guard`` option asks for: True -> ``recorded`` (an SAE's cap) or, without
+    one, the site's (:data:`SITE_CAP`); a number -> that cap; False / None -> no guard."""
+    if norm_guard is False or norm_guard is None:
+        return None
+    if norm_guard is True:
+        return recorded if recorded is not None else SITE_CAP
+    if isinstance(norm_guard, str) or not float(norm_guard) > 0:
+        raise ValueError(f"norm cap {norm_guard!r} is invalid: valid is True, False or a number > 0")
+    return float(norm_guard)
+
+
+def _leaves(objective) -> list:
+    """The objectives that hold caps inside ``objective`` (a group's members, a weighted sum's terms)."""
+    if hasattr(objective, "singles"):
+        return [o for single in objective.singles for o in _leaves(single)]
+    if isinstance(objective, WeightedSum):
+        return [o for _, term in objective.terms for o in _leaves(term)]
+    return [objective]
+
+
+def resolve_norm_caps(model, tokenizer, objective) -> None:
+    """Measure the site's norm cap (:func:`featuredream.lm.site_store.site_norm_cap`) of every part of
+    ``objective`` whose guard asks for it (in place; once per model and site, then cached)."""
+    from ..lm.site_store import site_norm_cap
+
+    for obj in _leaves(objective):
+        if getattr(obj, "norm_cap", None) == SITE_CAP:
+            obj.norm_cap = site_norm_cap(model, tokenizer, obj.site)
+        caps = getattr(obj, "norm_caps", None)
+        for site, cap in (caps or {}).items():
+            if cap == SITE_CAP:
+                caps[site] = site_norm_cap(model, tokenizer, site)
 
 
 class _SiteObjective:
@@ -87,7 +146,7 @@ class _SiteObjective:
     name: str
     site: Site
     reduce: str
-    norm_cap: float | None
+    norm_cap: float | str | None
 
     @property
     def sites(self) -> tuple[Site, ...]:
@@ -104,20 +163,15 @@ class _SiteObjective:
         return ObjectiveOutput(reduce_positions(vals, valid, mask, self.reduce), vals, valid)
 
 
-def _norm_cap(sae: BoundSAE, norm_guard: bool | float) -> float | None:
-    if norm_guard is False or norm_guard is None:
-        return None
-    if norm_guard is not True:
-        if float(norm_guard) <= 0:
-            raise ValueError(f"norm cap {norm_guard!r} must be > 0")
-        return float(norm_guard)
-    return sae.stats.norm_cap if sae.stats is not None else None
+def _norm_cap(sae: BoundSAE, norm_guard: bool | float) -> float | str | None:
+    return guard_cap(norm_guard, sae.stats.norm_cap if sae.stats is not None else None)
 
 
 class SAEEncoder(_SiteObjective):
     """A latent's encoder pre-activation (before ReLU / TopK / threshold), the quantity feature dreaming maximizes.
 
-    ``norm_guard``: True uses the cap recorded with the SAE (if any), a number sets it, False disables.
+    ``norm_guard``: True uses the cap recorded with the SAE (without one: the site's), a number sets it,
+    False disables.
     """
 
     def __init__(self, sae: BoundSAE, latent: int, reduce: str = "last", norm_guard: bool | float = True):
@@ -154,17 +208,21 @@ class DecoderProjection(_SiteObjective):
 
 
 class DirectionObjective(_SiteObjective):
-    """Projection of a site's activation on a user-given direction ``[width]`` (normalized)."""
+    """Projection of a site's activation on a user-given direction ``[width]`` (normalized).
+
+    ``norm_guard``: True (default) ignores positions above the site's norm cap, a number sets the cap,
+    False disables it.
+    """
 
     def __init__(
-        self, site: Site, direction: torch.Tensor, reduce: str = "last", norm_cap: float | None = None
+        self, site: Site, direction: torch.Tensor, reduce: str = "last", norm_guard: bool | float = True
     ):
         direction = torch.as_tensor(direction, dtype=torch.float32)
         if direction.ndim != 1 or not torch.isfinite(direction).all() or direction.norm() == 0:
             raise ValueError(
                 f"direction must be a finite, non-zero vector; got shape {tuple(direction.shape)}"
             )
-        self.site, self.reduce, self.norm_cap = site, check_reduce(reduce), norm_cap
+        self.site, self.reduce, self.norm_cap = site, check_reduce(reduce), guard_cap(norm_guard)
         self.direction = direction / direction.norm()
         self.name = f"direction@{site}"
 
@@ -177,7 +235,11 @@ class DirectionObjective(_SiteObjective):
 
 
 class FunctionObjective:
-    """A user callable ``fn(acts: dict[Site, Tensor]) -> token values [b, s]``, reduced like the others."""
+    """A user callable ``fn(acts: dict[Site, Tensor]) -> token values [b, s]``, reduced like the others.
+
+    ``norm_guard``: a position is valid only where every site it reads is under that site's norm cap
+    (True: each site's own, measured; a number: one cap for all; False: no guard).
+    """
 
     def __init__(
         self,
@@ -185,12 +247,14 @@ class FunctionObjective:
         sites: Sequence[Site],
         reduce: str = "last",
         name: str = "function",
+        norm_guard: bool | float = True,
     ):
         if not callable(fn):
             raise ValueError(f"objective function {fn!r} is not callable")
         if not sites:
             raise ValueError("a function objective must declare at least one site it reads")
         self.fn, self.sites, self.reduce, self.name = fn, tuple(sites), check_reduce(reduce), name
+        self.norm_caps: dict[Site, float | str | None] = {s: guard_cap(norm_guard) for s in self.sites}
 
     def __call__(self, acts: dict[Site, torch.Tensor], mask: torch.Tensor) -> ObjectiveOutput:
         mask = mask.bool()
@@ -199,8 +263,11 @@ class FunctionObjective:
             raise ValueError(
                 f"objective function returned shape {tuple(vals.shape)}, expected {tuple(mask.shape)}"
             )
+        valid = mask
+        for site, cap in self.norm_caps.items():
+            valid = valid & guarded(acts[site], mask, cap)
         vals = vals.masked_fill(~mask, 0.0)
-        return ObjectiveOutput(reduce_positions(vals, mask, mask, self.reduce), vals, mask)
+        return ObjectiveOutput(reduce_positions(vals, valid, mask, self.reduce), vals, valid)
 
 
 class WeightedSum:
@@ -269,6 +336,7 @@ class QueryDirection(DirectionObjective):
         reduce: str = "last",
         rotary: bool = False,
         model: torch.nn.Module | None = None,
+        norm_guard: bool | float = True,
     ):
         site = Site("attn_q_rot" if rotary else "attn_q", layer, head)
         if model is not None:
@@ -283,7 +351,7 @@ class QueryDirection(DirectionObjective):
                     f"direction has shape {tuple(torch.as_tensor(direction).shape)} but {site} has width "
                     f"{width}: valid is a vector of {width} numbers"
                 )
-        super().__init__(site, direction, reduce)
+        super().__init__(site, direction, reduce, norm_guard)
         self.name = f"query-direction@L{layer} H{head}" + (" (rotary)" if rotary else "")
 
 

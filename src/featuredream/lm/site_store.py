@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 STORE_TOKENS = 32_768
 STORE_CTX = 64
+NORM_CAP_MULT = 3.0
+"""A site's norm cap is this x the median norm of its activation (as SAE statistics record theirs)."""
+CAP_WINDOWS = 64
+"""Windows of the default corpus (drawn like the store's, 4096 positions) that give a site's median norm."""
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -48,14 +52,27 @@ def model_fingerprint(model: nn.Module) -> str:
     return f"{loaded_model_identity(model_name(model))}|emb:{hashlib.sha256(head).hexdigest()[:12]}{bos}"
 
 
+_WINDOWS: dict[tuple[int, int], tuple[object, torch.Tensor]] = {}
+"""Store windows made in this process, by (tokenizer id, windows): tokenizing the corpus takes seconds."""
+
+
 def store_windows(tok, tokens: int | None = None) -> torch.Tensor:
+    """:func:`corpus_windows`, made once per tokenizer and size in a process."""
+    n = max(1, (STORE_TOKENS if tokens is None else tokens) // STORE_CTX)
+    key = (id(tok), n)
+    if key not in _WINDOWS or _WINDOWS[key][0] is not tok:
+        _WINDOWS[key] = (tok, corpus_windows(tok, n * STORE_CTX))
+    return _WINDOWS[key][1]
+
+
+def corpus_windows(tok, tokens: int) -> torch.Tensor:
     """``[n, 64]`` windows of the default corpus' kept documents (not the held-out ones), ``n = tokens //
     64``, :data:`STORE_TOKENS` by default: the same number from each document, at evenly spaced places (each starts after a whitespace),
     so the sample spans every play and module page without tokenizing the whole corpus."""
     from .corpus import default_corpus
 
     docs = [d for i, d in enumerate(default_corpus()) if i % 10 != 3]
-    n = max(1, (STORE_TOKENS if tokens is None else tokens) // STORE_CTX)
+    n = max(1, tokens // STORE_CTX)
     per_doc = -(-n // len(docs))
     out: list[list[int]] = []
     for text in docs:
@@ -72,6 +89,16 @@ def _path(model_id: str, site: Site, digest: str) -> Path:
     return cache_dir() / "sites" / f"{key}-{digest}.safetensors"
 
 
+def missing_sites(
+    model: nn.Module, tok, sites: Sequence[Site], windows: torch.Tensor | None = None
+) -> list[Site]:
+    """The ``sites`` whose store is not cached yet (building one is a one-time cost: ~50 s for a SmolLM2
+    residual site on a 2-core CPU)."""
+    windows = store_windows(tok) if windows is None else windows
+    model_id, digest = model_fingerprint(model), windows_digest(windows)
+    return [s for s in sites if not _path(model_id, s, digest).exists()]
+
+
 @torch.no_grad()
 def site_store(
     model: nn.Module, tok, sites: Sequence[Site], *, windows: torch.Tensor | None = None, batch: int = 32
@@ -80,13 +107,10 @@ def site_store(
     ``windows``), each site read from the cache or captured (in one pass for the missing ones) and cached."""
     windows = store_windows(tok) if windows is None else windows
     model_id, digest = model_fingerprint(model), windows_digest(windows)
-    out, missing = {}, []
+    out, missing = {}, missing_sites(model, tok, sites, windows)
     for s in sites:
-        p = _path(model_id, s, digest)
-        if p.exists():
-            out[s] = load_file(str(p))["acts"]
-        else:
-            missing.append(s)
+        if s not in missing:
+            out[s] = load_file(str(_path(model_id, s, digest)))["acts"]
     if missing:
         log.info(
             "activation store: capturing %s on %d windows (once per model and site)", missing, len(windows)
@@ -105,3 +129,40 @@ def site_store(
             save_file({"acts": out[s].contiguous()}, str(tmp), metadata={"model": model_id, "site": str(s)})
             tmp.replace(p)
     return windows, out
+
+
+_CAPS: dict[tuple[str, str], float] = {}
+"""Site norm caps measured in this process, by (model fingerprint, site)."""
+
+
+def site_norm_cap(model: nn.Module, tok, site: Site) -> float:
+    """The norm guard of ``site`` for any objective without a recorded cap: :data:`NORM_CAP_MULT` x the
+    median norm of the site's activation over every position of :data:`CAP_WINDOWS` windows of the
+    default corpus (:func:`store_windows`). Positions above it are "massive activations" (SmolLM2's first token: a residual norm ~28k
+    against a median ~146 at layer 12), never a valid place to read a feature. Measured once per model and
+    site (~1 s), then read from memory or ``cache_dir()/sites/`` (JSON)."""
+    import json
+
+    model_id = model_fingerprint(model)
+    key = (model_id, f"{site.hook_name}|{site.head}")
+    if key in _CAPS:
+        return _CAPS[key]
+    path = _path(model_id, site, "cap").with_suffix(".json")
+    if path.exists():
+        _CAPS[key] = float(json.loads(path.read_text())["norm_cap"])
+        return _CAPS[key]
+    windows = store_windows(tok, CAP_WINDOWS * STORE_CTX)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        acts, _ = run_sites(model, [site], input_ids=windows.to(dev))
+    norms = acts[site].float().flatten(2).norm(dim=-1)
+    median = float(norms.median())
+    _CAPS[key] = NORM_CAP_MULT * median
+    record = {"norm_cap": _CAPS[key], "median_norm": median, "mult": NORM_CAP_MULT, "site": str(site)}
+    record |= {"windows_digest": windows_digest(windows), "positions": norms.numel(), "model": model_id}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    log.info("norm cap of %s: %.1f (%.0f x the median norm %.1f)", site, _CAPS[key], NORM_CAP_MULT, median)
+    return _CAPS[key]

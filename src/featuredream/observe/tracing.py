@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..checks import check_int
-from ..engine.objectives import Objective
+from ..engine.objectives import Objective, resolve_norm_caps
 from ..lm.models import embed_scale
 from ..lm.saes import BoundSAE
 from ..lm.sites import EDITABLE_KINDS, Site, head_columns, head_dim, hook_site, output_projection, run_sites
@@ -171,6 +171,7 @@ def attribution(
     per token; ``integrated_gradients``: the path integral from a zero embedding in ``steps`` midpoints.
     """
     model = as_model(model, tok)
+    resolve_norm_caps(model, tok, objective)
     if method not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}: valid are {', '.join(ATTRIBUTION_METHODS)}")
     if not isinstance(prompt, str) or not prompt.strip():

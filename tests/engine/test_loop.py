@@ -1,13 +1,16 @@
 import math
+import time
 
 import pytest
 import torch
+from helpers.massive import SITE as MSITE
+from helpers.massive import massive_token_model
 
 from featuredream.engine.buffer import frontier_update, rank_loss
 from featuredream.engine.config import DreamConfig, log_penalties
 from featuredream.engine.dream import dream
 from featuredream.engine.evaluate import reference_evaluate
-from featuredream.engine.objectives import SAEEncoder
+from featuredream.engine.objectives import DirectionObjective, SAEEncoder
 from featuredream.engine.results import DreamResult
 
 FAST = dict(
@@ -196,3 +199,46 @@ def test_ladder_rung_bests_survive_a_restart(tiny_llama, tiny_tokenizer, tiny_sa
         old, new = (float(r.buffer.lane_losses([t[lane]], lane)) for t in (tops, after))
         assert new <= old
     assert any(t.key() == tops[1].key() for t in r.buffer.entries)
+
+
+def test_a_dream_never_scores_a_massive_norm_token(tiny_llama, tiny_tokenizer, one_thread):
+    """Unguarded, a direction along a massive-norm token is "won" by ending on that token; guarded (the
+    default: the site's cap), the reported dream never ends there, and the reference path agrees."""
+    model, token, d = massive_token_model(tiny_llama, tiny_tokenizer)
+    cfg = DreamConfig(**{**FAST, "iters": 4}, seed=1)
+    hole = dream(model, tiny_tokenizer, DirectionObjective(MSITE, d, norm_guard=False), cfg)
+    assert hole.best.ids[-1] == token
+    r = dream(model, tiny_tokenizer, DirectionObjective(MSITE, d), cfg)
+    assert r.best.ids[-1] != token and r.best.activation < hole.best.activation / 10
+    assert r.norm_cap is not None and r.n_capped_positions > 0
+    assert all(p.ids[-1] != token for p in r.buffer)
+
+
+def test_the_time_budget_holds_and_one_time_costs_are_outside_it(
+    tiny_llama, tiny_tokenizer, tmp_path, monkeypatch, one_thread
+):
+    """Slow one-time steps (the activation store and the site's norm cap, 3 s each here) are recorded in
+    ``setup`` and do not eat the budget: the search still iterates, and start to verified result stays
+    within the budget + 1 s."""
+    from featuredream.lm import site_store
+
+    monkeypatch.setenv("FEATUREDREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(site_store, "STORE_TOKENS", 64 * 16)
+    real = site_store.run_sites
+
+    def slow(*a, **kw):  # every capture of the store (and of the norm cap's windows) takes 3 s more
+        time.sleep(3)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(site_store, "run_sites", slow)
+    obj = DirectionObjective(MSITE, torch.randn(64, generator=torch.Generator().manual_seed(0)))
+    cfg = DreamConfig(**{**FAST, "iters": 10_000}, time_budget=2.0, patience=None)
+    t = time.time()
+    r = dream(tiny_llama, tiny_tokenizer, obj, cfg)
+    total = time.time() - t
+    built = [s for s in r.setup if "activation store" in s.what and "built" in s.what]
+    assert len(built) == 1 and built[0].seconds >= 3
+    assert r.stop_reason == "time budget" and len(r.history) > 3
+    setup = sum(s.seconds for s in r.setup)
+    assert total - setup <= cfg.time_budget + 1.0, (total, setup)
+    assert DreamResult.from_json(r.to_json()).setup == r.setup

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from featuredream.engine.results import DreamResult, Prompt
 from featuredream.observe.card import CardData
 from featuredream.observe.card_html import render_card
+from featuredream.sweep.store import SweepRow
 from featuredream.sweep.summary import SweepSummary
 
 EVIL = "<script>alert('x')</script>"
@@ -91,10 +92,10 @@ def test_dream_result_html_without_statistics_or_ceiling_and_infeasible():
 
 def test_sweep_summary_html():
     rows = [
-        dict(feature=1, status="ok", ratio=1.5, feasible=True, xe=3.0, text="fine", error=None),
-        dict(feature=2, status="ok", ratio=0.25, feasible=True, xe=4.0, text=EVIL, error=None),
-        dict(feature=3, status="ok", ratio=2.0, feasible=False, xe=9.0, text="loud", error=None),
-        dict(feature=4, status="error", ratio=None, feasible=False, xe=None, text=None, error=EVIL),
+        SweepRow(1, "ok", 1.0, 3.0, 1.0, 1.5, True, "fine", None, 1.0),
+        SweepRow(2, "ok", 1.0, 4.0, 1.0, 0.25, True, EVIL, None, 1.0),
+        SweepRow(3, "ok", 1.0, 9.0, 1.0, 2.0, False, "loud", None, 1.0),
+        SweepRow(4, "error", None, None, None, None, False, None, EVIL, None),
     ]
     fp = dict(sae=EVIL, model="m", objective="sae/encoder", reduce="last", config={"xe_max": 6.5})
     page = SweepSummary(rows, fp)._repr_html_()

@@ -61,7 +61,7 @@ def test_store_is_idempotent_and_refuses_to_mix(sweep_dirs, tmp_path):
     store = SweepStore.open(out, spec)
     assert store.put([(4, FeatureError(4, "no start"))]) == 1
     assert store.put([(4, FeatureError(4, "again")), (5, FeatureError(5, "x"))]) == 1  # 4 kept as it was
-    assert store.done() == {4, 5} and [r["error"] for r in store.rows()] == ["no start", "x"]
+    assert store.done() == {4, 5} and [r.error for r in store.rows()] == ["no start", "x"]
     store.close()
     with pytest.raises(ValueError, match="already holds a sweep with 2 finished features: pass --resume"):
         SweepStore.open(out, spec)
@@ -209,10 +209,10 @@ def test_summary_index_and_cards(sweep_dirs, tmp_path):
     s = summarize(out)
     assert len(s.rows) == 5 and len(s.ok) == 4 and len(s.errors) == 1
     assert len(s.ratios) == 4 and all(r > -10 for r in s.ratios)
-    assert s.beat_fraction == sum(r["ratio"] >= 1 and r["feasible"] for r in s.ok) / 4
+    assert s.beat_fraction == sum(r.ratio >= 1 and r.feasible for r in s.ok) / 4
     text = format_summary(s, 2)
     assert "beat the dataset maximum" in text and "worst 2 features" in text and "failed 9" in text
-    worst = s.worst(1)[0]["feature"]
+    worst = s.worst(1)[0].feature
     assert write_cards(out, [worst]) == [out / "cards" / f"feature_{worst}.html"]
     page = write_index(out, s).read_text()
     assert f'href="cards/feature_{worst}.html"' in page and page.count("href=") == 1
@@ -323,7 +323,7 @@ def test_sweep_with_a_judge_summarizes_its_percentiles(sweep_dirs, tmp_path, mon
     assert len(s.judge_pcts) == 2 and all(0 <= p <= 100 for p in s.judge_pcts)
     store = SweepStore.read(out)
     try:
-        assert [r["judge_pct"] for r in store.rows()] == [store.result(f).judge["percentile"] for f in (0, 1)]
+        assert [r.judge_pct for r in store.rows()] == [store.result(f).judge["percentile"] for f in (0, 1)]
     finally:
         store.close()
     assert "judge percentile among natural prose: median" in format_summary(s)

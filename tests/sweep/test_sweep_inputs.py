@@ -27,6 +27,7 @@ from featuredream.sweep import (
     run_sweep,
 )
 from featuredream.sweep.ray_backend import task_cpus
+from featuredream.sweep.store import SweepRow
 from featuredream.sweep.summary import SweepSummary
 
 # the module, not the function featuredream.engine exports under the same name
@@ -274,12 +275,11 @@ def test_connections_are_closed_on_errors(sweep_dirs, tmp_path, monkeypatch):
 
 def test_worst_ranks_infeasible_first():
     """Doc and code agree: an infeasible dream ranks before every feasible one, whatever its ratio."""
-    rows = [
-        {"feature": 1, "status": "ok", "ratio": -0.5, "feasible": 1},
-        {"feature": 2, "status": "ok", "ratio": 3.0, "feasible": 0},
-        {"feature": 3, "status": "ok", "ratio": 0.2, "feasible": 1},
-    ]
-    assert [r["feature"] for r in SweepSummary(rows, {}).worst(3)] == [2, 1, 3]
+    def row(feature, ratio, feasible):
+        return SweepRow(feature, "ok", 1.0, 5.0, 1.0, ratio, feasible, "text", None, 1.0)
+
+    rows = [row(1, -0.5, True), row(2, 3.0, False), row(3, 0.2, True)]
+    assert [r.feature for r in SweepSummary(rows, {}).worst(3)] == [2, 1, 3]
     assert "rank first" in SweepSummary.worst.__doc__
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from .. import ready
@@ -26,6 +27,7 @@ from .options import (
     load_checked,
     load_checked_sae,
 )
+from .printout import print_result
 
 log = logging.getLogger("featuredream")
 
@@ -121,7 +123,12 @@ def cmd_dream(args) -> int:
     from ..engine.dream import dream
     from ..engine.interrupt import graceful_sigint
 
+    t_judge = time.time()
     judge = load_judge(args, model)
+    if judge is not None and time.time() - t_judge >= 2:
+        print(
+            f"setup       : judge {judge.name} loaded in {time.time() - t_judge:.1f} s (outside the time budget)"
+        )
     with graceful_sigint():  # Ctrl-C: stop after this iteration and write the best so far (twice: at once)
         ready.reached("dream-started")
         result = dream(model, tok, objective, cfg, judge=judge)
@@ -148,58 +155,6 @@ def load_judge(args, model):
         raise ValueError(
             f"--judge {args.judge!r} could not be loaded ({e}): valid is default, none or a model name"
         ) from None
-
-
-def print_result(result, cfg, what: str) -> None:
-    """The CLI's summary of one dream: best prompt, activation, XE and ceiling, ratio, judge, ladder."""
-    print(f"best prompt : {result.best.text!r}")
-    print(f"activation  : {result.best.activation:.3f}  ({what})")
-    print(
-        f"XE          : {result.best.xe:.3f}"
-        + (
-            f"  (limit {result.xe_limit:.3f} = xe_max {cfg.xe_max} at {len(result.best.ids)} tokens, "
-            f"feasible: {result.feasible})"
-            if result.xe_limit is not None
-            else "  (no fluency ceiling)"
-        )
-    )
-    if result.dataset_max is not None:
-        print(f"dataset max : {result.dataset_max:.3f}  ratio {result.ratio:.2f}  (from {result.dataset})")
-    if result.judge is not None:
-        j = result.judge
-        print(
-            f"judge       : percentile {j['percentile']:.0f} among natural prose (50 = typical; "
-            f"{j['judge']} XE {j['xe']:.2f} at {j['tokens']} tokens)"
-        )
-    print(
-        f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
-        f"{result.wall_time:.1f} s ({result.stop_reason})"
-    )
-    print(
-        f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}"
-    )
-    for line in ladder_lines(result):
-        print(line)
-
-
-def ladder_lines(result) -> list[str]:
-    """The fluency ladder as text rows: ceiling, activation, ratio, XE (limit), judge percentile, prompt."""
-    if not result.ladder:
-        return []
-    rows = [
-        f"ladder      : {'ceiling':>8} {'act':>8} {'ratio':>6} {'XE':>6} {'limit':>6} {'judge':>5}  prompt"
-    ]
-    for g in result.ladder:
-        ratio = result.ratio_of(g.prompt)
-        pct = g.judge["percentile"] if g.judge else float("nan")
-        lim = "" if g.xe_limit is None else f"{g.xe_limit:.2f}"
-        mark = "" if g.feasible else "  (nothing met this ceiling)"
-        rows.append(
-            f"{'':14}{g.ceiling:>8} {g.prompt.activation:8.2f} "
-            f"{'' if ratio is None else f'{ratio:.2f}':>6} {g.prompt.xe:6.2f} {lim:>6} "
-            f"{'' if pct != pct else f'{pct:.0f}':>5}  {g.prompt.text!r}{mark}"
-        )
-    return rows
 
 
 def _features_out(args) -> Path:

@@ -137,7 +137,7 @@ def cmd_sweep_summary(args) -> int:
     s = summarize(args.dir)
     print(format_summary(s, args.worst))
     if args.cards:
-        paths = write_cards(args.dir, [r["feature"] for r in s.worst(args.cards)])
+        paths = write_cards(args.dir, [r.feature for r in s.worst(args.cards)])
         print(f"wrote {len(paths)} feature cards in {Path(args.dir) / 'cards'}")
     if not args.no_plot and s.ratios:
         print(f"wrote {write_plot(args.dir, s)}")

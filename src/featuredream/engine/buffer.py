@@ -7,12 +7,15 @@ scores never ranked in.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
+from ..lm.readability import repeats
 from .fluency import XeLimit
+from .readable import ReadableRule, distinct_from
 
 _INFEASIBLE = 1e6
 
@@ -35,15 +38,24 @@ class Entry:
     score: float
     xe: float
     source: str
+    peak: float = math.nan
+    """The largest token surprisal (NaN: not computed)."""
 
     def key(self) -> tuple[int, ...]:
         return tuple(self.ids.tolist())
+
+    @functools.cached_property
+    def repeats(self) -> int:
+        """Repeated bigrams and immediate token repeats (:func:`featuredream.lm.readability.repeats`)."""
+        return repeats(self.ids.tolist())
 
 
 class Buffer:
     """The union over lanes of the best ``per_penalty`` distinct prompts of each lane. Lane ``j`` ranks by
     penalty ``penalties[j]`` under ceiling ``lane_limits[j]`` (default: ``xe_max`` for every lane); lane 0
-    is the run's own ranking (``entries`` are in its order; :meth:`feasible` and :meth:`loss` are its)."""
+    is the run's own ranking (``entries`` are in its order; :meth:`feasible` and :meth:`loss` are its). A
+    readable lane (:meth:`add_readable_lane`) ranks by a :class:`~.readable.ReadableRule` instead, keeps
+    only prompts in it (finite loss) and only prompts distinct from those it already keeps."""
 
     def __init__(
         self,
@@ -57,6 +69,33 @@ class Buffer:
         if len(self.lane_limits) != len(penalties):
             raise ValueError(f"{len(self.lane_limits)} lane ceilings for {len(penalties)} lanes")
         self.entries: list[Entry] = []
+        self.rules: dict[int, ReadableRule] = {}
+        self.distinct: dict[int, float] = {}
+
+    def add_readable_lane(self, rule: ReadableRule, size: int, distinct: float) -> int:
+        """Append a readable lane of ``size`` prompts, pairwise at most ``distinct`` overlapping; its index."""
+        lane = len(self.per)
+        self.penalties.append(0.0)
+        self.per.append(size)
+        self.lane_limits.append(rule.limit)
+        self.rules[lane], self.distinct[lane] = rule, distinct
+        self.merge([])
+        return lane
+
+    @property
+    def readable_lane(self) -> int | None:
+        """The readable lane's index (None: there is none)."""
+        return next(iter(self.rules), None)
+
+    def lane_members(self, lane: int) -> list[Entry]:
+        """The entries ``lane`` keeps, best first (a readable lane: those in it, distinct)."""
+        if not self.entries:
+            return []
+        losses = self.lane_losses(self.entries, lane)
+        order = torch.argsort(losses, stable=True).tolist()
+        return self._pick(
+            lane, [self.entries[i] for i in order if math.isfinite(losses[i]) or lane not in self.rules]
+        )
 
     def limits(self, entries: list[Entry], lane: int = 0) -> torch.Tensor | None:
         """Each entry's XE ceiling at its own length in ``lane`` ``[n]`` (None: no ceiling)."""
@@ -68,18 +107,35 @@ class Buffer:
 
     def lane_losses(self, entries: list[Entry], lane: int) -> torch.Tensor:
         """``[n]`` the entries' losses in ``lane``."""
+        if lane in self.rules:
+            return self.rules[lane].losses(entries)
         scores = torch.tensor([e.score for e in entries])
         xe = torch.tensor([e.xe for e in entries])
         return rank_loss(scores, xe, self.penalties[lane], self.limits(entries, lane))
 
+    def _pick(self, lane: int, ordered: list[Entry]) -> list[Entry]:
+        """The first ``per[lane]`` of ``ordered`` that the lane keeps (distinct ones for a readable lane)."""
+        if lane not in self.distinct:
+            return ordered[: self.per[lane]]
+        kept: list[Entry] = []
+        for e in ordered:
+            if len(kept) == self.per[lane]:
+                break
+            if distinct_from(e.ids.tolist(), [k.ids.tolist() for k in kept], self.distinct[lane]):
+                kept.append(e)
+        return kept
+
     def merge(self, cands: list[Entry]) -> None:
         pool_l = list({e.key(): e for e in self.entries + cands}.values())
         keep: dict[tuple, Entry] = {}
-        for lane, per in enumerate(self.per):
-            order = torch.argsort(self.lane_losses(pool_l, lane), stable=True)
-            for i in order[:per].tolist():
-                if math.isfinite(pool_l[i].score):
-                    keep.setdefault(pool_l[i].key(), pool_l[i])
+        for lane in range(len(self.per)):
+            losses = self.lane_losses(pool_l, lane)
+            order = torch.argsort(losses, stable=True).tolist()
+            if lane in self.rules:  # only prompts in the lane
+                order = [i for i in order if math.isfinite(losses[i])]
+            for e in self._pick(lane, [pool_l[i] for i in order]):
+                if math.isfinite(e.score):
+                    keep.setdefault(e.key(), e)
         vals = list(keep.values())
         primary = self.lane_losses(vals, 0) if vals else torch.empty(0)
         self.entries = [vals[i] for i in torch.argsort(primary, stable=True).tolist()]
@@ -99,6 +155,9 @@ class Buffer:
         """
         bounds = []
         for lane, per in enumerate(self.per):
+            if lane in self.rules:  # any prompt reaching the floor may be the most readable one
+                bounds.append(self.rules[lane].entry_bound())
+                continue
             losses = self.lane_losses(self.entries, lane)
             if len(losses) < per:
                 return None

@@ -9,6 +9,9 @@ from ..checks import check_int
 from .fluency import parse_xe_max
 
 STARTS = ("auto", "prompt", "dataset", "samples")
+GOALS = ("readable", "max")
+MAX_DREAMS = 16
+"""``dreams`` at most: the readable lane holds that many prompts, each a parent in turn."""
 DEFAULT_LADDER = ("p50", "p75", "p90", None)
 """The CLI's fluency ladder (``--ladder``): the most activating prompt at each of these ceilings."""
 
@@ -20,7 +23,11 @@ class DreamConfig:
     iters: int = 200
     """Maximum iterations (one parent, ``n_children`` children each)."""
     time_budget: float | None = None
-    """Wall-clock budget in seconds (None: no limit)."""
+    """Wall-clock budget in seconds (None: no limit) for the search: the start pool, the iterations and the
+    verification of the results; the search stops when one more iteration and the verification would
+    overrun it. One-time costs cached for later runs come before it and are printed on their own (building a
+    site's activation store, measuring its norm cap, the XE table, loading the judge); the judge's scoring
+    of the results (about a second) comes after it."""
     seed: int = 0
     """Seed of every random choice; the same seed on the same device gives the same result."""
     init_prompt: str | None = None
@@ -72,6 +79,32 @@ class DreamConfig:
     which the result also reports the most activating prompt found (``DreamResult.ladder``). Each rung keeps
     its best in its own buffer slot, so rungs share the iteration's children and parents (as ``pareto``
     does); a looser rung's activation is never below a stricter one's. None: no ladder."""
+    goal: str = "readable"
+    """What the headline (``best``) is. 'readable': the most readable prompt whose activation reaches
+    ``floor`` (lowest XE above natural text of its length, no token far more surprising than natural text
+    shows, no degenerate repetition: featuredream.lm.readability), or the most activating prompt under the
+    ceiling when nothing reached the floor; 'max': always the most activating prompt under the ceiling."""
+    floor: float | str | None = "1.0x"
+    """The activation a readable headline must reach: 'Nx' is N times the feature's dataset maximum (its
+    statistics or a corpus scan), a number is that activation. Without a known maximum a ratio floor falls
+    back to the most activating prompt (said once)."""
+    dreams: int = 1
+    """Distinct dreams to return (DreamResult.dreams), each the most readable above the floor that was
+    found; no two share more than ``distinct_overlap`` of their tokens."""
+    distinct_overlap: float = 0.5
+    """Two prompts are distinct when at most this share of the shorter one's distinct tokens occur in the
+    other."""
+    readable_share: float = 0.5
+    """Once a prompt reaches the floor, the share of iterations whose parent comes from the readable lane
+    (the others keep climbing activation, for the ladder and for the lane)."""
+    readable_xe_weight: float = 3.0
+    """The XE weight of a readable-lane parent's gradient, so GCG proposes swaps that lower XE."""
+    surprisal_guard: bool = True
+    """Rank a prompt with a token more surprising than the 95th percentile of natural text's most
+    surprising token at that length after every prompt without one (readable goal)."""
+    repetition_guard: bool = True
+    """Rank a prompt with more repeated bigrams and immediate repeats than the 95th percentile of natural
+    text of that length after every prompt without (readable goal)."""
     patience: int | None = 60
     """Iterations without improvement of the best loss before a restart (or stop); None: never."""
     restarts: int = 0
@@ -145,24 +178,86 @@ class DreamConfig:
             if isinstance(self.ladder, str) or not self.ladder:
                 raise bad("ladder", "a non-empty list of ceilings (numbers, pNN or none)")
             object.__setattr__(self, "ladder", tuple(parse_xe_max(c) for c in self.ladder))
+        self._check_readable(bad)
         if self.patience is not None and self.patience < 1:
             raise bad("patience", "an integer >= 1 (or None)")
         if self.restarts < 0:
             raise bad("restarts", "an integer >= 0")
 
+    def _check_readable(self, bad) -> None:
+        """The readable goal's fields (``bad(name, valid)`` makes the error)."""
+        if self.goal not in GOALS:
+            raise bad("goal", "one of " + ", ".join(GOALS))
+        object.__setattr__(self, "floor", parse_floor(self.floor))
+        if (
+            isinstance(self.dreams, bool)
+            or not isinstance(self.dreams, int)
+            or not 1 <= self.dreams <= MAX_DREAMS
+        ):
+            raise bad("dreams", f"an integer in 1..{MAX_DREAMS} (what the readable lane holds)")
+        for name in ("distinct_overlap", "readable_share"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 <= v <= 1):
+                raise bad(name, "a number in [0, 1]")
+        if not (isinstance(self.readable_xe_weight, int | float) and 0 <= self.readable_xe_weight < math.inf):
+            raise bad("readable_xe_weight", "a finite number >= 0")
+
     @property
     def needs_xe(self) -> bool:
-        """XE must be computed for every candidate (a fluency term or the frontier is in use)."""
+        """XE must be computed for every candidate (a fluency term, the frontier, the ladder or the readable
+        goal is in use)."""
         return (
             self.xe_max is not None
             or self.xe_regularization > 0
             or self.pareto is not None
             or self.ladder is not None
+            or self.readable
         )
+
+    @property
+    def readable(self) -> bool:
+        """The headline is the most readable prompt above a floor (``goal='readable'`` with a floor)."""
+        return self.goal == "readable" and self.floor is not None
 
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+FLOOR_VALID = "a positive ratio of the dataset maximum like 1.0x, a number (an activation), or none"
+
+
+def parse_floor(value: object) -> float | str | None:
+    """``floor`` as given -> ``'Nx'`` (normalized, N > 0), a float, or None; ValueError naming the value
+    and the valid forms otherwise."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off")):
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            if text.endswith("x"):
+                ratio = float(text[:-1])
+                if not (math.isfinite(ratio) and ratio > 0):
+                    raise ValueError
+                return f"{ratio:g}x"
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"floor={value!r} is invalid: valid is {FLOOR_VALID}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"floor={value!r} is invalid: valid is {FLOOR_VALID}")
+    return float(value)
+
+
+def floor_value(floor: float | str | None, dataset_max: float | None) -> float | None:
+    """The activation a ``floor`` (parsed) asks for, given the feature's dataset maximum (None: no floor
+    can be set: no floor given, or a ratio floor without a positive maximum)."""
+    if floor is None:
+        return None
+    if isinstance(floor, str):
+        if dataset_max is None or not dataset_max > 0:
+            return None
+        return float(floor[:-1]) * dataset_max
+    return float(floor)
 
 
 FIELD_DOCS = "field_docs.json"

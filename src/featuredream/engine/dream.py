@@ -41,15 +41,17 @@ def dream(
 
 
 def judge_results(results: Sequence, judge: FluencyJudge | None) -> None:
-    """Score every result's best prompt and ladder rungs with ``judge`` (in place; nothing without one)."""
+    """Score every result's best prompt, ladder rungs and dreams with ``judge`` (in place; nothing without one)."""
     if judge is None:
         return
     done = [r for r in results if isinstance(r, DreamResult)]
-    prompts = [p for r in done for p in [r.best] + [g.prompt for g in r.ladder]]
+    prompts = [
+        p for r in done for p in [r.best] + [g.prompt for g in r.ladder] + [d.prompt for d in r.dreams]
+    ]
     scores = iter(judge.score([p.text for p in prompts]))
     for r in done:
         r.judge = next(scores).to_dict()
-        for g in r.ladder:
+        for g in [*r.ladder, *r.dreams]:
             g.judge = next(scores).to_dict()
 
 

@@ -24,10 +24,10 @@ from torch import nn
 
 from ..lm.sites import run_sites
 from ..lm.tl import as_model
-from ..lm.xe import sequence_xe
+from ..lm.xe import xe_and_peak
 from .batch import length_mask, pad_right
 from .group import ObjectiveGroup, as_group
-from .objectives import Objective
+from .objectives import Objective, resolve_norm_caps
 from .prefix_cache import (
     BUCKET_OVERHEAD,
     plan_buckets,
@@ -51,12 +51,14 @@ __all__ = [
 
 class EvalOutput(NamedTuple):
     """``scores [b]``, ``xe [b]`` (NaN when not computed), ``token_acts [b, s]`` (None where the loop only
-    needs scores: its batches keep no per-token values), ``valid [b, s]`` (positions the norm guard kept)."""
+    needs scores: its batches keep no per-token values), ``valid [b, s]`` (positions the norm guard kept),
+    ``peak [b]`` (the largest token surprisal; NaN where XE was not computed)."""
 
     scores: torch.Tensor
     xe: torch.Tensor
     token_acts: torch.Tensor | None
     valid: torch.Tensor
+    peak: torch.Tensor | None = None
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -102,15 +104,17 @@ class Evaluator:
     def finish(
         self, acts: dict, ids: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor, xe
     ) -> EvalOutput:
-        """Objective on captured ``acts`` (``[b, s, ...]`` per site) of ``ids [b, s]``; XE NaN when None."""
+        """Objective on captured ``acts`` (``[b, s, ...]`` per site) of ``ids [b, s]``; ``xe``: ``(xe [b],
+        peak [b])`` or None (both NaN)."""
         out = self.objective(acts, length_mask(lengths, ids.shape[1]), owner)
-        xe = torch.full_like(out.scores, torch.nan) if xe is None else xe
-        return EvalOutput(out.scores.float(), xe.float(), out.token_acts, out.valid)
+        nan = torch.full_like(out.scores, torch.nan)
+        xe, peak = (nan, nan) if xe is None else xe
+        return EvalOutput(out.scores.float(), xe.float(), out.token_acts, out.valid, peak.float())
 
     @torch.no_grad()
     def _run(self, ids: torch.Tensor, lengths: torch.Tensor, owner: torch.Tensor) -> EvalOutput:
         acts, logits = run_sites(self.model, self.objective.sites, input_ids=ids, logits=self.need_xe)
-        xe = sequence_xe(logits, ids, length_mask(lengths, ids.shape[1])) if self.need_xe else None
+        xe = xe_and_peak(logits, ids, length_mask(lengths, ids.shape[1])) if self.need_xe else None
         return self.finish(acts, ids, lengths, owner, xe)
 
     def chunked(
@@ -184,6 +188,7 @@ class Evaluator:
                 if p == 0:
                     return self._run(c_ids, c_len, owner[sel])
                 acts, xe = run_tails(self.model, sites, par, rows[sel], p, c_ids, c_len, logits=self.need_xe)
+                # xe: (xe [n], peak [n]) or None
                 return self.finish(acts, c_ids, c_len, owner[sel], xe)
 
             parts += self.chunked(idx[torch.argsort(lengths[idx], stable=True)], tail)
@@ -210,15 +215,21 @@ def cat_outputs(parts: list[EvalOutput], seq: int) -> EvalOutput:
         torch.cat([p.xe for p in parts]),
         torch.cat([nn.functional.pad(p.token_acts, (0, seq - p.token_acts.shape[1])) for p in parts]),
         torch.cat([nn.functional.pad(p.valid, (0, seq - p.valid.shape[1])) for p in parts]),
+        torch.cat([_peak(p) for p in parts]),
     )
+
+
+def _peak(out: EvalOutput) -> torch.Tensor:
+    return out.peak if out.peak is not None else torch.full_like(out.scores, torch.nan)
 
 
 @torch.no_grad()
 def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts: list[str]) -> EvalOutput:
     """Score each string on its own: tokenize it afresh, full forward, no padding. Slow and simple."""
     model = as_model(model, tokenizer)
+    resolve_norm_caps(model, tokenizer, objective)
     dev = next(model.parameters()).device
-    scores, xes, acts, valids = [], [], [], []
+    scores, xes, acts, valids, peaks = [], [], [], [], []
     for text in texts:
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=dev)
         mask = torch.ones_like(ids, dtype=torch.bool)
@@ -227,10 +238,14 @@ def reference_evaluate(model: nn.Module, tokenizer, objective: Objective, texts:
         )
         out = objective(captured, mask)
         scores.append(out.scores.float())
-        xes.append(sequence_xe(logits, ids, mask).float())
+        xe, peak = xe_and_peak(logits, ids, mask)
+        xes.append(xe.float())
+        peaks.append(peak.float())
         acts.append(out.token_acts[0])
         valids.append(out.valid[0])
-    parts = [EvalOutput(s, x, a[None], v[None]) for s, x, a, v in zip(scores, xes, acts, valids)]
+    parts = [
+        EvalOutput(s, x, a[None], v[None], pk) for s, x, a, v, pk in zip(scores, xes, acts, valids, peaks)
+    ]
     return cat_outputs(parts, max(len(a) for a in acts))
 
 
@@ -251,12 +266,14 @@ def cascade(
         scores[casc], valid[c] = first.scores.cpu(), first.valid
         go[casc] = first.scores.double().cpu() > bound[casc]
     xe = torch.full((len(ids),), torch.inf)
+    peak = torch.full((len(ids),), torch.nan)
     fin = go.nonzero().squeeze(1)
     if len(fin):
         f = fin.to(ids.device)
         out = full(ids[f], lengths[f], owner[f], parents)
         xe[fin] = out.xe.cpu()
+        peak[fin] = out.peak.cpu()
         d = direct[fin]
         scores[fin[d]] = out.scores.cpu()[d]
         valid[f[d.to(ids.device)]] = out.valid[d.to(ids.device)]
-    return EvalOutput(scores, xe, None, valid)
+    return EvalOutput(scores, xe, None, valid, peak)

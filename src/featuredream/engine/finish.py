@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
 from ..lm.models import model_name
 from .buffer import rank_loss
 from .evaluate import reference_evaluate
-from .results import DreamResult, Prompt, Rung
+from .headline import activating_order, dream_record, pick_dreams, reference_entries
+from .results import Dream, DreamResult, Prompt, Rung, SetupStep
 
 log = logging.getLogger(__name__)
 
@@ -30,44 +31,43 @@ def prompt_record(tokenizer, ids: list[int], score: float, xe: float, token_acts
 
 
 def finish_result(
-    model, tokenizer, run, *, wall_time: float, interrupted: bool, multi: dict | None = None
+    model,
+    tokenizer,
+    run,
+    *,
+    wall_time: float,
+    interrupted: bool,
+    multi: dict | None = None,
+    setup: list[SetupStep] | None = None,
 ) -> DreamResult:
     """Re-score ``run``'s best prompt (and buffer, and frontier) from their decoded strings with the
     reference path and build its :class:`DreamResult`. ``run``: a :class:`~.state.FeatureRun`;
-    ``wall_time``: the search's seconds; ``multi``: a group run's undivided figures (``environment``)."""
+    ``wall_time``: the search's seconds; ``multi``: a group run's undivided figures (``environment``);
+    ``setup``: the one-time steps before the search."""
     t_verify = time.time()
     objective, cfg, limit = run.objective, run.cfg, run.buffer.limit
-    entries = [run.best] + [e for e in run.buffer.entries if e is not run.best]
+    entries = candidates(run)
     texts = [tokenizer.decode(e.ids.tolist()) for e in entries]
     ref = reference_evaluate(model, tokenizer, objective, texts)
-    i_best, best_p = _reported_best(tokenizer, run, entries, texts, ref)
-    best = entries[i_best]
+    choice = _choose(tokenizer, run, entries, texts, ref)
+    best, best_p = entries[choice.index], choice.prompt
     xe_limit = None if limit is None else limit.at(len(best_p.ids))
     feasible = xe_limit is None or best_p.xe <= xe_limit
     if not feasible:
         log.warning(
-            "no candidate satisfied xe_max=%s (%.2f at %d tokens); reporting the best infeasible prompt (XE %.2f)",
-            cfg.xe_max,
-            xe_limit,
-            len(best_p.ids),
-            best_p.xe,
+            "no candidate met xe_max=%s (%.2f at %d tokens); reporting the least infeasible (XE %.2f)",
+            *(cfg.xe_max, xe_limit, len(best_p.ids), best_p.xe),
         )
-    counters = run.counters
-    sae = getattr(objective, "sae", None)
     return DreamResult(
         best=best_p,
         buffer=[
-            prompt_record(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i]) for i, e in enumerate(entries)
+            prompt_record(tokenizer, e.ids.tolist(), ref.scores[i], ref.xe[i])
+            for i, e in enumerate(entries)
+            if i <= len(run.buffer.entries)
         ],
         history=[asdict(h) for h in run.history],
         frontier=_frontier(model, tokenizer, objective, run.frontier.members()),
-        config=asdict(cfg),
-        objective=objective.name,
-        model=model_name(model),
-        sae=sae.name if sae is not None else None,
-        feature=getattr(objective, "latent", None),
-        site=", ".join(str(s) for s in objective.sites),
-        seed=cfg.seed,
+        **_identity(model, objective, cfg),
         wall_time=wall_time,
         start=run.start,
         feasible=feasible,
@@ -75,26 +75,69 @@ def finish_result(
         xe_limits=None if limit is None else limit.describe(cfg.min_tokens, cfg.max_tokens),
         interrupted=interrupted,
         stop_reason=run.stop_reason,
-        n_evaluated=counters.evaluated,
-        n_nonfinite=counters.nonfinite,
-        n_dropped_retokenization=run.canon.dropped,
-        n_capped_positions=counters.capped,
+        **_counts(run),
         **_dataset_max(run),
         ladder=_ladder(tokenizer, run, entries, texts, ref),
         verification={**_verification(model, best, best_p, cfg.needs_xe), "seconds": time.time() - t_verify},
         environment=_environment(model) | ({"multi": multi} if multi is not None else {}),
+        setup=list(setup or []),
+        norm_cap=_norm_cap(objective),
+        headline=choice.headline,
+        floor=run.floor,
+        most_activating=choice.most_activating,
+        dreams=choice.dreams,
     )
 
 
-def _reported_best(tokenizer, run, entries, texts: list[str], ref) -> tuple[int, Prompt]:
-    """The reported best: chosen on the reference values (so feasibility cannot flip between the paths),
-    with its re-encoded ids and per-token activations."""
-    cfg, limit = run.cfg, run.buffer.limit
-    ref_xe = ref.xe if cfg.needs_xe else torch.full_like(ref.xe, torch.nan)
-    lims = None if limit is None else limit.of([len(e.ids) for e in entries])
-    i = int(torch.argmin(rank_loss(ref.scores.cpu(), ref_xe.cpu(), cfg.xe_regularization, lims)))
-    ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
-    return i, prompt_record(tokenizer, ids, ref.scores[i], ref.xe[i], ref.token_acts[i, : len(ids)].tolist())
+def _norm_cap(objective) -> float | None:
+    """The objective's norm cap (one site's), None without a guard or with several sites."""
+    cap = getattr(objective, "norm_cap", None)
+    if cap is None and len(getattr(objective, "norm_caps", None) or {}) == 1:
+        cap = next(iter(objective.norm_caps.values()))
+    return float(cap) if isinstance(cap, int | float) else None
+
+
+def candidates(run) -> list:
+    """What the result chooses from: the best entry, the buffer (every lane), and, when several dreams are
+    asked for, the best ``4 * dreams`` start prompts not used (other windows: distinct dreams to fill with)."""
+    entries = [run.best] + [e for e in run.buffer.entries if e is not run.best]
+    if run.cfg.dreams > 1:
+        keys = {e.key() for e in entries}
+        entries += [e for e in run.unused[: 4 * run.cfg.dreams] if e.key() not in keys]
+    return entries
+
+
+@dataclass
+class Choice:
+    """What a result reports, chosen on the reference values (so feasibility or the floor cannot flip
+    between the paths): the headline's index among the candidates and its prompt, its kind, the most
+    activating prompt and the distinct dreams."""
+
+    index: int
+    prompt: Prompt
+    headline: str
+    most_activating: Prompt
+    dreams: list[Dream]
+
+
+def _choose(tokenizer, run, entries, texts: list[str], ref) -> Choice:
+    """The headline (the most readable candidate reaching the floor, else the most activating under the
+    ceiling), the most activating one and the dreams (:mod:`.headline`), each with its re-encoded ids and
+    per-token activations."""
+
+    def prompt(i: int) -> Prompt:
+        ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+        return prompt_record(tokenizer, ids, ref.scores[i], ref.xe[i], ref.token_acts[i, : len(ids)].tolist())
+
+    ref_entries = reference_entries(entries, ref)
+    i_max = activating_order(run, ref_entries)[0]
+    picked, above, _ = pick_dreams(run, ref_entries)
+    lane = run.buffer.readable_lane
+    rule = run.buffer.rules[lane] if lane is not None else None
+    dreams = [dream_record(prompt(i), ref_entries[i], a, rule) for i, a in zip(picked, above)]
+    if above and above[0]:
+        return Choice(picked[0], dreams[0].prompt, "readable", prompt(i_max), dreams)
+    return Choice(i_max, prompt(i_max), "most activating", prompt(i_max), dreams)
 
 
 def _ladder(tokenizer, run, entries, texts: list[str], ref) -> list[Rung]:
@@ -113,14 +156,36 @@ def _ladder(tokenizer, run, entries, texts: list[str], ref) -> list[Rung]:
     return out
 
 
+def _identity(model, objective, cfg) -> dict:
+    """What was dreamed: config, objective, model, SAE, feature, site, seed."""
+    sae = getattr(objective, "sae", None)
+    return dict(
+        config=asdict(cfg),
+        objective=objective.name,
+        model=model_name(model),
+        sae=sae.name if sae is not None else None,
+        feature=getattr(objective, "latent", None),
+        site=", ".join(str(s) for s in objective.sites),
+        seed=cfg.seed,
+    )
+
+
+def _counts(run) -> dict:
+    """The result's candidate counts: evaluated, non-finite, dropped at re-encoding, capped positions."""
+    c = run.counters
+    return dict(
+        n_evaluated=c.evaluated,
+        n_nonfinite=c.nonfinite,
+        n_dropped_retokenization=run.canon.dropped,
+        n_capped_positions=c.capped,
+    )
+
+
 def _dataset_max(run) -> dict:
     """The ratio's denominator and its source: the maximum of the examples the start used (statistics or
     corpus scan), else the one the objective's SAE statistics record."""
-    if run.dataset is not None and run.dataset.maximum is not None:
-        return {"dataset_max": run.dataset.maximum, "dataset": run.dataset.source}
-    objective = run.objective
-    known = objective.dataset_max() if hasattr(objective, "dataset_max") else None
-    return {"dataset_max": known, "dataset": None if known is None else "SAE statistics"}
+    dmax, source = run.dataset_maximum()
+    return {"dataset_max": dmax, "dataset": source}
 
 
 def _verification(model, fast, reported: Prompt, needs_xe: bool) -> dict:

@@ -35,27 +35,30 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..lm.readability import readability
 from ..lm.tl import as_model
 from .batch import pad_right
-from .buffer import Buffer, Entry
-from .children import Canonicalizer, banned_ids, make_children
+from .buffer import Entry
+from .children import banned_ids, make_children
+from .clock import Clock, prepare_stores
 from .config import DreamConfig, default_children
-from .corpus_scan import dataset_examples
+from .corpus_scan import stats_examples
 from .evaluate import EvalOutput, Evaluator, cascade
-from .finish import finish_result
-from .fluency import resolve_xe_limit
+from .finish import candidates, finish_result
 from .group import ObjectiveGroup, Single, check_device
 from .interrupt import stop_requested
+from .loop_start import StartPhase
+from .objectives import resolve_norm_caps
 from .parent_grads import batched_parent_signals
 from .prefix_cache import PREFIX_MIN_CHILDREN
 from .results import FeatureError
-from .starts import check_context, model_samples, scanned_samples, start_pool
-from .state import FeatureRun, HistoryRow, Job, RungSpec
+from .starts import check_context
+from .state import FeatureRun, HistoryRow, Job, new_run
 
 log = logging.getLogger(__name__)
 
 
-class DreamLoop:
+class DreamLoop(StartPhase):
     """The engine: ``DreamLoop(model, tokenizer, group, config, seeds).run()`` -> one result per feature.
 
     ``seeds[k]`` (default: ``config.seed`` for all) is feature k's seed.
@@ -69,7 +72,7 @@ class DreamLoop:
             raise ValueError(f"{len(seeds)} seeds for {K} latents: valid is one seed per latent")
         self.model, self.tok, self.group = model, tokenizer, group
         self.dev = next(model.parameters()).device
-        self.t0 = time.time()
+        self.clock = Clock(config.time_budget)  # restarted when the search starts: setup is outside it
         torch.manual_seed(config.seed)
         if config.n_children is None:
             config = replace(config, n_children=default_children(self.dev.type))
@@ -79,6 +82,8 @@ class DreamLoop:
         for single in group.singles:
             check_device(single, self.dev)
             check_context(cfg, single)
+        with self.clock.timed("norm cap of the objective's site (3x its median norm, cached)"):
+            resolve_norm_caps(model, tokenizer, group)  # the site's cap for objectives without a recorded one
         self.banned = banned_ids(tokenizer, self.vocab).to(self.dev)
         fast = dict(batch_size=cfg.batch_size, prefix_cache=cfg.prefix_cache)
         self.full = Evaluator(model, group, need_xe=cfg.needs_xe, **fast)
@@ -86,6 +91,10 @@ class DreamLoop:
         self.cascade = cfg.needs_xe and cfg.cascade and cfg.pareto is None
         self.scorer = Evaluator(model, group, need_xe=False, **fast)
         self._xe_table: dict | None = None
+        self.readability = None
+        if cfg.readable:
+            with self.clock.timed("the model's readability reference on prose (cached)"):
+                self.readability = readability(model, tokenizer)
         self.runs = [self._new_run(k, seed) for k, seed in enumerate(seeds)]
         self.interrupted = False
         self.loop_seconds = 0.0
@@ -97,106 +106,19 @@ class DreamLoop:
         from ..lm.xe_table import reference_xe_table
 
         if self._xe_table is None:
-            self._xe_table = reference_xe_table(self.model, self.tok, model_fingerprint(self.model))
+            with self.clock.timed("the model's natural-text XE table (cached)"):
+                self._xe_table = reference_xe_table(self.model, self.tok, model_fingerprint(self.model))
         return self._xe_table
 
     def _new_run(self, k: int, seed: int) -> FeatureRun:
-        cfg, single = replace(self.cfg, seed=seed), self.group.singles[k]
-        pareto, ladder = list(cfg.pareto or ()), list(cfg.ladder or ())
-        limit = resolve_xe_limit(cfg.xe_max, single, cfg.max_tokens, self._model_xe_table)
-        rungs = [
-            RungSpec(
-                c, resolve_xe_limit(c, single, cfg.max_tokens, self._model_xe_table), 1 + len(pareto) + i
-            )
-            for i, c in enumerate(ladder)
-        ]
-        buffer = Buffer(
-            [cfg.xe_regularization]
-            + pareto
-            + [0.0] * len(rungs),  # a rung: most activating under its ceiling
-            [cfg.buffer_size] + [1] * (len(pareto) + len(rungs)),
-            limit,
-            [limit] * (1 + len(pareto)) + [r.limit for r in rungs],
-        )
-        return FeatureRun(
-            k,
-            single,
-            cfg,
-            torch.Generator(device="cpu").manual_seed(seed),
-            buffer,
-            Canonicalizer(self.tok, cfg.min_tokens, cfg.max_tokens),
-            label=self.group.label(k),
-            restarts_left=cfg.restarts,
-            rungs=rungs,
-        )
-
-    # ---- start ----
-    def start(self, errors: str = "raise") -> None:
-        """Score every feature's start pool in one batch and fill the buffers. A feature that cannot start
-        raises ``ValueError`` (``errors='raise'``) or is recorded and skipped (``'record'``)."""
-        jobs = [job for r in self.runs if (job := self._start_job(r)) is not None]
-        entries = self.evaluate(jobs)
-        for r in self.runs:
-            if r.error is None and not entries.get(r.k):
-                r.error = "every start prompt scored non-finite (norm cap on every position?)"
-            if r.error is not None:
-                r.active = False
-                if errors == "raise":
-                    raise ValueError(f"{r.label}: {r.error}" if r.label else r.error)
-                continue
-            r.unused = sorted(entries[r.k], key=r.buffer.loss)
-            r.buffer.merge(r.unused[: r.cfg.buffer_size])
-            r.unused = r.unused[r.cfg.buffer_size :]
-            r.best = r.buffer.entries[0]
-            r.start = r.best.source
-            log.info(
-                "dreaming %s: %d start prompts, best from %s", r.objective.name, len(entries[r.k]), r.start
-            )
-
-    def _start_job(self, r: FeatureRun) -> Job | None:
-        """Feature ``r``'s start pool, canonical; model samples are made once per seed for all features."""
-        if r.cfg.start in ("dataset", "auto"):
-            r.dataset = dataset_examples(self.model, self.tok, r.objective, r.cfg.min_tokens)
-        pool = start_pool(
-            self.model, self.tok, r.objective, replace(r.cfg, n_start_samples=0), r.gen, r.dataset
-        )
-        if r.cfg.start in ("samples", "auto"):
-            pool += self._sample_starts(r)
-        canon = r.canon([torch.tensor(ids, device=self.dev) for ids, _ in pool])
-        seqs = [c for c in canon if c is not None]
-        sources = [src for c, (_, src) in zip(canon, pool) if c is not None]
-        if not seqs:
-            r.error = (
-                f"no start prompt has {r.cfg.min_tokens}..{r.cfg.max_tokens} tokens: give an init_prompt "
-                "within the bounds"
-            )
-            return None
-        r.seen.update(tuple(s.tolist()) for s in seqs)
-        return Job(r, seqs, sources, None)
-
-    def _sample_starts(self, r: FeatureRun) -> list[tuple[list[int], str]]:
-        """Model samples for the start pool, made once per seed (and size) for all features; a cold start (no
-        dataset examples) makes ``cold_samples`` of ``max_tokens`` tokens and scans them (:func:`scanned_samples`)."""
-        cfg = r.cfg
-        cold = cfg.cold_samples > 0 and not (r.dataset is not None and r.dataset.contexts)
-        n = cfg.cold_samples if cold else cfg.n_start_samples
-        length = cfg.max_tokens if cold else (cfg.min_tokens + cfg.max_tokens) // 2
-        key = (cfg.seed, n, length, cold)
-        if key not in self._samples:
-            self._samples[key] = model_samples(self.model, self.tok, n, length, cfg.seed, fast=cold)
-        samples = self._samples[key]
-        return (
-            scanned_samples(self.model, r.objective, samples, cfg)
-            if cold
-            else [(s, "samples") for s in samples]
-        )
+        return new_run(self.tok, self.group, replace(self.cfg, seed=seed), k, self._model_xe_table)
 
     # ---- one iteration ----
     def step(self, it: int) -> None:
         """One iteration of every active feature: parent signals, children, one evaluation, update."""
         active = [r for r in self.runs if r.active]
         t_it = time.time()
-        parents = [r.buffer.entries[it % len(r.buffer.entries)] for r in active]
+        parents = [r.parent(it) for r in active]
         sigs = self.signals(active, parents)
         jobs, n_fresh = [], {}
         for r, parent, sig in zip(active, parents, sigs):
@@ -209,6 +131,7 @@ class DreamLoop:
         entries = self.evaluate(jobs, {r.k: p.ids for r, p in zip(active, parents)} if use_cache else None)
         dt = time.time() - t_it  # the iteration's time (the updates below are bookkeeping)
         self.loop_seconds += dt
+        self.clock.last_dt = dt
         for r in active:  # shared among the features that ran it
             self.update(r, entries.get(r.k, []), it, n_fresh[r.k], dt / len(active))
 
@@ -229,10 +152,14 @@ class DreamLoop:
         share of the iteration's time)."""
         r.buffer.merge(entries)
         top = min(entries, key=r.buffer.loss) if entries else None
+        readable = r.readable_loss()
         if r.buffer.loss(r.buffer.entries[0]) < r.buffer.loss(r.best):
             r.best, r.since_improved = r.buffer.entries[0], 0
+        elif readable < r.readable_best:  # the readable headline improved: that is progress too
+            r.since_improved = 0
         else:
             r.since_improved += 1
+        r.readable_best = min(r.readable_best, readable)
         r.history.append(
             HistoryRow(
                 iter=it,
@@ -246,7 +173,7 @@ class DreamLoop:
                 best_tokens=len(r.best.ids),
                 candidates=n_fresh,
                 seconds=seconds,
-                elapsed=time.time() - self.t0,
+                elapsed=self.clock.elapsed(),
             )
         )
 
@@ -289,11 +216,11 @@ class DreamLoop:
             out = cascade(self.scorer, self.full, ids, lengths, owner, bound, parents)
         else:
             o = self.full(ids, lengths, owner, parents)
-            out = EvalOutput(o.scores.cpu(), o.xe.cpu(), None, o.valid)
+            out = EvalOutput(o.scores.cpu(), o.xe.cpu(), None, o.valid, o.peak.cpu())
         entries, i = {}, 0
         for job in jobs:
             j = i + len(job.seqs)
-            part = EvalOutput(out.scores[i:j], out.xe[i:j], None, out.valid[i:j])
+            part = EvalOutput(out.scores[i:j], out.xe[i:j], None, out.valid[i:j], out.peak[i:j])
             entries[job.run.k] = self.ingest(job.run, job.seqs, job.sources, part, lengths[i:j])
             i = j
         return entries
@@ -314,8 +241,10 @@ class DreamLoop:
         if r.cfg.needs_xe:
             r.frontier.add(seqs, scores, xe, finite)
         return [
-            Entry(s, float(sc), float(x), src)
-            for s, sc, x, src, ok in zip(seqs, scores.tolist(), xe.tolist(), sources, finite.tolist())
+            Entry(s, float(sc), float(x), src, float(pk))
+            for s, sc, x, src, pk, ok in zip(
+                seqs, scores.tolist(), xe.tolist(), sources, out.peak.tolist(), finite.tolist()
+            )
             if ok
         ]
 
@@ -324,7 +253,12 @@ class DreamLoop:
         """Start, iterate until ``iters`` / patience / ``time_budget`` / Ctrl-C, and finish.
 
         Ctrl-C: ``on_interrupt='finish'`` stops and returns every feature's best so far
-        (``interrupted=True``); ``'raise'`` re-raises at once."""
+        (``interrupted=True``); ``'raise'`` re-raises at once. ``time_budget`` counts from the start pool
+        to the verified results; one-time costs (the activation stores, the norm cap, the XE table) come
+        before it and are reported in each result's ``setup`` (:mod:`.clock`)."""
+        scans = [r.objective for r in self.runs if r.cfg.start in ("dataset", "auto")]
+        prepare_stores(self.model, self.tok, [o for o in scans if stats_examples(o) is None], self.clock)
+        self.clock.start()
         self.start(errors)
         bar = tqdm(
             total=self.cfg.iters,
@@ -360,7 +294,8 @@ class DreamLoop:
                 bar.set_postfix(active=sum(r.active for r in self.runs))
             if stop_requested():  # first Ctrl-C under graceful_sigint: stop cleanly after this iteration
                 raise KeyboardInterrupt
-            if self.cfg.time_budget is not None and time.time() - self.t0 >= self.cfg.time_budget:
+            n_verify = sum(len(candidates(r)) + len(r.frontier.points) for r in self.runs if r.error is None)
+            if self.clock.out_of_time(n_verify):
                 for r in self.runs:
                     if r.active:
                         r.active, r.stop_reason = False, "time budget"
@@ -372,7 +307,7 @@ class DreamLoop:
         or a :class:`FeatureError` each. ``wall_time`` is the search's time (start to last iteration; the
         group's time divided among its features when K > 1, whose undivided figures go to
         ``environment["multi"]``); each verification times itself (``verification["seconds"]``)."""
-        searched = time.time() - self.t0
+        searched = self.clock.elapsed()
         K = len(self.runs)
         multi = None
         if not isinstance(self.group, Single):
@@ -390,7 +325,13 @@ class DreamLoop:
             interrupted = self.interrupted and r.stop_reason == "interrupted"
             out.append(
                 finish_result(
-                    self.model, self.tok, r, wall_time=searched / K, interrupted=interrupted, multi=multi
+                    self.model,
+                    self.tok,
+                    r,
+                    wall_time=searched / K,
+                    interrupted=interrupted,
+                    multi=multi,
+                    setup=self.clock.setup,
                 )
             )
         return out

@@ -131,7 +131,8 @@ def _cache_argument_of(cls: type) -> str:
 class ParentsRun(NamedTuple):
     """K parents' cached pass: ``ids [K, L]`` (right-padded), ``lengths [K]``, ``acts`` (``[K, L, ...]`` per
     site), ``kv`` (per layer run, ``[K, H_kv, L, d_head]`` keys and values), and when XE is needed
-    ``logprobs [K, L, V]`` and ``nll_before [K, L]`` (summed loss of tokens ``1..t`` of each parent)."""
+    ``logprobs [K, L, V]``, ``nll_before [K, L]`` (summed loss of tokens ``1..t`` of each parent) and
+    ``peak_before [K, L]`` (their largest)."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
@@ -139,6 +140,7 @@ class ParentsRun(NamedTuple):
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     logprobs: torch.Tensor | None
     nll_before: torch.Tensor | None
+    peak_before: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -156,9 +158,9 @@ def run_parents(model: nn.Module, sites, parents: list[torch.Tensor], *, logits:
         return ParentsRun(ids, lengths, acts, kv, None, None)
     logprobs = torch.log_softmax(lg.float(), dim=-1)
     nll = -logprobs[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)  # [K, L-1]; padding never read
-    return ParentsRun(
-        ids, lengths, acts, kv, logprobs, torch.cat([nll.new_zeros(len(ids), 1), nll.cumsum(1)], 1)
-    )
+    zero = nll.new_zeros(len(ids), 1)
+    peak = torch.cat([zero, nll.cummax(1).values], 1) if nll.shape[1] else zero
+    return ParentsRun(ids, lengths, acts, kv, logprobs, torch.cat([zero, nll.cumsum(1)], 1), peak)
 
 
 def shared_prefixes(
@@ -195,7 +197,8 @@ def run_tails(
     logits: bool,
 ) -> tuple[dict[Site, torch.Tensor], torch.Tensor | None]:
     """Children ``ids [n, s]`` (``lengths [n] > p``), child ``i`` sharing the first ``p >= 1`` tokens of
-    parent ``rows[i]``. Returns full-length acts (``[n, s, ...]`` per site) and, with ``logits``, ``xe [n]``."""
+    parent ``rows[i]``. Returns full-length acts (``[n, s, ...]`` per site) and, with ``logits``, ``(xe [n],
+    peak [n])`` (the mean and the largest token surprisal)."""
     from transformers import DynamicCache
 
     def take(t: torch.Tensor) -> torch.Tensor:
@@ -216,4 +219,6 @@ def run_tails(
     # each child's token p under its parent's logits at p - 1 (one parent: a view, not n copies of [V])
     boundary = -take(par.logprobs[:, p - 1]).gather(1, ids[:, p : p + 1]).squeeze(1)
     total = take(par.nll_before[:, p - 1]) + boundary + xe_tail.sum(dim=1)
-    return full, total / (lengths - 1).clamp_min(1)
+    tail_peak = xe_tail.amax(dim=1) if xe_tail.shape[1] else torch.zeros_like(boundary)  # uncounted: 0
+    peak = torch.maximum(torch.maximum(take(par.peak_before[:, p - 1]), boundary), tail_peak)
+    return full, (total / (lengths - 1).clamp_min(1), peak)

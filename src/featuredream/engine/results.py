@@ -54,6 +54,41 @@ class Rung:
 
 
 @dataclass
+class Dream:
+    """One of a result's distinct dreams (``DreamResult.dreams``), re-scored from its text like the best."""
+
+    prompt: Prompt
+    above_floor: bool
+    """Its activation reaches the floor (False: a most activating prompt filling the list)."""
+    xe_excess: float | None
+    """XE minus natural prose's median XE at its length, under the dreaming model (None: not measured)."""
+    peak: float
+    """Its most surprising token's XE."""
+    repeats: int
+    """Repeated bigrams plus immediate token repeats."""
+    peak_ok: bool | None
+    """No token more surprising than natural text's 95th percentile at its length (None: not measured)."""
+    repeats_ok: bool | None
+    """No more repetition than natural text's 95th percentile at its length (None: not measured)."""
+    judge: dict[str, Any] | None = None
+    """The fluency judge's view of the prompt."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Dream:
+        d = {k: v for k, v in d.items() if k != "ratio"}
+        return cls(**{**d, "prompt": Prompt(**d["prompt"])})
+
+
+@dataclass
+class SetupStep:
+    """A one-time cost paid before the time budget's clock started (cached for later runs)."""
+
+    what: str
+    """E.g. ``activation store of blocks.12.hook_resid_post built (32768 tokens)``."""
+    seconds: float
+
+
+@dataclass
 class FeatureError:
     """A feature of a group that could not be dreamed (e.g. every start prompt scored non-finite)."""
 
@@ -107,6 +142,20 @@ class DreamResult:
     """The fluency judge's view of ``best`` (:class:`featuredream.lm.judge.JudgeScore` as a dict)."""
     verification: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    setup: list[SetupStep] = field(default_factory=list)
+    """One-time costs before the search (outside ``time_budget``): building a site's activation store,
+    measuring its norm cap, the model's XE table; only those that took a noticeable time."""
+    norm_cap: float | None = None
+    """The norm guard's cap at the objective's site (positions above it are never scored; None: no guard)."""
+    headline: str = "most activating"
+    """What ``best`` is: ``readable`` (the most readable prompt whose activation reaches ``floor``) or
+    ``most activating`` (under the ceiling: ``goal='max'``, no floor, or nothing reached it)."""
+    floor: float | None = None
+    """The readable goal's floor as an activation (None: no floor was set)."""
+    most_activating: Prompt | None = None
+    """The most activating prompt under the ceiling (``best`` itself when the headline is that)."""
+    dreams: list[Dream] = field(default_factory=list)
+    """``DreamConfig.dreams`` distinct dreams, the headline's kind first (see :mod:`.headline`)."""
 
     @property
     def ratio(self) -> float | None:
@@ -131,6 +180,8 @@ class DreamResult:
         d["ratio"] = self.ratio
         for rung, r in zip(d["ladder"], self.ladder):
             rung["ratio"] = self.ratio_of(r.prompt)
+        for rec, dr in zip(d["dreams"], self.dreams):
+            rec["ratio"] = self.ratio_of(dr.prompt)
         return d
 
     @classmethod
@@ -140,6 +191,10 @@ class DreamResult:
         d["best"] = Prompt(**d["best"])
         d["buffer"] = [Prompt(**p) for p in d["buffer"]]
         d["ladder"] = [Rung.from_dict(r) for r in d.get("ladder", [])]
+        d["setup"] = [SetupStep(**s) for s in d.get("setup", [])]
+        d["dreams"] = [Dream.from_dict(x) for x in d.get("dreams", [])]
+        if d.get("most_activating") is not None:
+            d["most_activating"] = Prompt(**d["most_activating"])
         return cls(**d)
 
     def to_json(self) -> str:

@@ -152,3 +152,18 @@ def start_pool(
             (s, "samples") for s in model_samples(model, tokenizer, cfg.n_start_samples, length, cfg.seed)
         ]
     return pool
+
+
+def sample_starts(model: nn.Module, tokenizer, objective, cfg: DreamConfig, dataset, made: dict):
+    """Model samples for a feature's start pool as ``(ids, 'samples')``; ``made`` caches them per (seed,
+    number, length, cold) for all features of a run. A cold start (no dataset examples) makes
+    ``cold_samples`` of ``max_tokens`` tokens and scans them (:func:`scanned_samples`)."""
+    cold = cfg.cold_samples > 0 and not (dataset is not None and dataset.contexts)
+    n = cfg.cold_samples if cold else cfg.n_start_samples
+    length = cfg.max_tokens if cold else (cfg.min_tokens + cfg.max_tokens) // 2
+    key = (cfg.seed, n, length, cold)
+    if key not in made:
+        made[key] = model_samples(model, tokenizer, n, length, cfg.seed, fast=cold)
+    if cold:
+        return scanned_samples(model, objective, made[key], cfg)
+    return [(s, "samples") for s in made[key]]

@@ -3,6 +3,7 @@ history row per iteration, one evaluation job."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +12,7 @@ from .buffer import Buffer, Entry, Frontier
 from .children import Canonicalizer
 from .config import DreamConfig
 from .corpus_scan import DatasetExamples
-from .fluency import XeLimit
+from .fluency import XeLimit, resolve_xe_limit
 from .objectives import Objective
 
 
@@ -96,14 +97,54 @@ class FeatureRun:
     dataset: DatasetExamples | None = None
     """The objective's top corpus examples and maximum (its SAE's statistics or a corpus scan), when the
     start used them."""
+    floor: float | None = None
+    """The readable goal's floor as an activation (None: the headline is the most activating prompt)."""
+    readable_credit: float = 0.0
+    """The readable lane's share of parents, accumulated (a parent from it each time this reaches 1)."""
+    readable_turns: int = 0
+    readable_parent: bool = False
+    """The current parent came from the readable lane."""
+    readable_best: float = math.inf
+    """The readable lane's best loss so far (inf: nothing reached the floor)."""
+
+    def readable_loss(self) -> float:
+        """The readable lane's best loss now (inf: no lane, or nothing in it)."""
+        lane = self.buffer.readable_lane
+        if lane is None or not self.buffer.entries:
+            return math.inf
+        return float(self.buffer.lane_losses(self.buffer.entries, lane).min())
+
+    def dataset_maximum(self) -> tuple[float | None, str | None]:
+        """The feature's dataset maximum (the ratio's denominator) and its source: the maximum of the examples
+        the start used (statistics or corpus scan), else the one its SAE statistics record."""
+        if self.dataset is not None and self.dataset.maximum is not None:
+            return self.dataset.maximum, self.dataset.source
+        known = self.objective.dataset_max() if hasattr(self.objective, "dataset_max") else None
+        return known, None if known is None else "SAE statistics"
+
+    def parent(self, it: int) -> Entry:
+        """Iteration ``it``'s parent: the buffer's entries in turn, except that once the readable lane holds
+        prompts a ``readable_share`` of the iterations take its members in turn."""
+        lane = self.buffer.readable_lane
+        members = self.buffer.lane_members(lane) if lane is not None else []
+        self.readable_parent = False
+        if members:
+            self.readable_credit += self.cfg.readable_share
+            if self.readable_credit >= 1.0:
+                self.readable_credit -= 1.0
+                self.readable_turns += 1
+                self.readable_parent = True
+                return members[(self.readable_turns - 1) % len(members)]
+        return self.buffer.entries[it % len(self.buffer.entries)]
 
     def xe_weight(self, parent: Entry) -> float:
         """The XE weight of ``parent``'s gradient loss: the penalty, plus 1 (feasible) or 10 (infeasible)
-        under a ceiling, so an infeasible parent is pushed back towards fluency."""
+        under a ceiling, so an infeasible parent is pushed back towards fluency; a readable-lane parent's is
+        ``readable_xe_weight`` more."""
         lam = self.cfg.xe_regularization
         if self.buffer.limit is not None:
             lam += 1.0 if self.buffer.feasible(parent) else 10.0
-        return lam
+        return lam + (self.cfg.readable_xe_weight if self.readable_parent else 0.0)
 
     def fresh(self, kids: list[torch.Tensor | None], ops: list[str]) -> tuple[list[torch.Tensor], list[str]]:
         """The canonical children not seen before (and mark them seen), with their operators."""
@@ -115,3 +156,33 @@ class FeatureRun:
                 out.append(kid)
                 op_of.append(op)
         return out, op_of
+
+
+def new_run(tokenizer, group, cfg: DreamConfig, k: int, model_table) -> FeatureRun:
+    """Feature ``k`` of ``group`` with its own ``cfg`` (seed): its generator and its buffer's lanes (lane 0:
+    the run's own ranking; then one per Pareto penalty; then one per ladder rung, the most activating under
+    its ceiling). ``model_table()``: the model's XE table, for percentile ceilings without statistics."""
+    single = group.singles[k]
+    pareto, ladder = list(cfg.pareto or ()), list(cfg.ladder or ())
+    limit = resolve_xe_limit(cfg.xe_max, single, cfg.max_tokens, model_table)
+    rungs = [
+        RungSpec(c, resolve_xe_limit(c, single, cfg.max_tokens, model_table), 1 + len(pareto) + i)
+        for i, c in enumerate(ladder)
+    ]
+    buffer = Buffer(
+        [cfg.xe_regularization] + pareto + [0.0] * len(rungs),
+        [cfg.buffer_size] + [1] * (len(pareto) + len(rungs)),
+        limit,
+        [limit] * (1 + len(pareto)) + [r.limit for r in rungs],
+    )
+    return FeatureRun(
+        k,
+        single,
+        cfg,
+        torch.Generator(device="cpu").manual_seed(cfg.seed),
+        buffer,
+        Canonicalizer(tokenizer, cfg.min_tokens, cfg.max_tokens),
+        label=group.label(k),
+        restarts_left=cfg.restarts,
+        rungs=rungs,
+    )

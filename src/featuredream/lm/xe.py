@@ -27,3 +27,13 @@ def sequence_xe(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> 
     """Mean cross-entropy per sequence ``[b]`` over its real predicted tokens (0 for a 1-token sequence)."""
     xe, counted = token_xe(logits, ids, mask)
     return xe.sum(dim=1) / counted.sum(dim=1).clamp_min(1)
+
+
+def xe_and_peak(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_xe` and each sequence's largest token surprisal ``peak [b]`` (its most surprising
+    predicted token's XE; 0 for a 1-token sequence)."""
+    xe, counted = token_xe(logits, ids, mask)
+    peak = xe.masked_fill(~counted, 0.0).amax(dim=1) if xe.shape[1] else xe.new_zeros(len(ids))
+    return xe.sum(dim=1) / counted.sum(dim=1).clamp_min(1), peak

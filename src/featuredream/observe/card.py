@@ -68,15 +68,20 @@ class CardData:
 
 
 def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, n: int) -> list[tuple]:
-    """The best prompt and up to ``n - 1`` buffer prompts with per-token activations (recomputed with the
-    dream's objective where the result file does not hold them)."""
+    """The best prompt, the other distinct dreams, the most activating prompt and buffer prompts (at least
+    ``n`` rows, every dream), each once, with per-token activations (recomputed with the dream's objective
+    where the result file does not hold them)."""
     from ..engine.evaluate import reference_evaluate
     from ..engine.objectives import make_objective
 
-    rows = [("best", dream.best)] + [
-        (f"buffer #{i + 1}", p) for i, p in enumerate(dream.buffer) if p.text != dream.best.text
-    ]
-    rows = rows[:n]
+    best = "best (most readable above the floor)" if dream.headline == "readable" else "best"
+    rows = [(best, dream.best)] + [(f"dream #{i + 2}", d.prompt) for i, d in enumerate(dream.dreams[1:])]
+    if dream.most_activating is not None:
+        rows.append(("most activating", dream.most_activating))
+    rows += [(f"buffer #{i + 1}", p) for i, p in enumerate(dream.buffer)]
+    seen: set[str] = set()
+    rows = [(lbl, p) for lbl, p in rows if not (p.text in seen or seen.add(p.text))]
+    rows = rows[: max(n, len(dream.dreams) + 1)]
     kind = "decoder" if dream.objective.endswith("/decoder") else "encoder"
     missing = [p.text for _, p in rows if len(p.token_acts) != len(p.tokens) or not p.tokens]
     recomputed = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from typing import Any
 
 ACT_RGB, NEG_RGB = "234,88,12", "37,99,235"  # activation (orange) and negative (blue) colours
 _DOT = "\u00b7"
@@ -137,34 +138,56 @@ def judge_cell(judge: dict | None) -> str:
     return f"<span class='{cls}' title='{tip}'>{pct:.0f}</span>"
 
 
-def ladder_table(rungs: Sequence, ratio_of, vmax: float) -> str:
-    """The fluency ladder as a table: ceiling, the prompt's tokens coloured by activation, activation, ratio
-    to the dataset max (``ratio_of(prompt)``), XE against the rung's ceiling, the judge's percentile among
-    natural prose (lower reads more natural; 50 = typical). Rungs are read by attribute
-    (:class:`~featuredream.engine.results.Rung`); everything shown is escaped."""
-    if not rungs:
+def prompt_rows_table(
+    first: str, rows: Sequence[tuple[str, Any, str, dict | None]], ratio_of, vmax: float
+) -> str:
+    """A table of prompts: ``first`` (the label column's heading), the prompt's tokens coloured by
+    activation, activation, ratio to the dataset max (``ratio_of(prompt)``), an XE cell (HTML) and the
+    judge's percentile among natural prose. ``rows``: (label, prompt, XE cell, judge); everything shown is
+    escaped (the XE cell is made by the caller from numbers)."""
+    if not rows:
         return ""
-    head = "".join(
-        f"<th>{h}</th>" for h in ("ceiling", "prompt", "activation", "ratio", "XE (limit)", "judge pct")
-    )
+    head = "".join(f"<th>{h}</th>" for h in (first, "prompt", "activation", "ratio", "XE", "judge pct"))
     body = []
-    for g in rungs:
-        p = g.prompt
+    for label, p, xe, judge in rows:
         acts = [float(a) for a in p.token_acts]
         text = (
             token_spans(p.tokens, acts, vmax)
             if p.tokens and len(acts) == len(p.tokens)
             else html.escape(p.text)
         )
-        xe = fmt_value(p.xe, ".2f") + (f" ({fmt_value(g.xe_limit, '.2f')})" if g.xe_limit is not None else "")
-        xe = xe if g.feasible else f"<span class='bad'>{xe}</span>"
         cells = [
-            html.escape(g.ceiling),
-            f"<span class='text'>{text}</span>",
+            f"<td>{html.escape(label)}",
+            f"<td><span class='text'>{text}</span>",
             f"<td class='num'>{fmt_value(p.activation, '.2f')}",
             f"<td class='num'>{fmt_value(ratio_of(p), '.2f')}",
             f"<td class='num'>{xe}",
-            f"<td class='num'>{judge_cell(g.judge)}",
+            f"<td class='num'>{judge_cell(judge)}",
         ]
-        body.append("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}" for c in cells) + "</tr>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table class='ladder'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def ladder_table(rungs: Sequence, ratio_of, vmax: float) -> str:
+    """The fluency ladder (:func:`prompt_rows_table`): per rung its ceiling, prompt, activation, ratio, XE
+    against the rung's ceiling (red: nothing met it) and judge percentile. Rungs are read by attribute
+    (:class:`~featuredream.engine.results.Rung`)."""
+    rows = []
+    for g in rungs:
+        xe = fmt_value(g.prompt.xe, ".2f") + (
+            f" ({fmt_value(g.xe_limit, '.2f')})" if g.xe_limit is not None else ""
+        )
+        rows.append((g.ceiling, g.prompt, xe if g.feasible else f"<span class='bad'>{xe}</span>", g.judge))
+    return prompt_rows_table("ceiling", rows, ratio_of, vmax)
+
+
+def dreams_table(dreams: Sequence, ratio_of, vmax: float) -> str:
+    """The distinct dreams (:func:`prompt_rows_table`): per dream its number (and ``below floor`` when it did
+    not reach it), prompt, activation, ratio, XE with its excess over natural text of its length, and judge
+    percentile. Dreams are read by attribute (:class:`~featuredream.engine.results.Dream`)."""
+    rows = []
+    for i, d in enumerate(dreams, 1):
+        xe = fmt_value(d.prompt.xe, ".2f") + (f" ({d.xe_excess:+.2f})" if d.xe_excess is not None else "")
+        label = f"#{i}" + ("" if d.above_floor else " (below floor)")
+        rows.append((label, d.prompt, xe, d.judge))
+    return prompt_rows_table("dream", rows, ratio_of, vmax)

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from .html_parts import (
+    dreams_table,
     fmt_value,
     inline_view,
     judge_cell,
@@ -32,6 +33,15 @@ def _xe_cell(xe: float, limit: float | None) -> str:
     ok = math.isfinite(xe) and xe <= limit
     cls, op = ("good", "\u2264") if ok else ("bad", "&gt;")
     return f"<span class='{cls}'>{fmt_value(xe, '.2f')} {op} {fmt_value(limit, '.2f')}</span> (ceiling)"
+
+
+def _headline(r: Any) -> str:
+    """What the shown prompt is (escaped)."""
+    if r.headline == "readable":
+        return f"the most readable prompt reaching the floor ({fmt_value(r.floor)})"
+    if r.floor is not None:
+        return f"the most activating prompt (nothing reached the floor {fmt_value(r.floor)})"
+    return "the most activating prompt"
 
 
 def dream_result_html(r: Any) -> str:
@@ -68,6 +78,7 @@ def dream_result_html(r: Any) -> str:
     steps = [h.get("best_activation") for h in r.history]
     stop = e(r.stop_reason or ("interrupted" if r.interrupted else ""))
     rows = [
+        ("headline", _headline(r)),
         ("activation", fmt_value(best.activation)),
         ("dataset max", fmt_value(r.dataset_max)),
         ("ratio", ratio_s),
@@ -86,7 +97,10 @@ def dream_result_html(r: Any) -> str:
         rows.append(("trajectory", f"{line}<div class='sub'>{note}</div>"))
     ladder = ladder_table(r.ladder, r.ratio_of, vmax)
     ladder = f"<h4>Fluency ladder</h4>{ladder}" if ladder else ""
+    dreams = dreams_table(r.dreams, r.ratio_of, vmax) if len(r.dreams) > 1 else ""
+    dreams = f"<h4>Distinct dreams</h4>{dreams}" if dreams else ""
     return inline_view(
         f"<h4>Dream of {what}</h4><div class='sub'>{sub}</div><div class='text'>{prompt}</div>{table(rows)}"
+        + dreams
         + ladder
     )

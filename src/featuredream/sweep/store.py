@@ -24,7 +24,7 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,64 @@ def check_out_dir(out_dir: str | Path) -> Path:
     if not out.parent.is_dir():
         raise ValueError(f"parent of output directory {str(out)!r} does not exist: create it first")
     return out
+
+
+@dataclass(frozen=True)
+class StoredDream:
+    """One of a stored feature's distinct dreams."""
+
+    text: str
+    activation: float
+    ratio: float | None
+    xe: float
+    above_floor: bool
+    judge_pct: float | None
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One stored feature: its columns (``status`` 'ok' or 'error'), the judge's percentile of its best
+    prompt (None without a judge), what the best prompt is (``headline``) and its distinct dreams."""
+
+    feature: int
+    status: str
+    activation: float | None
+    xe: float | None
+    dataset_max: float | None
+    ratio: float | None
+    feasible: bool | None
+    text: str | None
+    error: str | None
+    seconds: float | None
+    judge_pct: float | None = None
+    headline: str | None = None
+    dreams: tuple[StoredDream, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_columns(
+        cls, feature, status, activation, xe, dmax, ratio, feasible, text, error, seconds, record
+    ):
+        """A row from the ``results`` table's columns; the JSON ``record`` gives the judge and the dreams."""
+        rec = json.loads(record) if record else {}
+        judge = rec.get("judge") or {}
+        dreams = tuple(
+            StoredDream(
+                d["prompt"]["text"],
+                d["prompt"]["activation"],
+                d.get("ratio"),
+                d["prompt"]["xe"],
+                bool(d["above_floor"]),
+                (d.get("judge") or {}).get("percentile"),
+            )
+            for d in rec.get("dreams", [])
+        )
+        feas = None if feasible is None else bool(feasible)
+        row = (feature, status, activation, xe, dmax, ratio, feas, text, error, seconds)
+        return cls(*row, judge.get("percentile"), rec.get("headline"), dreams)
 
 
 class SweepStore:
@@ -270,21 +328,14 @@ class SweepStore:
             self.conn.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             return self.conn.total_changes - before
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Every record's summary columns (no full result; ``judge_pct``: the fluency judge's percentile of the
-        best prompt, None without a judge), by feature."""
+    def rows(self) -> list[SweepRow]:
+        """Every record's summary (:class:`SweepRow`: the columns, the judge's percentile of the best prompt,
+        the headline's kind and the distinct dreams), by feature."""
         cur = self.conn.execute(
             "SELECT feature, status, activation, xe, dataset_max, ratio, feasible, text, error, seconds, "
             "record FROM results ORDER BY feature"
         )
-        names = [d[0] for d in cur.description]
-        rows = []
-        for values in cur:
-            row = dict(zip(names, values))
-            judge = json.loads(row.pop("record")).get("judge") if row["record"] else None
-            row["judge_pct"] = judge.get("percentile") if judge else None
-            rows.append(row)
-        return rows
+        return [SweepRow.from_columns(*values) for values in cur]
 
     def result(self, feature: int):
         """The full :class:`~featuredream.DreamResult` of ``feature`` (None if absent or failed)."""

@@ -19,7 +19,7 @@ from typing import Any
 from ..engine.results import write_atomic
 from ..observe.figures import new_figure, png_data_uri
 from ..observe.html_parts import fmt_value, inline_view, table
-from .store import SweepStore
+from .store import SweepRow, SweepStore
 
 log = logging.getLogger(__name__)
 
@@ -28,45 +28,48 @@ CARDS_DIR = "cards"
 
 @dataclass
 class SweepSummary:
-    """Counts and the ratio distribution of one store. ``rows``: every record's summary columns."""
+    """Counts and the ratio distribution of one store. ``rows``: every record's summary (:class:`SweepRow`)."""
 
-    rows: list[dict[str, Any]]
+    rows: list[SweepRow]
     fingerprint: dict[str, Any]
 
     @property
-    def ok(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] == "ok"]
+    def ok(self) -> list[SweepRow]:
+        return [r for r in self.rows if r.ok]
 
     @property
-    def errors(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["status"] == "error"]
+    def errors(self) -> list[SweepRow]:
+        return [r for r in self.rows if not r.ok]
 
     @property
     def ratios(self) -> list[float]:
-        return [r["ratio"] for r in self.ok if r["ratio"] is not None and math.isfinite(r["ratio"])]
+        return [r.ratio for r in self.ok if r.ratio is not None and math.isfinite(r.ratio)]
 
     @property
     def beat_fraction(self) -> float | None:
         """Share of features with a ratio whose feasible dream reached their dataset maximum."""
-        rows = [r for r in self.ok if r["ratio"] is not None]
+        rows = [r for r in self.ok if r.ratio is not None]
         if not rows:
             return None
-        return sum(1 for r in rows if r["ratio"] >= 1 and r["feasible"]) / len(rows)
+        return sum(1 for r in rows if r.ratio >= 1 and r.feasible) / len(rows)
+
+    @property
+    def readable_fraction(self) -> float | None:
+        """Share of dreamed features whose headline is the most readable prompt above the floor (None: no
+        record says, e.g. a sweep with ``goal='max'`` or from an older featuredream)."""
+        known = [r for r in self.ok if r.headline is not None]
+        return sum(r.headline == "readable" for r in known) / len(known) if known else None
 
     @property
     def judge_pcts(self) -> list[float]:
         """The fluency judge's percentiles of the dreamed prompts (empty without a judge)."""
-        return [
-            r["judge_pct"]
-            for r in self.ok
-            if r.get("judge_pct") is not None and math.isfinite(r["judge_pct"])
-        ]
+        return [r.judge_pct for r in self.ok if r.judge_pct is not None and math.isfinite(r.judge_pct)]
 
-    def worst(self, n: int) -> list[dict[str, Any]]:
+    def worst(self, n: int) -> list[SweepRow]:
         """The ``n`` features with the lowest ratio; infeasible ones (XE above ``xe_max``) rank first, as if
         their ratio were -inf, whatever ratio their dream reached."""
-        rows = [r for r in self.ok if r["ratio"] is not None]
-        return sorted(rows, key=lambda r: (r["ratio"] if r["feasible"] else -math.inf, r["feature"]))[:n]
+        rows = [r for r in self.ok if r.ratio is not None]
+        return sorted(rows, key=lambda r: (r.ratio if r.feasible else -math.inf, r.feature))[:n]
 
     def _repr_html_(self) -> str:
         return summary_html(self)
@@ -85,9 +88,9 @@ def summary_html(s: SweepSummary, n_worst: int = 10) -> str:
         ("judge percentile", e(_judge_line(s.judge_pcts))),
     ]
     worst = "".join(
-        f'<tr><td class="num">{w["feature"]}</td><td class="num">{fmt_value(w["ratio"], ".2f")}</td>'
-        f'<td class="num{"" if w["feasible"] else " bad"}">{fmt_value(w["xe"], ".2f")}</td>'
-        f"<td><code>{e(repr(w['text']))}</code></td></tr>"
+        f'<tr><td class="num">{w.feature}</td><td class="num">{fmt_value(w.ratio, ".2f")}</td>'
+        f'<td class="num{"" if w.feasible else " bad"}">{fmt_value(w.xe, ".2f")}</td>'
+        f"<td><code>{e(repr(w.text))}</code></td></tr>"
         for w in s.worst(n_worst)
     )
     body = [
@@ -101,9 +104,7 @@ def summary_html(s: SweepSummary, n_worst: int = 10) -> str:
             "<b>worst features</b> <span class='sub'>(red XE: infeasible)</span><table><tr><th>feature</th>"
             f"<th>ratio</th><th>XE</th><th>dreamed prompt</th></tr>{worst}</table>"
         )
-    body += [
-        f"<div class='bad'>failed {r['feature']}: {e(str(r['error']))}</div>" for r in s.errors[:n_worst]
-    ]
+    body += [f"<div class='bad'>failed {r.feature}: {e(str(r.error))}</div>" for r in s.errors[:n_worst]]
     return inline_view("".join(body))
 
 
@@ -156,6 +157,8 @@ def format_summary(s: SweepSummary, n_worst: int = 20) -> str:
             "ratio distribution:",
             *text_histogram(r),
         ]
+        if s.readable_fraction is not None:
+            lines.append(f"headline above the floor (most readable): {100 * s.readable_fraction:.1f}%")
         if s.judge_pcts:
             lines.append(f"judge percentile among natural prose: {_judge_line(s.judge_pcts)}")
         worst = s.worst(n_worst)
@@ -163,15 +166,20 @@ def format_summary(s: SweepSummary, n_worst: int = 20) -> str:
             lines.append(f"worst {len(worst)} features:")
             for w in worst:
                 lines.append(
-                    f"  {w['feature']:7d}  ratio {w['ratio']:6.2f}  XE {w['xe']:6.2f}"
-                    + ("" if w.get("judge_pct") is None else f"  judge {w['judge_pct']:3.0f}")
-                    + f"{'' if w['feasible'] else ' (infeasible)'}  {w['text']!r}"
+                    f"  {w.feature:7d}  ratio {w.ratio:6.2f}  XE {w.xe:6.2f}"
+                    + ("" if w.judge_pct is None else f"  judge {w.judge_pct:3.0f}")
+                    + f"{'' if w.feasible else ' (infeasible)'}  {w.text!r}"
                 )
+                lines += [f"{'':11}dream {d.text!r}  ratio {_num(d.ratio)}" for d in w.dreams[1:]]
     else:
         lines.append("no ratios: the SAE ships no dataset statistics")
     for e in s.errors[:n_worst]:
-        lines.append(f"  failed {e['feature']}: {e['error']}")
+        lines.append(f"  failed {e.feature}: {e.error}")
     return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _judge_line(pcts: list[float]) -> str:
@@ -238,6 +246,26 @@ _CSS = (
 )
 
 
+def _index_row(out_dir: Path, r: SweepRow) -> str:
+    """One feature's row of the index page: its card link, ratio, XE, best prompt and its other dreams."""
+    e = html.escape
+    card = card_path(out_dir, r.feature)
+    name = f'<a href="{CARDS_DIR}/{card.name}">{r.feature}</a>' if card.exists() else str(r.feature)
+    if not r.ok:
+        return f'<tr><td>{name}</td><td colspan="3" class="bad">failed: {e(str(r.error))}</td></tr>'
+    ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+    cls = "" if r.feasible else ' class="bad" title="infeasible"'
+    more = "".join(
+        f"<br><small>dream {i}: <code>{e(d.text)}</code> (ratio {_num(d.ratio)}"
+        f"{'' if d.above_floor else ', below the floor'})</small>"
+        for i, d in enumerate(r.dreams[1:], 2)
+    )
+    return (
+        f'<tr><td>{name}</td><td class="n">{ratio}</td><td class="n"{cls}>{r.xe:.2f}</td>'
+        f"<td><code>{e(str(r.text))}</code>{more}</td></tr>"
+    )
+
+
 def write_index(out_dir: str | Path, s: SweepSummary, plot: bool = True) -> Path:
     """``out_dir/index.html``: the summary, the ratio histogram and one row per feature (see module doc)."""
     out_dir = Path(out_dir)
@@ -259,22 +287,7 @@ def write_index(out_dir: str | Path, s: SweepSummary, plot: bool = True) -> Path
             head.append(f'<img alt="ratio histogram" src="{png_data_uri(ratio_figure(s.ratios))}">')
     else:
         head[-1] += "</p>"
-    rows = []
-    for r in sorted(s.rows, key=lambda r: r["feature"]):
-        f = r["feature"]
-        card = card_path(out_dir, f)
-        name = f'<a href="{CARDS_DIR}/{card.name}">{f}</a>' if card.exists() else str(f)
-        if r["status"] == "error":
-            rows.append(
-                f'<tr><td>{name}</td><td colspan="3" class="bad">failed: {e(str(r["error"]))}</td></tr>'
-            )
-            continue
-        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        cls = "" if r["feasible"] else ' class="bad" title="infeasible"'
-        rows.append(
-            f'<tr><td>{name}</td><td class="n">{ratio}</td><td class="n"{cls}>{r["xe"]:.2f}</td>'
-            f"<td><code>{e(str(r['text']))}</code></td></tr>"
-        )
+    rows = [_index_row(out_dir, r) for r in sorted(s.rows, key=lambda r: r.feature)]
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sweep {e(str(fp["sae"]))}</title>'
         f"<style>{_CSS}</style></head><body>{''.join(head)}<table><tr><th>feature</th><th>ratio</th>"

@@ -81,6 +81,8 @@ def guarded(model, tok, site, direction, seconds: float, seed: int) -> dict:
         maximum_rel_error=abs(alone - found.maximum) / max(1e-9, abs(found.maximum)),
         maximum_text=tok.decode(found.maximum_context[-16:]),
         ratio=r.ratio,
+        headline=r.headline,
+        most_activating_ratio=r.ratio_of(r.most_activating),
         activation=r.best.activation,
         reference_activation=float(ref.scores[0]),
         dream_last_valid=bool(ref.valid[0, len(r.best.ids) - 1]),
@@ -125,6 +127,8 @@ def summary(rows: list[dict], seconds: float) -> dict:
     return dict(
         n=len(rows),
         beat_max=len(ok),
+        most_activating_beat_max=sum(r["most_activating_ratio"] >= 1 for r in rows),
+        median_most_activating_ratio=statistics.median(r["most_activating_ratio"] for r in rows),
         median_ratio=statistics.median(r["ratio"] for r in rows),
         positive_first_token=sum(r["first_token_projection"] > 0 for r in rows),
         unguarded_max_above_cap=sum(r["unguarded_max_norm"] > r["cap"] for r in rows),

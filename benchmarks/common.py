@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -277,3 +278,36 @@ def dataset_best_text(sae, tok, latent: int, n_tokens: int = 16) -> str:
     pos = int(st.top_pos[latent, 0])
     ids = st.top_tokens[latent, 0, : pos + 1].tolist()
     return tok.decode(ids[-n_tokens:])
+
+
+def dominance(judge, sae, tok, latent: int, result) -> dict:
+    """The readability figures of a dream result against its latent's best dataset example, all from the
+    judge (never used in the search): the headline's judge percentile and XE; the dataset example cut to the
+    headline's length (its last tokens up to the activating one, in the dreaming model's tokens) and its judge
+    percentile and XE; ``dominates``: the headline reaches the dataset maximum and the judge finds it at
+    least as natural (judge XE at most the example's; ties count for the dream); ``dominating_dreams``: how
+    many of the result's distinct dreams do the same, each against the example cut to its own length."""
+
+    def xe_of(texts):
+        return judge.score(texts)
+
+    best = result.best
+    example = dataset_best_text(sae, tok, latent, len(best.ids))
+    dream_s, ex_s = xe_of([best.text, example])
+    ratio = result.ratio if result.feasible else 0.0
+    dreams = [d for d in result.dreams if d.above_floor]
+    n_dom = 0
+    for d in dreams:
+        ex = xe_of([dataset_best_text(sae, tok, latent, len(d.prompt.ids))])[0]
+        r = result.ratio_of(d.prompt)
+        n_dom += bool(r is not None and r >= 1 and (d.judge or {}).get("xe", math.inf) <= ex.xe)
+    return dict(
+        judge_pct=dream_s.percentile,
+        judge_xe=dream_s.xe,
+        dataset_text=example,
+        dataset_judge_pct=ex_s.percentile,
+        dataset_judge_xe=ex_s.xe,
+        dominates=bool(ratio is not None and ratio >= 1 and dream_s.xe <= ex_s.xe),
+        dominating_dreams=n_dom,
+        verbatim=best.text.strip() in dataset_best_text(sae, tok, latent, 64),
+    )

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import dataset_best_text, independent_score, live_sample, tune_latents  # noqa: E402
+from common import dominance, independent_score, live_sample, tune_latents  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.engine.dream import judge_results  # noqa: E402
@@ -70,6 +70,13 @@ def summarize(rows: list[dict]) -> dict:
         median_tokens=statistics.median(r["tokens"] for r in rows),
         median_iterations=statistics.median(r["iters"] for r in rows),
     )
+    doms = [r["dominates"] for r in rows if "dominates" in r]
+    if doms:
+        out["dominate"] = sum(doms)
+        out["frac_dominate"] = sum(doms) / len(doms)
+        out["dominating_dreams"] = [r["dominating_dreams"] for r in rows]
+        out["verbatim"] = sum(r["verbatim"] for r in rows)
+        out["readable_headlines"] = sum(r["headline"] == "readable" for r in rows)
     if pcts:
         out["median_judge_pct"] = statistics.median(pcts)
         out["judge_pct_above_95"] = sum(p > 95 for p in pcts)
@@ -111,7 +118,7 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="model (default: the embedded SmolLM2; e.g. gemma3-270m)")
     ap.add_argument(
@@ -127,14 +134,88 @@ def main() -> None:
     )
     ap.add_argument("--judge", default="default", help="fluency judge model, or none")
     ap.add_argument(
-        "--ladder", default="off", help="ladder ceilings, comma-separated (e.g. p50,p75,p90,none)"
+        "--ladder",
+        default="p50,p75,p90,none",
+        help="ladder ceilings, comma-separated, or off (default: the CLI's)",
     )
+    ap.add_argument("--goal", default="readable", help="readable (the CLI default) or max")
+    ap.add_argument("--dreams", type=int, default=1, help="distinct dreams per latent (K)")
     ap.add_argument("--modes", default="warm,cold")
     ap.add_argument("--latents", default=None, help="comma-separated latents instead of a seeded draw")
     ap.add_argument("--out", default="benchmarks/quality.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     ap.add_argument("--replot", default=None, help="only redraw the plot of this JSON (nothing is run)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def config(args, mode: str, xe_max: str, ladder) -> DreamConfig:
+    ceiling, _, lam = xe_max.partition("+")
+    return DreamConfig(
+        iters=1_000_000,
+        time_budget=args.budget,
+        xe_max=ceiling,
+        xe_regularization=float(lam or 0.0),
+        seed=args.seed,
+        start={"warm": "auto", "cold": "samples"}[mode],
+        progress=False,
+        patience=None,
+        ladder=ladder,
+        goal=args.goal,
+        dreams=args.dreams,
+    )
+
+
+def run_latent(model, tok, sae, judge, lat: int, mode: str, xe_max: str, ladder, args) -> dict:
+    """One latent's dream in one mode at one ceiling; every reported activation re-scored independently."""
+    r = dream(model, tok, make_objective(sae, lat), config(args, mode, xe_max, ladder))
+    judge_results([r], judge)  # the judge scores afterwards, outside the timed search
+    for p in [r.best] + [d.prompt for d in r.dreams]:
+        indep = independent_score(model, tok, sae, lat, p.text)
+        if abs(indep - p.activation) > 1e-3 * max(1.0, abs(indep)):
+            raise SystemExit(f"latent {lat}: reported {p.activation} but {p.text!r} scores {indep}")
+    row = dict(sae=sae.name, mode=mode if len(args.xe_max.split(",")) == 1 else f"{mode}@{xe_max}")
+    row |= dict(xe_max=xe_max, latent=lat, budget=args.budget, activation=r.best.activation)
+    row |= dict(independent_activation=independent_score(model, tok, sae, lat, r.best.text))
+    row |= dict(
+        dataset_max=r.dataset_max, ratio=r.ratio, xe=r.best.xe, xe_limit=r.xe_limit, feasible=r.feasible
+    )
+    row |= dict(tokens=len(r.best.ids), start=r.start, iters=len(r.history), candidates=r.n_evaluated)
+    row |= dict(curve={str(t): at_time(r.history, t, r.dataset_max) for t in CURVE if t <= args.budget})
+    row |= dict(text=r.best.text, headline=r.headline, most_activating_ratio=r.ratio_of(r.most_activating))
+    row |= dominance(judge, sae, tok, lat, r) if judge else dict(judge_pct=None, dataset_judge_pct=None)
+    row["ladder"] = [
+        dict(
+            ceiling=g.ceiling,
+            ratio=r.ratio_of(g.prompt),
+            xe=g.prompt.xe,
+            feasible=g.feasible,
+            text=g.prompt.text,
+        )
+        | dict(judge_pct=g.judge["percentile"] if g.judge else None)
+        for g in r.ladder
+    ]
+    row["dreams"] = [
+        dict(text=d.prompt.text, ratio=r.ratio_of(d.prompt), above_floor=d.above_floor)
+        | dict(
+            judge_pct=d.judge["percentile"] if d.judge else None, judge_xe=d.judge["xe"] if d.judge else None
+        )
+        for d in r.dreams
+    ]
+    return row
+
+
+def print_row(row: dict) -> None:
+    print(
+        f"{row['mode']:8s} {row['latent']:5d} ratio {row['ratio']:5.2f} (max {row['most_activating_ratio']:5.2f}) "
+        f"XE {row['xe']:5.2f} <= {row['xe_limit'] or float('nan'):5.2f} L {row['tokens']:2d} it {row['iters']:3d} "
+        f"judge {row['judge_pct'] or float('nan'):3.0f} (data {row['dataset_judge_pct'] or float('nan'):3.0f}) "
+        f"{'DOM' if row.get('dominates') else '   '} {row['text']!r}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    args = parse_args()
     if args.replot:
         plot(
             json.loads(Path(args.replot).read_text()),
@@ -155,92 +236,15 @@ def main() -> None:
     )
     judge = None if args.judge == "none" else FluencyJudge.load(args.judge)
     ladder = None if args.ladder == "off" else tuple(args.ladder.split(","))
-    rows = []
-    t_start = time.time()
+    rows, t_start = [], time.time()
     for mode, xe_max in [(m, x) for m in args.modes.split(",") for x in args.xe_max.split(",")]:
         for lat in latents:
-            obj = make_objective(sae, lat)  # a QueryFeature for a one-head query SAE
-            ceiling, _, lam = xe_max.partition("+")
-            cfg = DreamConfig(
-                iters=1_000_000,
-                time_budget=args.budget,
-                xe_max=ceiling,
-                xe_regularization=float(lam or 0.0),
-                seed=args.seed,
-                start={"warm": "auto", "cold": "samples"}[mode],
-                progress=False,
-                patience=None,
-                ladder=ladder,
-            )
-            r = dream(model, tok, obj, cfg)  # the judge scores afterwards, outside the timed search
-            judge_results([r], judge)
-            indep = independent_score(model, tok, sae, lat, r.best.text)
-            if abs(indep - r.best.activation) > 1e-3 * max(1.0, abs(indep)):
-                raise SystemExit(f"latent {lat}: reported {r.best.activation} but the text scores {indep}")
-            row = dict(
-                sae=sae.name,
-                mode=mode if len(args.xe_max.split(",")) == 1 else f"{mode}@{xe_max}",
-                xe_max=xe_max,
-                latent=lat,
-                budget=args.budget,
-                activation=r.best.activation,
-                independent_activation=indep,
-                dataset_max=r.dataset_max,
-                ratio=r.ratio,
-                xe=r.best.xe,
-                xe_limit=r.xe_limit,
-                feasible=r.feasible,
-                tokens=len(r.best.ids),
-                start=r.start,
-                iters=len(r.history),
-                candidates=r.n_evaluated,
-                curve={str(t): at_time(r.history, t, r.dataset_max) for t in CURVE if t <= args.budget},
-                text=r.best.text,
-                judge_pct=r.judge["percentile"] if r.judge else None,
-                dataset_judge_pct=judge.score([dataset_best_text(sae, tok, lat, len(r.best.ids))])[
-                    0
-                ].percentile
-                if judge
-                else None,
-                judge_xe=r.judge["xe"] if r.judge else None,
-                ladder=[
-                    dict(
-                        ceiling=g.ceiling,
-                        ratio=r.ratio_of(g.prompt),
-                        xe=g.prompt.xe,
-                        feasible=g.feasible,
-                        judge_pct=g.judge["percentile"] if g.judge else None,
-                        text=g.prompt.text,
-                    )
-                    for g in r.ladder
-                ],
-            )
-            rows.append(row)
+            rows.append(run_latent(model, tok, sae, judge, lat, mode, xe_max, ladder, args))
             write(args, sae, latents, tune, rows, t_start, final=False)  # a killed run keeps its rows
-            print(
-                f"{row['mode']:8s} {lat:5d} act {r.best.activation:8.3f} / max {r.dataset_max:8.3f} = {r.ratio:5.2f}  "
-                f"XE {r.best.xe:5.2f} <= {r.xe_limit or float('nan'):5.2f} {'ok ' if r.feasible else 'INF'} "
-                f"L {len(r.best.ids):2d} it {len(r.history):3d} judge {row['judge_pct'] or float('nan'):3.0f} "
-                f"{r.start:8s} {r.best.text!r}",
-                flush=True,
-            )
+            print_row(rows[-1])
     result = write(args, sae, latents, tune, rows, t_start, final=True)
     for m, s in result["summary"].items():
-        print(
-            f"{m}: ratio >= 1 (feasible) for {100 * s['frac_ratio_ge_1']:.0f}% of {s['n']} latents; median ratio "
-            f"{s['median_ratio']:.2f}, median XE {s['median_xe']:.2f} (limit {s['median_xe_limit']}), "
-            f"median length {s['median_tokens']}; "
-            + (
-                f"judge median {s['median_judge_pct']:.0f}, {s['judge_pct_above_95']} above 95; "
-                if "median_judge_pct" in s
-                else ""
-            )
-            + ", ".join(
-                f"{t} s: {100 * s[f'at_{t}s']['frac_ratio_ge_1']:.0f}% / {s[f'at_{t}s']['median_ratio']:.2f}"
-                for t in CURVE
-                if f"at_{t}s" in s
-            )
-        )
+        print(m, json.dumps({k: v for k, v in s.items() if not k.startswith("at_")}))
     plot(result, Path(args.plot or Path(args.out).with_suffix(".png")))
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from featuredream.lm.corpus import default_corpus, make_windows
-from featuredream.lm.xe import sequence_xe
+from featuredream.models.xe import sequence_xe
+from featuredream.text.corpus import default_corpus, make_windows
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def independent_score(model, tok, sae, latent: int, text: str) -> float:
     """The latent's encoder pre-activation at the last token of ``text``, computed without featuredream's
     evaluator: the residual stream from ``output_hidden_states`` (resid_post of layer L = hidden_states[L+1])
     or the query head from a forward hook on ``q_proj``; the SAE's weights applied by hand. A model that is
-    fed a BOS token (Gemma, through ``featuredream.lm.bos``) is run plain with the BOS put in front here."""
+    fed a BOS token (Gemma, through ``featuredream.models.bos``) is run plain with the BOS put in front here."""
     ids = tok(text, add_special_tokens=False)["input_ids"]
     inner = getattr(model, "inner", model)  # a BOS-conditioned model (lm.bos): the plain model, BOS by hand
     if inner is not model:
@@ -300,7 +300,7 @@ def dominance(judge, sae, tok, latent: int, result) -> dict:
     for d in dreams:
         ex = xe_of([dataset_best_text(sae, tok, latent, len(d.prompt.ids))])[0]
         r = result.ratio_of(d.prompt)
-        n_dom += bool(r is not None and r >= 1 and (d.judge or {}).get("xe", math.inf) <= ex.xe)
+        n_dom += bool(r is not None and r >= 1 and (d.judge.xe if d.judge else math.inf) <= ex.xe)
     return dict(
         judge_pct=dream_s.percentile,
         judge_xe=dream_s.xe,

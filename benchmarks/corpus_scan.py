@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import add_run_args, begin_run, end_run, machine_info, write_json  # noqa: E402
 
 from featuredream import load_model  # noqa: E402
-from featuredream.engine.corpus_scan import scan_objective, token_values, top_windows  # noqa: E402
-from featuredream.engine.objectives import DirectionObjective  # noqa: E402
-from featuredream.lm import site_store  # noqa: E402
-from featuredream.lm.sites import parse_hook_name  # noqa: E402
+from featuredream.models.sites import parse_hook_name  # noqa: E402
+from featuredream.objectives.dataset import scan_objective, token_values, top_windows  # noqa: E402
+from featuredream.objectives.kinds import DirectionObjective  # noqa: E402
+from featuredream.text import activation_store as site_store
 
 
 def main() -> None:

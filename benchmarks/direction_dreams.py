@@ -35,11 +35,11 @@ from common import add_run_args, begin_run, end_run, machine_info, write_json  #
 
 from featuredream import DreamConfig, dream, load_model  # noqa: E402
 from featuredream.engine.config import DEFAULT_LADDER  # noqa: E402
-from featuredream.engine.corpus_scan import scan_objective, values_alone  # noqa: E402
-from featuredream.engine.evaluate import reference_evaluate  # noqa: E402
-from featuredream.engine.objectives import DirectionObjective  # noqa: E402
-from featuredream.lm import site_store  # noqa: E402
-from featuredream.lm.sites import parse_hook_name, run_sites  # noqa: E402
+from featuredream.evaluation.evaluate import reference_evaluate  # noqa: E402
+from featuredream.models.sites import parse_hook_name, run_sites  # noqa: E402
+from featuredream.objectives.dataset import scan_objective, values_alone  # noqa: E402
+from featuredream.objectives.kinds import DirectionObjective  # noqa: E402
+from featuredream.text import activation_store as site_store
 
 
 @torch.no_grad()
@@ -147,7 +147,7 @@ def fresh_site_cache() -> None:
     import os
     import tempfile
 
-    from featuredream.lm.models import cache_dir
+    from featuredream.models.loading import cache_dir
 
     real, fresh = cache_dir(), Path(tempfile.mkdtemp(prefix="featuredream-cache-"))
     for entry in real.iterdir():

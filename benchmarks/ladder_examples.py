@@ -35,16 +35,65 @@ from common import (  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.engine.config import DEFAULT_LADDER  # noqa: E402
-from featuredream.engine.objectives import make_objective  # noqa: E402
-from featuredream.lm.judge import FluencyJudge  # noqa: E402
+from featuredream.objectives.kinds import make_objective  # noqa: E402
+from featuredream.text.judge import FluencyJudge  # noqa: E402
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="time budget per latent")
     ap.add_argument("--n", type=int, default=5, help="how many of the draw's latents (lowest first)")
     add_run_args(ap, "ladder_examples")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def rung_row(model, tok, sae, lat: int, r, g) -> dict:
+    """One rung of the dream's ladder, re-scored from its text (exits if the score differs)."""
+    indep = independent_score(model, tok, sae, lat, g.prompt.text)
+    if abs(indep - g.prompt.activation) > 1e-3 * max(1.0, abs(indep)):
+        raise SystemExit(
+            f"latent {lat} rung {g.ceiling}: reported {g.prompt.activation}, text scores {indep}"
+        )
+    return dict(
+        ceiling=g.ceiling,
+        feasible=g.feasible,
+        text=g.prompt.text,
+        activation=g.prompt.activation,
+        ratio=r.ratio_of(g.prompt),
+        xe=g.prompt.xe,
+        xe_limit=g.xe_limit,
+        judge_pct=g.judge.percentile,
+    )
+
+
+def ladder_row(model, tok, sae, judge, lat: int, seconds: float) -> dict:
+    """Dream one latent with the CLI's defaults and judge its rungs and the dataset's best example; print them."""
+    cfg = DreamConfig(
+        time_budget=seconds, iters=1_000_000, xe_max="p90", ladder=DEFAULT_LADDER, progress=False
+    )
+    r = dream(model, tok, make_objective(sae, lat), cfg, judge=judge)
+    rungs = [rung_row(model, tok, sae, lat, r, g) for g in r.ladder]
+    best = dataset_best_text(sae, tok, lat)
+    (dj,) = judge.score([best])
+    row = dict(
+        latent=lat,
+        dataset_max=r.dataset_max,
+        dataset_text=best,
+        dataset_judge_pct=dj.percentile,
+        rungs=rungs,
+    )
+    print(f"{lat}: dataset {dj.percentile:3.0f} {best!r}")
+    for g in rungs:
+        print(
+            f"   {g['ceiling']:>4} ratio {g['ratio']:5.2f} XE {g['xe']:5.2f} judge {g['judge_pct']:3.0f} {g['text']!r}"
+        )
+    return row
+
+
+def main() -> None:
+    """Dream the latents, judge every rung and the dataset's best examples, and write the JSON."""
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     idle, monitor = begin_run(args)
     torch.manual_seed(0)
@@ -54,45 +103,7 @@ def main() -> None:
     latents = live_sample(sae, 30, 0, exclude=tune_latents(sae))[: args.n]
     out, t0 = [], time.time()
     for lat in latents:
-        cfg = DreamConfig(
-            time_budget=args.seconds, iters=1_000_000, xe_max="p90", ladder=DEFAULT_LADDER, progress=False
-        )
-        r = dream(model, tok, make_objective(sae, lat), cfg, judge=judge)
-        rungs = []
-        for g in r.ladder:
-            indep = independent_score(model, tok, sae, lat, g.prompt.text)
-            if abs(indep - g.prompt.activation) > 1e-3 * max(1.0, abs(indep)):
-                raise SystemExit(
-                    f"latent {lat} rung {g.ceiling}: reported {g.prompt.activation}, text scores {indep}"
-                )
-            rungs.append(
-                dict(
-                    ceiling=g.ceiling,
-                    feasible=g.feasible,
-                    text=g.prompt.text,
-                    activation=g.prompt.activation,
-                    ratio=r.ratio_of(g.prompt),
-                    xe=g.prompt.xe,
-                    xe_limit=g.xe_limit,
-                    judge_pct=g.judge["percentile"],
-                )
-            )
-        best = dataset_best_text(sae, tok, lat)
-        (dj,) = judge.score([best])
-        out.append(
-            dict(
-                latent=lat,
-                dataset_max=r.dataset_max,
-                dataset_text=best,
-                dataset_judge_pct=dj.percentile,
-                rungs=rungs,
-            )
-        )
-        print(f"{lat}: dataset {dj.percentile:3.0f} {best!r}")
-        for g in rungs:
-            print(
-                f"   {g['ceiling']:>4} ratio {g['ratio']:5.2f} XE {g['xe']:5.2f} judge {g['judge_pct']:3.0f} {g['text']!r}"
-            )
+        out.append(ladder_row(model, tok, sae, judge, lat, args.seconds))
     result = dict(
         args=vars(args),
         machine=machine_info("cpu"),

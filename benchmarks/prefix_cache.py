@@ -27,13 +27,13 @@ from common import add_run_args, begin_run, end_run, machine_info, write_json  #
 from throughput import candidate_batches, timed  # noqa: E402
 
 from featuredream import DirectionObjective, SAEEncoder, load_model, load_sae  # noqa: E402
-from featuredream.engine.batch import pad_right  # noqa: E402
 from featuredream.engine.children import banned_ids, make_children  # noqa: E402
 from featuredream.engine.config import DreamConfig  # noqa: E402
-from featuredream.engine.evaluate import Evaluator  # noqa: E402
-from featuredream.engine.parent_grads import parent_signals  # noqa: E402
-from featuredream.lm.models import text_config  # noqa: E402
-from featuredream.lm.sites import Site  # noqa: E402
+from featuredream.evaluation.evaluate import Evaluator  # noqa: E402
+from featuredream.evaluation.parent_grads import parent_signals  # noqa: E402
+from featuredream.models.loading import text_config  # noqa: E402
+from featuredream.models.padding import pad  # noqa: E402
+from featuredream.models.sites import Site  # noqa: E402
 
 
 def child_batches(model, tok, objective, n: int, length: int, n_batches: int, seed: int):
@@ -48,9 +48,62 @@ def child_batches(model, tok, objective, n: int, length: int, n_batches: int, se
     out = []
     for _ in range(n_batches):
         kids, _ = make_children(parent, sig, cfg, gen, banned, vocab)
-        ids, lengths = pad_right(kids, tok.pad_token_id or 0, dev)
+        ids, mask = pad(kids, tok.pad_token_id or 0, device=dev)
+        lengths = mask.sum(1)
         out.append((parent, ids, lengths))
     return out
+
+
+def cached_try(ev, timing, ref, tokens: int, name: str, need_xe: bool, args) -> dict:
+    """Print and return one prefix-cache try: its time, cached share and largest differences from no cache."""
+    t, outs, per = timing
+    share = ev.n_cached_tokens / (tokens * (1 + 1 / args.iters))
+    ds = max(float((o.scores - r.scores).abs().max()) for o, r in zip(outs, ref))
+    dx = max(float((o.xe - r.xe).abs().nan_to_num().max()) for o, r in zip(outs, ref)) if need_xe else None
+    print(
+        f"{'prefix cache, ' + name:34s} {ev.bucket_overhead:8.0f} {1e3 * t:9.1f} {100 * share:12.0f}% "
+        f"{ds:12.1e} " + ("         -" if dx is None else f"{dx:10.1e}")
+    )
+    return dict(
+        overhead=ev.bucket_overhead,
+        ms=1e3 * t,
+        ms_per_batch=[1e3 * x for x in per],
+        cached_share=share,
+        max_dscore=ds,
+        max_dxe=dx,
+    )
+
+
+def measure_path(model, objective, n: int, need_xe: bool, overheads, batches, tokens: int, args, dev) -> dict:
+    """The row for one path: no cache against the prefix cache at each overhead, interleaved batch by batch."""
+    name = "with XE (full forward)" if need_xe else "no XE (early exit)"
+    plain = Evaluator(model, objective, need_xe=need_xe, batch_size=n)
+    cached = []
+    for oh in overheads:
+        ev = Evaluator(model, objective, need_xe=need_xe, batch_size=n, prefix_cache=True)
+        if oh is not None:
+            ev.bucket_overhead = oh
+        cached.append(ev)
+    fns = [lambda b, plain=plain: plain(b[1], b[2])]
+    fns += [lambda b, ev=ev: ev(b[1], b[2], parent=b[0]) for ev in cached]
+    (t_plain, ref, plain_s), *timings = timed(fns, batches, dev)  # interleaved batch by batch
+    print(f"{'no cache, ' + name:34s} {'-':>8s} {1e3 * t_plain:9.1f}")
+    tries = [cached_try(ev, timing, ref, tokens, name, need_xe, args) for ev, timing in zip(cached, timings)]
+    best = min(tries, key=lambda r: r["ms"])
+    return dict(
+        children=n,
+        path="xe" if need_xe else "early",
+        ms_plain=1e3 * t_plain,
+        ms_plain_per_batch=[1e3 * x for x in plain_s],
+        ms_cache=best["ms"],
+        ratio=t_plain * 1e3 / best["ms"],
+        cached_share=best["cached_share"],
+        max_dscore=best["max_dscore"],
+        max_dxe=best["max_dxe"],
+        overhead=best["overhead"],
+        tokens_per_child=tokens / (n * args.iters),
+        tries=tries,
+    )
 
 
 def measure(model, tok, objective, n: int, args, dev) -> list[dict]:
@@ -65,62 +118,11 @@ def measure(model, tok, objective, n: int, args, dev) -> list[dict]:
     print(
         f"{'path':34s} {'overhead':>8s} {'ms/batch':>9s} {'cached tokens':>13s} {'max |dscore|':>12s} {'max |dXE|':>10s}"
     )
-    rows = []
     overheads = [float(x) for x in args.overheads.split(",")] if args.overheads else [None]
-    for need_xe in (False, True):
-        name = "with XE (full forward)" if need_xe else "no XE (early exit)"
-        plain = Evaluator(model, objective, need_xe=need_xe, batch_size=n)
-        cached = []
-        for oh in overheads:
-            ev = Evaluator(model, objective, need_xe=need_xe, batch_size=n, prefix_cache=True)
-            if oh is not None:
-                ev.bucket_overhead = oh
-            cached.append(ev)
-        fns = [lambda b, plain=plain: plain(b[1], b[2])]
-        fns += [lambda b, ev=ev: ev(b[1], b[2], parent=b[0]) for ev in cached]
-        (t_plain, ref, plain_s), *timings = timed(fns, batches, dev)  # interleaved batch by batch
-        print(f"{'no cache, ' + name:34s} {'-':>8s} {1e3 * t_plain:9.1f}")
-        tries = []
-        for ev, (t, outs, per) in zip(cached, timings):
-            share = ev.n_cached_tokens / (tokens * (1 + 1 / args.iters))
-            ds = max(float((o.scores - r.scores).abs().max()) for o, r in zip(outs, ref))
-            dx = (
-                max(float((o.xe - r.xe).abs().nan_to_num().max()) for o, r in zip(outs, ref))
-                if need_xe
-                else None
-            )
-            print(
-                f"{'prefix cache, ' + name:34s} {ev.bucket_overhead:8.0f} {1e3 * t:9.1f} {100 * share:12.0f}% "
-                f"{ds:12.1e} " + ("         -" if dx is None else f"{dx:10.1e}")
-            )
-            tries.append(
-                dict(
-                    overhead=ev.bucket_overhead,
-                    ms=1e3 * t,
-                    ms_per_batch=[1e3 * x for x in per],
-                    cached_share=share,
-                    max_dscore=ds,
-                    max_dxe=dx,
-                )
-            )
-        best = min(tries, key=lambda r: r["ms"])
-        rows.append(
-            dict(
-                children=n,
-                path="xe" if need_xe else "early",
-                ms_plain=1e3 * t_plain,
-                ms_plain_per_batch=[1e3 * x for x in plain_s],
-                ms_cache=best["ms"],
-                ratio=t_plain * 1e3 / best["ms"],
-                cached_share=best["cached_share"],
-                max_dscore=best["max_dscore"],
-                max_dxe=best["max_dxe"],
-                overhead=best["overhead"],
-                tokens_per_child=tokens / (n * args.iters),
-                tries=tries,
-            )
-        )
-    return rows
+    return [
+        measure_path(model, objective, n, need_xe, overheads, batches, tokens, args, dev)
+        for need_xe in (False, True)
+    ]
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ dream's own length, from the SAE's shipped table) in each mode:
 
 ``--xe-max`` may list several ceilings (``p50,p90``): each mode runs at each, as its own run (rows and
 summaries are keyed ``mode@ceiling``, e.g. ``warm@p50``). The ceilings are percentiles of the model's
-natural-text XE on the prose reference (:mod:`featuredream.lm.prose`).
+natural-text XE on the prose reference (:mod:`featuredream.text.prose`).
 
 Per run: ratio to the recorded in-context dataset max, XE and its limit, length, the best feasible
 ratio at 15 / 60 / 240 s read from the run's own trajectory (``history``), and the fluency judge's
 percentile of the dream among natural prose (``--judge``, default Gemma 3 270M, never used in the search:
-:mod:`featuredream.lm.judge`; 50 = typical prose). ``--ladder`` adds a fluency ladder to every run and
+:mod:`featuredream.text.judge`; 50 = typical prose). ``--ladder`` adds a fluency ladder to every run and
 records its rungs. Every reported activation is
 re-scored from the decoded text by ``common.independent_score`` (plain ``hidden_states`` / a q_proj hook,
 not featuredream's evaluator); the run fails loudly if one differs. Writes JSON and a plot.
@@ -44,15 +44,15 @@ from common import dominance, independent_score, live_sample, tune_latents  # no
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.engine.dream import judge_results  # noqa: E402
-from featuredream.engine.objectives import make_objective  # noqa: E402
-from featuredream.lm.judge import FluencyJudge  # noqa: E402
+from featuredream.objectives.kinds import make_objective  # noqa: E402
+from featuredream.text.judge import FluencyJudge  # noqa: E402
 
 CURVE = (15, 60, 240)
 
 
 def at_time(history: list[dict], t: float, dmax: float) -> float | None:
     """Best feasible ratio reached by ``t`` seconds (None: nothing feasible yet)."""
-    vals = [h["best_activation"] for h in history if h["elapsed"] <= t and h.get("best_feasible")]
+    vals = [h.best_activation for h in history if h.elapsed <= t and h.best_feasible]
     return max(vals) / dmax if vals else None
 
 
@@ -191,14 +191,12 @@ def run_latent(model, tok, sae, judge, lat: int, mode: str, xe_max: str, ladder,
             feasible=g.feasible,
             text=g.prompt.text,
         )
-        | dict(judge_pct=g.judge["percentile"] if g.judge else None)
+        | dict(judge_pct=g.judge.percentile if g.judge else None)
         for g in r.ladder
     ]
     row["dreams"] = [
         dict(text=d.prompt.text, ratio=r.ratio_of(d.prompt), above_floor=d.above_floor)
-        | dict(
-            judge_pct=d.judge["percentile"] if d.judge else None, judge_xe=d.judge["xe"] if d.judge else None
-        )
+        | dict(judge_pct=d.judge.percentile if d.judge else None, judge_xe=d.judge.xe if d.judge else None)
         for d in r.dreams
     ]
     return row

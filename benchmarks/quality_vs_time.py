@@ -39,7 +39,7 @@ def curve(history: list[dict]) -> list[tuple[float, float]]:
     out, t = [], 0.0
     for row in history:
         t += row["seconds"]
-        out.append((row.get("elapsed", t), row["best_activation"]))
+        out.append((row.elapsed, row.best_activation))
     return out
 
 
@@ -82,7 +82,8 @@ def plot(rows: list[dict], times: list[float], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-latents", type=int, default=8)
     ap.add_argument("--budget", type=float, default=60.0, help="wall seconds per latent and configuration")
@@ -92,14 +93,28 @@ def main() -> None:
     ap.add_argument("--start", default="auto")
     ap.add_argument("--plot", default="benchmarks/quality_vs_time.png")
     add_run_args(ap, "quality_vs_time")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    idle, monitor = begin_run(args)
-    model, tok = load_model(None, device="cpu")
-    sae = load_sae("default", model=model)
-    xe_max = corpus_xe_quantile(model, tok, length=16) if args.xe_max == "p90" else float(args.xe_max)
-    latents = live_sample(sae, args.n_latents, args.seed)
-    print(f"xe_max {xe_max:.3f} ({args.xe_max}); latents {latents}; {args.budget:g} s each", flush=True)
+    return ap.parse_args()
+
+
+def result_row(name: str, lat: int, r) -> dict:
+    """The JSON row of one dream: final prompt, counts, start phase and its activation curve."""
+    pts = curve(r.history)
+    return dict(
+        config=name,
+        latent=lat,
+        dataset_max=r.dataset_max or 1.0,
+        final_activation=r.best.activation,
+        final_xe=r.best.xe,
+        feasible=r.feasible,
+        iters=len(r.history),
+        candidates=r.n_evaluated,
+        start_seconds=(pts[0][0] - r.history[0]["seconds"]) if pts else None,
+        curve=pts,
+    )
+
+
+def dream_all(model, tok, sae, latents: list[int], xe_max: float, args) -> list[dict]:
+    """Dream each latent under each configuration for the same budget; a row per dream."""
     rows = []
     for lat in latents:
         obj = SAEEncoder(sae, lat)
@@ -115,27 +130,17 @@ def main() -> None:
                 **over,
             )
             r = dream(model, tok, obj, cfg)
-            pts = curve(r.history)
-            rows.append(
-                dict(
-                    config=name,
-                    latent=lat,
-                    dataset_max=r.dataset_max or 1.0,
-                    final_activation=r.best.activation,
-                    final_xe=r.best.xe,
-                    feasible=r.feasible,
-                    iters=len(r.history),
-                    candidates=r.n_evaluated,
-                    start_seconds=(pts[0][0] - r.history[0]["seconds"]) if pts else None,
-                    curve=pts,
-                )
-            )
+            rows.append(result_row(name, lat, r))
             print(
                 f"{lat:5d} {name:9s} act {r.best.activation:8.3f} XE {r.best.xe:5.2f} "
                 f"{'ok ' if r.feasible else 'INF'} it {len(r.history):4d} cand {r.n_evaluated:6d}",
                 flush=True,
             )
-    times = [args.step * k for k in range(1, int(args.budget // args.step) + 1)] or [args.budget]
+    return rows
+
+
+def time_table(rows: list[dict], times: list[float]) -> list[dict]:
+    """Print and return the median activation and ratio of each configuration at each time."""
     table = []
     print(
         "\n| t (s) | optimized: median act | plain: median act | optimized: median ratio | plain: median ratio |"
@@ -150,6 +155,33 @@ def main() -> None:
         table.append(line)
         cells = [line[f"{n}_{k}"] for k in ("act", "ratio") for n in CONFIGS]
         print(f"| {t:g} | " + " | ".join(fmt(c) for c in cells) + " |")
+    return table
+
+
+def final_higher(rows: list[dict]) -> int:
+    """How many latents the optimized dream ended higher on than the plain one."""
+    return sum(
+        a["final_activation"] > b["final_activation"]
+        for a in rows
+        if a["config"] == "optimized"
+        for b in rows
+        if b["config"] == "plain" and b["latent"] == a["latent"]
+    )
+
+
+def main() -> None:
+    """Dream the sample under both configurations, print the table, write the JSON and the plot."""
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    idle, monitor = begin_run(args)
+    model, tok = load_model(None, device="cpu")
+    sae = load_sae("default", model=model)
+    xe_max = corpus_xe_quantile(model, tok, length=16) if args.xe_max == "p90" else float(args.xe_max)
+    latents = live_sample(sae, args.n_latents, args.seed)
+    print(f"xe_max {xe_max:.3f} ({args.xe_max}); latents {latents}; {args.budget:g} s each", flush=True)
+    rows = dream_all(model, tok, sae, latents, xe_max, args)
+    times = [args.step * k for k in range(1, int(args.budget // args.step) + 1)] or [args.budget]
+    table = time_table(rows, times)
     iters = {n: median([r["iters"] for r in rows if r["config"] == n]) for n in CONFIGS}
     start = median([r["start_seconds"] for r in rows if r["start_seconds"] is not None])
     print(
@@ -171,13 +203,7 @@ def main() -> None:
             "median_iterations": iters,
             "median_start_seconds": start,
             "final_median_act_diff": table[-1]["optimized_act"] - table[-1]["plain_act"],
-            "final_higher": sum(
-                a["final_activation"] > b["final_activation"]
-                for a in rows
-                if a["config"] == "optimized"
-                for b in rows
-                if b["config"] == "plain" and b["latent"] == a["latent"]
-            ),
+            "final_higher": final_higher(rows),
         },
     )
     plot(rows, times, Path(args.plot))

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import add_run_args, begin_run, end_run, machine_info, write_json  # noqa: E402
 
 from featuredream import DirectionObjective, load_model
-from featuredream.engine.evaluate import Evaluator
-from featuredream.lm.models import parse_device, parse_dtype, text_config
-from featuredream.lm.sites import Site
+from featuredream.evaluation.evaluate import Evaluator
+from featuredream.models.loading import parse_device, parse_dtype, text_config
+from featuredream.models.sites import Site
 
 SHAPES = {
     "smollm2-360m": dict(
@@ -108,7 +108,8 @@ def time_ms(fn, reps: int, device) -> float:
     return statistics.median(ts)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="default,smollm2-360m")
     ap.add_argument("--lengths", default="8,16,32,64")
@@ -119,44 +120,42 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
     add_run_args(ap, "scaling")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    idle, monitor = begin_run(args)
-    device = parse_device(args.device)
-    dtype = parse_dtype(args.dtype) or torch.float32
-    points = [(int(n), args.base_length) for n in args.children.split(",")]
-    points += [(args.base_children, int(L)) for L in args.lengths.split(",")]
-    points = list(dict.fromkeys(points))
+    return ap.parse_args()
+
+
+def sweep_model(name: str, points: list[tuple[int, int]], reps: int, device, dtype) -> list[dict]:
+    """One model's rows: the three paths timed at each ``(children, length)`` point."""
+    model = build(name, device, dtype)
+    cfg = text_config(model)
+    layer = round(0.4 * cfg.num_hidden_layers)
+    direction = torch.randn(cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    obj = DirectionObjective(Site("resid_post", layer), direction)
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    vocab = model.get_input_embeddings().weight.shape[0]
     rows = []
-    for name in args.models.split(","):
-        model = build(name, device, dtype)
-        cfg = text_config(model)
-        layer = round(0.4 * cfg.num_hidden_layers)
-        direction = torch.randn(cfg.hidden_size, generator=torch.Generator().manual_seed(0))
-        obj = DirectionObjective(Site("resid_post", layer), direction)
-        n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        vocab = model.get_input_embeddings().weight.shape[0]
-        for n, L in tqdm(points, desc=name, unit="point"):
-            parent, ids, lengths = batch(vocab, n, L, device)
-            early = Evaluator(model, obj, need_xe=False, batch_size=n)
-            cached = Evaluator(model, obj, need_xe=False, batch_size=n, prefix_cache=True)
-            full = Evaluator(model, obj, need_xe=True, batch_size=n)
-            row = dict(
-                model=name,
-                params_m=round(n_params),
-                layers=cfg.num_hidden_layers,
-                objective_layer=layer,
-                children=n,
-                length=L,
-                early_ms=time_ms(partial(early, ids, lengths), args.reps, device),
-                cached_ms=time_ms(partial(cached, ids, lengths, parent=parent), args.reps, device),
-                full_ms=time_ms(partial(full, ids, lengths), args.reps, device),
-            )
-            rows.append(row)
-        del model
-    print(
-        f"\ndevice {device} ({dtype}, {torch.get_num_threads()} threads); median of {args.reps} after a warm-up"
-    )
+    for n, L in tqdm(points, desc=name, unit="point"):
+        parent, ids, lengths = batch(vocab, n, L, device)
+        early = Evaluator(model, obj, need_xe=False, batch_size=n)
+        cached = Evaluator(model, obj, need_xe=False, batch_size=n, prefix_cache=True)
+        full = Evaluator(model, obj, need_xe=True, batch_size=n)
+        row = dict(
+            model=name,
+            params_m=round(n_params),
+            layers=cfg.num_hidden_layers,
+            objective_layer=layer,
+            children=n,
+            length=L,
+            early_ms=time_ms(partial(early, ids, lengths), reps, device),
+            cached_ms=time_ms(partial(cached, ids, lengths, parent=parent), reps, device),
+            full_ms=time_ms(partial(full, ids, lengths), reps, device),
+        )
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict], reps: int, device, dtype) -> None:
+    """Print the markdown table of the rows."""
+    print(f"\ndevice {device} ({dtype}, {torch.get_num_threads()} threads); median of {reps} after a warm-up")
     print(
         "| model | params (M) | children | tokens | early exit (ms) | + prefix cache (ms) | full + XE (ms) "
         "| full / early |"
@@ -167,6 +166,22 @@ def main() -> None:
             f"| {r['model']} | {r['params_m']} | {r['children']} | {r['length']} | {r['early_ms']:.0f} | "
             f"{r['cached_ms']:.0f} | {r['full_ms']:.0f} | {r['full_ms'] / r['early_ms']:.2f} |"
         )
+
+
+def main() -> None:
+    """Sweep each model over the points, print the table and write the JSON."""
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    idle, monitor = begin_run(args)
+    device = parse_device(args.device)
+    dtype = parse_dtype(args.dtype) or torch.float32
+    points = [(int(n), args.base_length) for n in args.children.split(",")]
+    points += [(args.base_children, int(L)) for L in args.lengths.split(",")]
+    points = list(dict.fromkeys(points))
+    rows = []
+    for name in args.models.split(","):
+        rows += sweep_model(name, points, args.reps, device, dtype)
+    print_table(rows, args.reps, device, dtype)
     write_json(
         args.out,
         {

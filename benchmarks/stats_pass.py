@@ -4,7 +4,7 @@
         [--out benchmarks/stats_pass.json]
 
 * ``forward``: the forward pass to the SAE's site alone (no statistics): the ceiling of any pass;
-* ``stats``: the streaming pass (:func:`featuredream.lm.stats_pass.compute_statistics` without its XE table):
+* ``stats``: the streaming pass (:func:`featuredream.saes.stats.compute_statistics` without its XE table):
   running top-k examples per latent, fire counts, decoder projections, checkpoints;
 * ``in_memory``: what the statistics used to be made with: capture every activation, then
   ``feature_statistics`` over all of them at once (memory grows with the corpus: ``tokens x d_in x 4``
@@ -29,10 +29,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import add_run_args, begin_run, end_run, machine_info, write_json  # noqa: E402
 
 from featuredream import load_model, load_sae  # noqa: E402
-from featuredream.lm import stats_pass  # noqa: E402
-from featuredream.lm.corpus import default_corpus, split_windows  # noqa: E402
-from featuredream.lm.sae_stats import Encoder, feature_statistics  # noqa: E402
-from featuredream.lm.train_sae import capture_windows  # noqa: E402
+from featuredream.saes import stats as stats_pass
+from featuredream.saes.training import (
+    Encoder,
+    capture_windows,  # noqa: E402
+    feature_statistics,
+)
+from featuredream.text.corpus import default_corpus, split_windows  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -49,13 +49,13 @@ from common import (
 )  # noqa: E402
 
 from featuredream import DirectionObjective, DreamConfig, SAEEncoder, load_model, load_sae  # noqa: E402
-from featuredream.engine.evaluate import Evaluator  # noqa: E402
-from featuredream.engine.group import Single  # noqa: E402
 from featuredream.engine.loop import DreamLoop  # noqa: E402
-from featuredream.engine.prefix_cache import PREFIX_MIN_CHILDREN  # noqa: E402
-from featuredream.lm.models import text_config  # noqa: E402
-from featuredream.lm.sites import Site, run_sites  # noqa: E402
-from featuredream.lm.xe import sequence_xe  # noqa: E402
+from featuredream.evaluation.evaluate import Evaluator  # noqa: E402
+from featuredream.evaluation.prefix_cache import PREFIX_MIN_CHILDREN  # noqa: E402
+from featuredream.models.loading import text_config  # noqa: E402
+from featuredream.models.sites import Site, run_sites  # noqa: E402
+from featuredream.models.xe import sequence_xe  # noqa: E402
+from featuredream.objectives.group import Single  # noqa: E402
 
 
 def candidate_batches(tok, n_batches: int, n: int, length: int, seed: int) -> list[torch.Tensor]:
@@ -144,16 +144,9 @@ def loop_batches(model, tok, objective, xe_max, n_children, warm_iters: int, n_b
     return loop, out
 
 
-def measure_cascade(model, tok, objective, args, dev) -> dict:
-    """Part 2: the cascade through ``DreamLoop.evaluate`` with the buffer's bound, against the same call with
-    the cascade off and against the reference, on the loop's own children."""
-    loop, batches = loop_batches(
-        model, tok, objective, args.xe_max, args.loop_children, args.warm_iters, args.iters + 1
-    )
-    run = loop.runs[0]
-    n_kids = [len(jobs[0][1]) for jobs, _ in batches[1:]]
-    tokens = [sum(len(k) for k in jobs[0][1]) for jobs, _ in batches[1:]]
-    bounds = [jobs[0][3] for jobs, _ in batches[1:]]
+def time_cascade(loop, model, tok, objective, batches, dev):
+    """The reference, the cascade and the cascade off, interleaved on the loop's batches: their ``timed``
+    results and the children the cascade finished per timed batch."""
     finished = []
 
     def cascade(b):
@@ -167,37 +160,88 @@ def measure_cascade(model, tok, objective, args, dev) -> dict:
         loop.cascade = False
         return loop.evaluate(*b)
 
-    (ref_t, ref_out, ref_s), (casc_t, casc_out, casc_s), (full_t, full_out, full_s) = timed(
+    timings = timed(
         [lambda b: reference_iteration(model, tok, objective, b[0][0][1]), cascade, cascade_off], batches, dev
     )
-    finished = finished[1:]  # the warm-up batch
+    return timings, finished[1:]  # the warm-up batch
 
-    def entering(entries, bound):
-        """Entries that can enter the buffer: activation above the bound (all, without a bound)."""
-        return {tuple(e.ids.tolist()): (e.score, e.xe) for e in entries if bound is None or e.score > bound}
 
+def entering(entries, bound):
+    """Entries that can enter the buffer: activation above the bound (all, without a bound)."""
+    return {tuple(e.ids.tolist()): (e.score, e.xe) for e in entries if bound is None or e.score > bound}
+
+
+def compare_entering(casc_out, full_out, bounds, k) -> tuple[bool, float]:
+    """Whether the cascade and the cascade off give the same entries that can enter the buffer, and the
+    largest score / XE difference between them."""
     same, max_diff = True, 0.0
     for c, f, bound in zip(casc_out, full_out, bounds):
-        a, b = entering(c[run.k], bound), entering(f[run.k], bound)
+        a, b = entering(c[k], bound), entering(f[k], bound)
         same &= a.keys() == b.keys()
         for key in a.keys() & b.keys():
             max_diff = max(max_diff, abs(a[key][0] - b[key][0]), abs(a[key][1] - b[key][1]))
-    agree = sum(
-        int(max(f[run.k], key=lambda e: e.score).ids.tolist() == kids[int(torch.argmax(rs))].tolist())
-        for (rs, _), f, (jobs, _) in zip(ref_out, full_out, batches[1:])
+    return same, max_diff
+
+
+def top1_on_loop(ref_out, full_out, batches, k) -> int:
+    """Batches where the reference and the cascade off pick the same best child."""
+    return sum(
+        int(max(f[k], key=lambda e: e.score).ids.tolist() == kids[int(torch.argmax(rs))].tolist())
+        for (rs, _), f, (jobs, _) in zip(ref_out, full_out, batches)
         for kids in [jobs[0][1]]
-        if f[run.k]
+        if f[k]
     )
+
+
+def cascade_config(loop, args, dev) -> dict:
+    """The loop's settings for part 2."""
+    return {
+        "n_children": loop.cfg.n_children,
+        "xe_max": str(args.xe_max),
+        "start": loop.cfg.start,
+        "warm_iters": args.warm_iters,
+        "prefix_cache": loop.cfg.prefix_cache,
+        "prefix_min_children": PREFIX_MIN_CHILDREN.get(dev.type, 0),
+    }
+
+
+def cascade_speed(per_batch: float, ref, casc, full) -> dict:
+    """Part 2's times, candidates/s and ratios (``per_batch``: mean children per batch)."""
+    (ref_t, _, ref_s), (casc_t, _, casc_s), (full_t, _, full_s) = ref, casc, full
+    return {
+        "ms_per_batch": {
+            "reference": [1e3 * x for x in ref_s],
+            "cascade": [1e3 * x for x in casc_s],
+            "cascade_off": [1e3 * x for x in full_s],
+        },
+        "ms_reference": 1e3 * ref_t,
+        "ms_cascade_off": 1e3 * full_t,
+        "ms_cascade": 1e3 * casc_t,
+        "cand_per_s_reference": per_batch / ref_t,
+        "cand_per_s_cascade_off": per_batch / full_t,
+        "cand_per_s_cascade": per_batch / casc_t,
+        "ratio_cascade_vs_reference": ref_t / casc_t,
+        "ratio_cascade_vs_cascade_off": full_t / casc_t,
+        "ratio_cascade_off_vs_reference": ref_t / full_t,
+    }
+
+
+def measure_cascade(model, tok, objective, args, dev) -> dict:
+    """Part 2: the cascade through ``DreamLoop.evaluate`` with the buffer's bound, against the same call with
+    the cascade off and against the reference, on the loop's own children."""
+    loop, batches = loop_batches(
+        model, tok, objective, args.xe_max, args.loop_children, args.warm_iters, args.iters + 1
+    )
+    run = loop.runs[0]
+    n_kids = [len(jobs[0][1]) for jobs, _ in batches[1:]]
+    tokens = [sum(len(k) for k in jobs[0][1]) for jobs, _ in batches[1:]]
+    bounds = [jobs[0][3] for jobs, _ in batches[1:]]
+    (ref, casc, full), finished = time_cascade(loop, model, tok, objective, batches, dev)
+    same, max_diff = compare_entering(casc[1], full[1], bounds, run.k)
+    agree = top1_on_loop(ref[1], full[1], batches[1:], run.k)
     n = sum(n_kids)
     return {
-        "config": {
-            "n_children": loop.cfg.n_children,
-            "xe_max": str(args.xe_max),
-            "start": loop.cfg.start,
-            "warm_iters": args.warm_iters,
-            "prefix_cache": loop.cfg.prefix_cache,
-            "prefix_min_children": PREFIX_MIN_CHILDREN.get(dev.type, 0),
-        },
+        "config": cascade_config(loop, args, dev),
         "batches": len(n_kids),
         "children_per_batch": n_kids,
         "mean_tokens_per_child": sum(tokens) / max(n, 1),
@@ -211,24 +255,12 @@ def measure_cascade(model, tok, objective, args, dev) -> dict:
         "same_entering_entries": bool(same),
         "max_diff_entering_score_xe": max_diff,
         "top1_agreement_reference_vs_cascade_off": agree / len(n_kids),
-        "ms_per_batch": {
-            "reference": [1e3 * x for x in ref_s],
-            "cascade": [1e3 * x for x in casc_s],
-            "cascade_off": [1e3 * x for x in full_s],
-        },
-        "ms_reference": 1e3 * ref_t,
-        "ms_cascade_off": 1e3 * full_t,
-        "ms_cascade": 1e3 * casc_t,
-        "cand_per_s_reference": n / len(n_kids) / ref_t,
-        "cand_per_s_cascade_off": n / len(n_kids) / full_t,
-        "cand_per_s_cascade": n / len(n_kids) / casc_t,
-        "ratio_cascade_vs_reference": ref_t / casc_t,
-        "ratio_cascade_vs_cascade_off": full_t / casc_t,
-        "ratio_cascade_off_vs_reference": ref_t / full_t,
+        **cascade_speed(n / len(n_kids), ref, casc, full),
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command-line options."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--children", type=int, default=128)
@@ -242,12 +274,11 @@ def main() -> None:
     ap.add_argument("--xe-max", default="p90", help="the loop's ceiling: pNN (SAE's table) or a number")
     ap.add_argument("--no-cascade", action="store_true", help="skip part 2 (the loop's cascade)")
     add_run_args(ap, "throughput")
-    args = ap.parse_args()
-    idle, monitor = begin_run(args)
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    cfg = text_config(model)
+    return ap.parse_args()
+
+
+def pick_objective(model, tok, args, cfg):
+    """``(objective, SAE feature or None)``; settles ``args.xe_max`` (a number unless it names the SAE's table)."""
     if args.model is None:
         sae = load_sae("default", model=model)
         feature = args.feature if args.feature is not None else int(sae.stats.live_latents()[0])
@@ -263,17 +294,15 @@ def main() -> None:
             args.xe_max = corpus_xe_quantile(model, tok, length=args.tokens, q=float(args.xe_max[1:]) / 100)
     if not str(args.xe_max).startswith("p"):
         args.xe_max = float(args.xe_max)
-    batches = candidate_batches(tok, args.iters + 1, args.children, args.tokens, seed=0)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_embed = model.get_input_embeddings().weight.numel()
-    layer = max(s.layer for s in objective.sites)
-    per_layer = (n_params - n_embed) / cfg.num_hidden_layers  # tied embeddings: the head reuses n_embed
+    return objective, feature
 
-    peak_before = cpu_peak_gflops() if dev.type == "cpu" else None
+
+def measure_fixed(model, tok, objective, args, batches, dev):
+    """Part 1: the reference and the optimized evaluator with and without XE, interleaved on fixed batches."""
     lengths = torch.full((args.children,), args.tokens, device=dev)
     full = Evaluator(model, objective, need_xe=True, batch_size=args.children)
     early = Evaluator(model, objective, need_xe=False, batch_size=args.children)
-    (ref_t, ref_out, ref_s), (full_t, full_out, full_s), (early_t, early_out, early_s) = timed(
+    return timed(
         [
             lambda b: reference_iteration(model, tok, objective, b),
             lambda b: full(b.to(dev), lengths),
@@ -282,8 +311,10 @@ def main() -> None:
         batches,
         dev,
     )
-    cascade = None if args.no_cascade else measure_cascade(model, tok, objective, args, dev)
 
+
+def hardware_peak(dev, dtype, peak_before) -> tuple[float | None, str]:
+    """The peak GFLOP/s the % of peak is taken against, and where it comes from."""
     if dev.type == "cpu":
         peak = max(peak_before, cpu_peak_gflops())
         peak_source = (
@@ -293,30 +324,29 @@ def main() -> None:
         tflops = device_peak_tflops(torch.cuda.get_device_name(dev), dtype)
         peak = None if tflops is None else 1e3 * tflops
         peak_source = "datasheet dense peak for the device name and dtype (common.DEVICE_PEAK_TFLOPS)"
+    return peak, peak_source
 
-    def agree(outs) -> float:
-        """Fraction of batches where both evaluators pick the same best candidate."""
-        return sum(
-            int(torch.argmax(r[0]) == torch.argmax(o.scores.cpu())) for r, o in zip(ref_out, outs)
-        ) / len(outs)
 
-    max_err = max(float((rs - o.scores.cpu()).abs().max()) for (rs, _), o in zip(ref_out, full_out))
-    max_xe_err = max(float((rx - o.xe.cpu()).abs().max()) for (_, rx), o in zip(ref_out, full_out))
-    tokens = args.children * args.tokens
-    flops_full = 2 * tokens * (per_layer * cfg.num_hidden_layers + n_embed)
-    flops_early = 2 * tokens * per_layer * (layer + 1)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"model {args.model or 'default'} on {dev} ({dtype}); "
-        f"{args.children} children x {args.tokens} tokens; objective at layer {layer} of {cfg.num_hidden_layers}"
+def agreement(ref_out, outs) -> float:
+    """Fraction of batches where both evaluators pick the same best candidate."""
+    return sum(int(torch.argmax(r[0]) == torch.argmax(o.scores.cpu())) for r, o in zip(ref_out, outs)) / len(
+        outs
     )
+
+
+PATHS = (
+    ("reference", "reference (strings, fp32, mask)"),
+    ("full", "optimized, with XE (full)"),
+    ("early", "optimized, no XE (early exit)"),
+)
+
+
+def path_rows(args, timings, flops: tuple[float, float], peak) -> list[dict]:
+    """Print and return part 1's row per path: ms per batch, candidates/s, GFLOP/s and % of peak."""
+    flops_full, flops_early = flops
     rows = []
     print(f"{'path':34s} {'ms/iter':>9s} {'cand/s':>9s} {'GFLOP/s':>9s} {'% of peak':>9s}")
-    for key, name, t, fl, per in (
-        ("reference", "reference (strings, fp32, mask)", ref_t, flops_full, ref_s),
-        ("full", "optimized, with XE (full)", full_t, flops_full, full_s),
-        ("early", "optimized, no XE (early exit)", early_t, flops_early, early_s),
-    ):
+    for (key, name), (t, _, per), fl in zip(PATHS, timings, (flops_full, flops_full, flops_early)):
         gflops = fl / t / 1e9
         pct = None if peak is None else 100 * gflops / peak
         rows.append(
@@ -335,11 +365,11 @@ def main() -> None:
             f"{name:34s} {1e3 * t:9.1f} {args.children / t:9.0f} {gflops:9.1f} "
             + ("        -" if pct is None else f"{pct:8.1f}%")
         )
-    print(
-        f"top-1 agreement with reference: with XE {agree(full_out):.2f}, early exit {agree(early_out):.2f}; "
-        f"max |score diff| {max_err:.2e}, max |XE diff| {max_xe_err:.2e}"
-    )
-    cuda_mib = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+    return rows
+
+
+def print_peak(peak, peak_source: str, flops_full: float, dev, dtype, rss: float, cuda_mib) -> None:
+    """Print the peak, the floor for one full iteration and the peak memory."""
     print(
         (
             f"peak {peak:.0f} GFLOP/s ({peak_source}); floor for one full iteration "
@@ -350,31 +380,108 @@ def main() -> None:
         + f"peak RSS {rss:.0f} MiB"
         + (f"; peak CUDA {cuda_mib:.0f} MiB" if cuda_mib is not None else "")
     )
-    if cascade is not None:
-        c = cascade
-        print(
-            f"the loop's cascade ({c['config']['n_children']} children per iteration, xe_max {c['config']['xe_max']}, "
-            f"{c['batches']} batches of {min(c['children_per_batch'])}-{max(c['children_per_batch'])} children, "
-            f"{c['mean_tokens_per_child']:.1f} tokens each, bound in {c['batches_with_bound']}, prefix cache in "
-            f"{c['batches_with_prefix_cache']}):"
-        )
-        for name, key in (
-            ("reference on the loop's children", "reference"),
-            ("DreamLoop.evaluate, cascade off", "cascade_off"),
-            ("DreamLoop.evaluate, cascade on", "cascade"),
-        ):
-            print(f"  {name:34s} {c['ms_' + key]:9.1f} ms/batch {c['cand_per_s_' + key]:9.0f} cand/s")
-        print(
-            f"  the cascade finished {c['finished']}/{c['children']} children ({100 * c['finished_share']:.0f}%); "
-            f"same entries that can enter the buffer as cascade off: {c['same_entering_entries']} "
-            f"(max diff {c['max_diff_entering_score_xe']:.1e}); top-1 reference vs cascade off "
-            f"{c['top1_agreement_reference_vs_cascade_off']:.2f}"
-        )
-    run = end_run(idle, monitor)
+
+
+def fixed_report(args, dev, dtype, cfg, layer: int, timings, flops, peak, peak_source: str) -> dict:
+    """Print part 1's table, agreement and memory; return their JSON fields."""
+    (_, ref_out, _), (_, full_out, _), (_, early_out, _) = timings
+    max_err = max(float((rs - o.scores.cpu()).abs().max()) for (rs, _), o in zip(ref_out, full_out))
+    max_xe_err = max(float((rx - o.xe.cpu()).abs().max()) for (_, rx), o in zip(ref_out, full_out))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"model {args.model or 'default'} on {dev} ({dtype}); "
+        f"{args.children} children x {args.tokens} tokens; objective at layer {layer} of {cfg.num_hidden_layers}"
+    )
+    rows = path_rows(args, timings, flops, peak)
+    top1 = {"full": agreement(ref_out, full_out), "early": agreement(ref_out, early_out)}
+    print(
+        f"top-1 agreement with reference: with XE {top1['full']:.2f}, early exit {top1['early']:.2f}; "
+        f"max |score diff| {max_err:.2e}, max |XE diff| {max_xe_err:.2e}"
+    )
+    cuda_mib = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+    print_peak(peak, peak_source, flops[0], dev, dtype, rss, cuda_mib)
+    return {
+        "rows": rows,
+        "top1_agreement": top1,
+        "max_score_diff": max_err,
+        "max_xe_diff": max_xe_err,
+        "peak_rss_mib": rss,
+        "peak_cuda_mib": cuda_mib,
+    }
+
+
+def print_cascade(c: dict) -> None:
+    """Print part 2's summary."""
+    print(
+        f"the loop's cascade ({c['config']['n_children']} children per iteration, xe_max {c['config']['xe_max']}, "
+        f"{c['batches']} batches of {min(c['children_per_batch'])}-{max(c['children_per_batch'])} children, "
+        f"{c['mean_tokens_per_child']:.1f} tokens each, bound in {c['batches_with_bound']}, prefix cache in "
+        f"{c['batches_with_prefix_cache']}):"
+    )
+    for name, key in (
+        ("reference on the loop's children", "reference"),
+        ("DreamLoop.evaluate, cascade off", "cascade_off"),
+        ("DreamLoop.evaluate, cascade on", "cascade"),
+    ):
+        print(f"  {name:34s} {c['ms_' + key]:9.1f} ms/batch {c['cand_per_s_' + key]:9.0f} cand/s")
+    print(
+        f"  the cascade finished {c['finished']}/{c['children']} children ({100 * c['finished_share']:.0f}%); "
+        f"same entries that can enter the buffer as cascade off: {c['same_entering_entries']} "
+        f"(max diff {c['max_diff_entering_score_xe']:.1e}); top-1 reference vs cascade off "
+        f"{c['top1_agreement_reference_vs_cascade_off']:.2f}"
+    )
+
+
+def ratios_of(timings, cascade) -> dict:
+    """The speed-up ratios written to the JSON."""
+    (ref_t, _, _), (full_t, _, _), (early_t, _, _) = timings
     ratios = {"early_vs_reference": ref_t / early_t, "full_vs_reference": ref_t / full_t}
     if cascade is not None:
         ratios["loop_cascade_vs_reference"] = cascade["ratio_cascade_vs_reference"]
         ratios["loop_cascade_vs_cascade_off"] = cascade["ratio_cascade_vs_cascade_off"]
+    return ratios
+
+
+def final_message(timings, cascade) -> str:
+    """The last line: the ratios."""
+    (ref_t, _, _), (full_t, _, _), (early_t, _, _) = timings
+    msg = f"ratio (optimized with XE / reference): {ref_t / full_t:.2f}x; (early exit / reference): {ref_t / early_t:.2f}x"
+    if cascade is not None:
+        msg += (
+            f"; the loop's cascade / reference on its children: {cascade['ratio_cascade_vs_reference']:.2f}x "
+            f"(/ cascade off: {cascade['ratio_cascade_vs_cascade_off']:.2f}x)"
+        )
+    return msg
+
+
+def main() -> None:
+    """Part 1 on fixed batches and part 2 on the loop's cascade; print the summary and write ``--out``."""
+    args = parse_args()
+    idle, monitor = begin_run(args)
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    cfg = text_config(model)
+    objective, feature = pick_objective(model, tok, args, cfg)
+    batches = candidate_batches(tok, args.iters + 1, args.children, args.tokens, seed=0)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_embed = model.get_input_embeddings().weight.numel()
+    layer = max(s.layer for s in objective.sites)
+    per_layer = (n_params - n_embed) / cfg.num_hidden_layers  # tied embeddings: the head reuses n_embed
+
+    peak_before = cpu_peak_gflops() if dev.type == "cpu" else None
+    timings = measure_fixed(model, tok, objective, args, batches, dev)
+    cascade = None if args.no_cascade else measure_cascade(model, tok, objective, args, dev)
+    peak, peak_source = hardware_peak(dev, dtype, peak_before)
+
+    tokens = args.children * args.tokens
+    flops_full = 2 * tokens * (per_layer * cfg.num_hidden_layers + n_embed)
+    flops_early = 2 * tokens * per_layer * (layer + 1)
+    report = fixed_report(args, dev, dtype, cfg, layer, timings, (flops_full, flops_early), peak, peak_source)
+    if cascade is not None:
+        print_cascade(cascade)
+    run = end_run(idle, monitor)
+    ratios = ratios_of(timings, cascade)
     write_json(
         args.out,
         {
@@ -387,23 +494,12 @@ def main() -> None:
             "peak_gflop_per_s": peak,
             "peak_source": peak_source,
             "cpu_peak_gflop_per_s_before": peak_before,
-            "rows": rows,
-            "top1_agreement": {"full": agree(full_out), "early": agree(early_out)},
-            "max_score_diff": max_err,
-            "max_xe_diff": max_xe_err,
-            "peak_rss_mib": rss,
-            "peak_cuda_mib": cuda_mib,
+            **report,
             "cascade": cascade,
             "ratios": ratios,
         },
     )
-    msg = f"ratio (optimized with XE / reference): {ref_t / full_t:.2f}x; (early exit / reference): {ref_t / early_t:.2f}x"
-    if cascade is not None:
-        msg += (
-            f"; the loop's cascade / reference on its children: {cascade['ratio_cascade_vs_reference']:.2f}x "
-            f"(/ cascade off: {cascade['ratio_cascade_vs_cascade_off']:.2f}x)"
-        )
-    print(msg)
+    print(final_message(timings, cascade))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from common import dominance, tune_latents  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.engine.dream import judge_results  # noqa: E402
-from featuredream.engine.objectives import make_objective  # noqa: E402
-from featuredream.lm.judge import FluencyJudge  # noqa: E402
+from featuredream.objectives.kinds import make_objective  # noqa: E402
+from featuredream.text.judge import FluencyJudge  # noqa: E402
 
 
 def run_one(model, tok, sae, judge, lat: int, name: str, kw: dict, args) -> dict:

@@ -9,7 +9,7 @@ query whose features are interpretable and whose dreams can be checked by eye. M
 
 import torch
 
-from featuredream.lm.models import decoder_layers, load_model
+from featuredream.models.loading import decoder_layers, load_model
 
 model, tok = load_model(None, device="cpu", dtype="float32")
 model.set_attn_implementation("eager")  # SDPA returns no attention weights

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from featuredream.engine.config import FIELD_DOCS, DreamConfig, source_field_docs
-from featuredream.lm.stats_pass import StatsConfig
-from featuredream.lm.train_sae import TrainConfig
+from featuredream.saes.stats import StatsConfig
+from featuredream.saes.training import TrainConfig
 
 CLASSES = (DreamConfig, StatsConfig, TrainConfig)
 

@@ -1,5 +1,5 @@
 """Make the default fluency judge's shipped reference (``src/featuredream/data/judges/``): Gemma 3 270M's
-prefix XE of the 640 prose reference windows (see :mod:`featuredream.lm.judge`), with the model fingerprint
+prefix XE of the 640 prose reference windows (see :mod:`featuredream.text.judge`), with the model fingerprint
 and windows digest it came from as metadata (the loader checks both). ~4 min on a 2-core CPU:
 
     python scripts/judge_reference.py
@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from featuredream.lm.judge import DEFAULT_JUDGE, SHIPPED
-from featuredream.lm.models import load_model
-from featuredream.lm.prose import prose_windows
-from featuredream.lm.sae_stats import prefix_xe, windows_digest
-from featuredream.lm.site_store import model_fingerprint
+from featuredream.models.identity import model_fingerprint
+from featuredream.models.loading import load_model
+from featuredream.text.corpus import windows_digest
+from featuredream.text.judge import DEFAULT_JUDGE, SHIPPED
+from featuredream.text.prose import prose_windows
+from featuredream.text.xe_table import prefix_xe
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 torch.set_num_threads(2)

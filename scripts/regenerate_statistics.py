@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from featuredream.lm.corpus import default_corpus
-from featuredream.lm.models import DEFAULT_MODEL, load_model
-from featuredream.lm.sae_stats import verify_examples
-from featuredream.lm.saes import load_sae
-from featuredream.lm.stats_pass import StatsInputs, compute_statistics, shipped_config
+from featuredream.models.loading import DEFAULT_MODEL, load_model
+from featuredream.saes.loading import load_sae
+from featuredream.saes.stats import StatsInputs, compute_statistics, shipped_config, verify_examples
+from featuredream.text.corpus import default_corpus
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 torch.set_num_threads(2)

@@ -9,9 +9,9 @@ import logging
 import sys
 from dataclasses import fields
 
-from featuredream.lm.corpus import default_corpus
-from featuredream.lm.models import DEFAULT_MODEL, load_model
-from featuredream.lm.train_sae import TrainConfig, train_sae
+from featuredream.models.loading import DEFAULT_MODEL, load_model
+from featuredream.saes.training import TrainConfig, train_sae
+from featuredream.text.corpus import default_corpus
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 out = sys.argv[1] if len(sys.argv) > 1 else "src/featuredream/data/saes/smollm2-res12"

@@ -9,10 +9,9 @@ import sys
 import pytest
 import torch
 
-from featuredream.lm.models import load_model
-from featuredream.lm.sae_check import check_site, site_fvu
-from featuredream.lm.saes import load_sae
-from featuredream.lm.sites import Site
+from featuredream.models.sites import Site
+from featuredream.saes.check import check_site, site_fvu
+from featuredream.saes.loading import load_sae
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +20,9 @@ HELD_OUT_MODULES = ("graphlib", "netrc", "bdb", "pstats", "rlcompleter", "codeop
 
 
 @pytest.fixture(scope="module")
-def default():
-    torch.manual_seed(0)
-    return load_model(None, device="cpu")
+def default(default_model):
+    """The session's one load of the real model (conftest)."""
+    return default_model
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_site_check_catches_off_by_one(default, default_sae):
         check_site(model, tok, wrong)
 
 
-def test_cli_dream_end_to_end(tmp_path):
+def test_cli_dream_end_to_end(tmp_path, default):
     out = tmp_path / "r.json"
     cmd = [
         sys.executable,
@@ -107,7 +106,7 @@ def test_cli_dream_end_to_end(tmp_path):
     assert res["xe_limit"] == pytest.approx(res["xe_limits"]["by_length"][str(n)], abs=1e-4)
     assert res["feasible"] == (res["best"]["xe"] <= res["xe_limit"])
     # the reported activation, from the text alone, by plain hidden_states and the SAE weights by hand
-    model, tok = load_model(None, device="cpu")
+    model, tok = default
     sae = load_sae("default", model=model).sae
     ids = torch.tensor([tok(res["best"]["text"], add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
@@ -138,8 +137,8 @@ def test_cli_bad_feature_one_line(tmp_path):
 def test_shipped_query_sae_binds_to_the_induction_head(default):
     from featuredream.engine.config import DreamConfig
     from featuredream.engine.dream import dream
-    from featuredream.engine.evaluate import reference_evaluate
-    from featuredream.engine.objectives import QueryFeature, make_objective
+    from featuredream.evaluation.evaluate import reference_evaluate
+    from featuredream.objectives.kinds import QueryFeature, make_objective
 
     model, tok = default
     sae = load_sae("query", model=model)

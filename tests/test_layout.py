@@ -1,15 +1,19 @@
-"""The package's structure, checked: layers import only those below them, no import cycle, no module
-imports another module's private ``_name``, files stay small, functions stay short, and no module is named
-like a standard-library module or a dependency."""
+"""The package's structure, checked: rooms (subpackages by concept) import only those below them, each says
+in its ``__init__`` what it holds and what it may import, no import cycle, no module imports another
+module's private ``_name``, files and rooms stay small, functions stay short (in the package, benchmarks/ and
+scripts/ alike), and no module is named like a standard-library module or a dependency."""
 
 import ast
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "featuredream"
-LAYERS = ["", "lm", "engine", "observe", "sweep", "cli"]
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "featuredream"
+LAYERS = ["", "models", "text", "saes", "objectives", "evaluation", "engine", "observe", "sweep", "cli"]
 """Bottom to top; "" is the top-level helper modules (``checks``, ...). ``__init__`` is the public facade."""
+ROOM_LINES = 3200
+"""A room (subpackage) at most this many lines: past it, it holds more than one concept."""
 
 
 def _modules() -> dict[str, Path]:
@@ -99,32 +103,49 @@ def test_files_stay_small():
     assert not big, big
 
 
+def test_rooms_stay_small_and_say_what_they_hold():
+    """Each room's ``__init__`` docstring says what it holds and what it may import; no room is over
+    :data:`ROOM_LINES` lines."""
+    for room in LAYERS[1:]:
+        init = SRC / room / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert len(doc.split()) > 20 and "import" in doc, f"{room}/__init__.py does not say what it holds"
+        lines = sum(len(p.read_text().splitlines()) for p in (SRC / room).glob("*.py"))
+        assert lines <= ROOM_LINES, f"{room}/ has {lines} lines"
+
+
 def test_functions_stay_short():
-    """Every function of the package fits in ~60 lines; the CLI's declarative argparse ``register``
-    functions (one ``add_argument`` after another) are the exception."""
+    """Every function of the package, the benchmarks and the scripts fits in ~60 lines; the CLI's
+    declarative argparse ``register`` functions (one ``add_argument`` after another) are the exception."""
     long_ = []
-    for p in SRC.rglob("*.py"):
+    files = [*SRC.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    for p in files:
         for node in ast.walk(ast.parse(p.read_text())):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.name == "register":
                 continue
             if (n := node.end_lineno - node.lineno + 1) > 62:
-                long_.append(f"{p.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
+                long_.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert not long_, long_
 
 
 def test_the_checks_can_fail():
     """The graph reader sees relative imports of private names and upward imports (a fabricated module)."""
-    fake = SRC / "lm" / "models.py"
-    edges = _imports("featuredream.lm.models", fake, MODS)
-    assert all(_layer(dst) <= _layer("featuredream.lm.models") for dst, _ in edges)
+    fake = SRC / "models" / "loading.py"
+    edges = _imports("featuredream.models.loading", fake, MODS)
+    assert all(_layer(dst) <= _layer("featuredream.models.loading") for dst, _ in edges)
     assert (
-        _layer("featuredream.cli.main") > _layer("featuredream.engine.loop") > _layer("featuredream.lm.sites")
+        _layer("featuredream.cli.main")
+        > _layer("featuredream.engine.loop")
+        > _layer("featuredream.objectives.kinds")
+        > _layer("featuredream.saes.loading")
+        > _layer("featuredream.text.corpus")
+        > _layer("featuredream.models.sites")
     )
     src = "from ..engine.loop import _x\nfrom . import sites\n"
     got = _imports(
-        "featuredream.lm.__probe__", SRC / "lm" / "__probe__.py", MODS, source=src
+        "featuredream.models.__probe__", SRC / "models" / "__probe__.py", MODS, source=src
     )  # never written
-    assert ("featuredream.engine.loop", "_x") in got and ("featuredream.lm.sites", "") in got
+    assert ("featuredream.engine.loop", "_x") in got and ("featuredream.models.sites", "") in got
 
 
 def test_no_module_shadows_the_standard_library_or_a_dependency():

@@ -2,8 +2,12 @@
 
 from .engine.config import DreamConfig
 from .engine.dream import dream, dream_features, dream_many
-from .engine.group import MultiLatentObjective
-from .engine.objectives import (
+from .engine.results import DreamResult, FeatureError, Prompt, Rung
+from .models.bos import with_bos
+from .models.loading import load_model
+from .models.sites import Site, parse_hook_name
+from .objectives.group import MultiLatentObjective
+from .objectives.kinds import (
     DecoderProjection,
     DirectionObjective,
     FunctionObjective,
@@ -13,13 +17,9 @@ from .engine.objectives import (
     WeightedSum,
     make_objective,
 )
-from .engine.results import DreamResult, FeatureError, Prompt, Rung
-from .lm.bos import with_bos
-from .lm.judge import FluencyJudge
-from .lm.models import load_model
-from .lm.saes import BoundSAE, load_sae
-from .lm.sites import Site, parse_hook_name
 from .observe import feature_card  # importing observe registers DreamResult's notebook view
+from .saes.loading import BoundSAE, load_sae
+from .text.judge import FluencyJudge
 
 __all__ = [
     "BoundSAE",

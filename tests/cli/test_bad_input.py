@@ -6,8 +6,8 @@ import pytest
 from helpers.cli import dream_args, run_cli
 from helpers.saes import identity_sae_dir
 
-from featuredream.lm.models import load_model
-from featuredream.lm.saes import load_sae
+from featuredream.models.loading import load_model
+from featuredream.saes.loading import load_sae
 
 BAD = [
     (["--feature", "-1"], "valid are 0..127"),

@@ -27,7 +27,7 @@ def test_cli_dream_writes_result(tiny_dirs, tmp_path, capsys):
 def test_cli_judge_scores_the_dream(tiny_dirs, tmp_path, capsys, monkeypatch):
     """``--judge MODEL``: the reported prompt and each rung get the judge's percentile (here the tiny model
     judges itself on a small reference); ``--ladder off`` drops the ladder."""
-    from featuredream.lm import prose
+    from featuredream.text import prose
 
     monkeypatch.setenv("FEATUREDREAM_CACHE", str(tmp_path / "cache"))
     g = __import__("torch").Generator().manual_seed(0)
@@ -158,7 +158,7 @@ def test_cli_train_sae_writes_an_sae_that_load_sae_reads_back(
     from helpers.corpus import tiny_corpus
 
     from featuredream import Site, load_sae
-    from featuredream.lm import corpus
+    from featuredream.text import corpus
 
     monkeypatch.setattr(corpus, "default_corpus", tiny_corpus)  # offline and small: no wheel, no pydoc
     out = tmp_path / "sae"
@@ -211,8 +211,8 @@ def test_shipped_field_docs_are_current():
     from importlib import resources
 
     from featuredream.engine.config import FIELD_DOCS, DreamConfig, field_docs, source_field_docs
-    from featuredream.lm.stats_pass import StatsConfig
-    from featuredream.lm.train_sae import TrainConfig
+    from featuredream.saes.stats import StatsConfig
+    from featuredream.saes.training import TrainConfig
 
     shipped = json.loads((resources.files("featuredream") / "data" / FIELD_DOCS).read_text())
     for cls in (DreamConfig, StatsConfig, TrainConfig):
@@ -221,3 +221,19 @@ def test_shipped_field_docs_are_current():
         )
         assert field_docs(cls) == source_field_docs(cls)
     assert "ladder" in field_docs(DreamConfig) and "xe_reference" in field_docs(StatsConfig)
+
+
+def test_help_reads_as_plain_text(capsys):
+    """``--help`` shows the field docs without reST: no ``literal`` marks, no :func:/:mod: roles."""
+    import re
+
+    from featuredream.cli.main import main
+
+    for cmd in (["dream", "--help"], ["stats", "--help"], ["train-sae", "--help"]):
+        try:
+            main(cmd)
+        except SystemExit:
+            pass
+        out = capsys.readouterr().out
+        assert "--xe-max" in out or "--tokens" in out or "--d-sae" in out
+        assert "``" not in out and not re.search(r":(func|mod|class|data|meth):`", out), cmd

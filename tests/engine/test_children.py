@@ -75,6 +75,6 @@ def test_dream_drops_and_counts_unstable_children_and_reports_only_fixed_points(
     for p in [r.best, *r.buffer]:
         assert _enc(lossy_tokenizer, p.text) == p.ids, p.text
         assert lossy_tokenizer.decode(p.ids) == p.text, p.text
-    assert all(2 < h["best_tokens"] < 40 for h in r.history)
+    assert all(2 < h.best_tokens < 40 for h in r.history)
     lossless = dream(tiny_llama, tiny_tokenizer, obj, cfg)  # same search, a lossless round trip
     assert lossless.n_dropped_retokenization == 0

@@ -4,16 +4,16 @@ equals K single runs with the same seeds (same prompts, scores within float tole
 import pytest
 import torch
 
-from featuredream.engine.batch import pad_right
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.dream import dream, dream_features, dream_many
-from featuredream.engine.evaluate import Evaluator
-from featuredream.engine.group import MultiLatentObjective
-from featuredream.engine.objectives import make_objective
-from featuredream.engine.parent_grads import batched_parent_signals
 from featuredream.engine.results import FeatureError
-from featuredream.lm.models import embed_scale
-from featuredream.lm.sites import run_sites
+from featuredream.evaluation.evaluate import Evaluator
+from featuredream.evaluation.parent_grads import batched_parent_signals
+from featuredream.models.loading import embed_scale
+from featuredream.models.padding import pad
+from featuredream.models.sites import run_sites
+from featuredream.objectives.group import MultiLatentObjective
+from featuredream.objectives.kinds import make_objective
 
 FAST = dict(
     iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
@@ -38,10 +38,11 @@ def test_multi_objective_scores_every_latent_like_single_objectives(
 ):
     latents = [5, 0, 77, 12]
     multi = MultiLatentObjective(tiny_sae, latents, kind, reduce)
-    ids, lengths = pad_right([_ids(tiny_tokenizer, t) for t in PROMPTS], 0)
+    ids, mask = pad([_ids(tiny_tokenizer, t) for t in PROMPTS], 0)
+    lengths = mask.sum(1)
     ev = Evaluator(tiny_llama, multi.singles[0], need_xe=False)
-    from featuredream.engine.batch import length_mask
-    from featuredream.lm.sites import run_sites
+    from featuredream.models.padding import length_mask
+    from featuredream.models.sites import run_sites
 
     acts, _ = run_sites(tiny_llama, multi.sites, input_ids=ids)
     mask = length_mask(lengths, ids.shape[1])
@@ -67,7 +68,7 @@ def test_multi_objective_scores_every_latent_like_single_objectives(
 
 def _one_hot_signals(model, objective, ids, xe_weight):
     """Reference: autograd through ``(one_hot @ W_E) * scale`` for one unpadded parent."""
-    from featuredream.lm.xe import sequence_xe
+    from featuredream.models.xe import sequence_xe
 
     W = model.get_input_embeddings().weight
     one_hot = torch.nn.functional.one_hot(ids, W.shape[0]).to(W.dtype).requires_grad_(True)
@@ -110,7 +111,8 @@ def test_owned_prefix_cache_equals_plain_path(tiny_model, tiny_tokenizer, tiny_s
                 owner.append(k)
         kids.append(par[:-1])  # a delete at the end: shares everything but is shorter
         owner.append(k)
-    ids, lengths = pad_right(kids, 0)
+    ids, mask = pad(kids, 0)
+    lengths = mask.sum(1)
     owner = torch.tensor(owner)
     for need_xe in (False, True):
         plain = Evaluator(tiny_model, multi, need_xe=need_xe)(ids, lengths, owner)
@@ -130,10 +132,10 @@ def _assert_same_run(m, s):
     assert m.best.text == s.best.text
     assert abs(m.best.activation - s.best.activation) <= 1e-4 and abs(m.best.xe - s.best.xe) <= 1e-5
     assert [b.text for b in m.buffer] == [b.text for b in s.buffer]
-    assert [h["operator"] for h in m.history] == [h["operator"] for h in s.history]
+    assert [h.operator for h in m.history] == [h.operator for h in s.history]
     for hm, hs in zip(m.history, s.history):
-        assert hm["candidates"] == hs["candidates"]
-        assert abs(hm["best_loss"] - hs["best_loss"]) <= 1e-4 * max(1.0, abs(hs["best_loss"]))
+        assert hm.candidates == hs.candidates
+        assert abs(hm.best_loss - hs.best_loss) <= 1e-4 * max(1.0, abs(hs.best_loss))
     assert (m.n_evaluated, m.n_nonfinite, m.n_dropped_retokenization, m.n_capped_positions) == (
         s.n_evaluated,
         s.n_nonfinite,
@@ -164,7 +166,7 @@ def _assert_same_run(m, s):
 def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extra, monkeypatch):
     extra, cached = dict(extra), "bucket_overhead" in extra
     if cached:  # cheap passes, any batch size: both paths really split children into cached buckets
-        from featuredream.engine.prefix_cache import BUCKET_OVERHEAD, PREFIX_MIN_CHILDREN
+        from featuredream.evaluation.prefix_cache import BUCKET_OVERHEAD, PREFIX_MIN_CHILDREN
 
         monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", extra.pop("bucket_overhead"))
         monkeypatch.setitem(PREFIX_MIN_CHILDREN, "cpu", 0)
@@ -180,16 +182,16 @@ def test_multi_run_equals_single_runs(tiny_model, tiny_tokenizer, tiny_sae, extr
             DreamConfig(**{**FAST, **extra}, seed=seed),
         )
         _assert_same_run(m, single)
-        assert m.environment["multi"]["features"] == 3
-        assert m.environment["multi"]["cached_tokens"] > 0 or not cached
-        assert m.verification["abs_error"] <= m.verification["tolerance"]
+        assert m.environment.multi.features == 3
+        assert m.environment.multi.cached_tokens > 0 or not cached
+        assert m.verification.abs_error <= m.verification.tolerance
 
 
 def test_dream_features_groups_and_errors(tiny_llama, tiny_tokenizer, tiny_sae):
     cfg = DreamConfig(**{**FAST, "iters": 2}, start="prompt", init_prompt="The quick brown fox")
     out = dream_features(tiny_llama, tiny_tokenizer, tiny_sae, [1, 2, 3], cfg, group_size=2)
     assert [r.feature for r in out] == [1, 2, 3]
-    assert out[0].environment["multi"]["features"] == 2 and out[2].environment["multi"]["features"] == 1
+    assert out[0].environment.multi.features == 2 and out[2].environment.multi.features == 1
     # a norm cap below every position's norm: every start scores -inf
     bad = MultiLatentObjective(tiny_sae, [1, 2], norm_guard=1e-6)
     with pytest.raises(ValueError, match="^feature 1: every start prompt scored non-finite"):
@@ -248,8 +250,8 @@ def test_multi_bad_input(tiny_llama, tiny_tokenizer, tiny_sae):
 def test_prefix_cache_threshold_counts_the_whole_batch(tiny_llama, tiny_tokenizer, tiny_sae, monkeypatch):
     """PREFIX_MIN_CHILDREN is a batch size: 3 features x 32 children reach it together (the cache is used),
     one feature's 32 children alone do not (a single dream runs them plainly)."""
-    import featuredream.engine.evaluate as evaluate
-    from featuredream.engine.prefix_cache import BUCKET_OVERHEAD, PREFIX_MIN_CHILDREN
+    import featuredream.evaluation.evaluate as evaluate
+    from featuredream.evaluation.prefix_cache import BUCKET_OVERHEAD, PREFIX_MIN_CHILDREN
 
     monkeypatch.setitem(BUCKET_OVERHEAD, "cpu", 0)  # the planner always prefers the cache when offered
     monkeypatch.setitem(PREFIX_MIN_CHILDREN, "cpu", 64)
@@ -262,7 +264,7 @@ def test_prefix_cache_threshold_counts_the_whole_batch(tiny_llama, tiny_tokenize
         **{**FAST, "iters": 3, "n_children": 32}, start="prompt", init_prompt="The quick brown fox"
     )
     multi = dream_many(tiny_llama, tiny_tokenizer, MultiLatentObjective(tiny_sae, [1, 2, 3]), cfg)
-    assert calls and max(calls) == 3 and multi[0].environment["multi"]["cached_tokens"] > 0
+    assert calls and max(calls) == 3 and multi[0].environment.multi.cached_tokens > 0
     calls.clear()
     dream(tiny_llama, tiny_tokenizer, make_objective(tiny_sae, 1), cfg)
     assert calls == []

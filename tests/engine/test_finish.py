@@ -51,12 +51,12 @@ def test_reported_numbers_match_an_independent_forward_pass(
     assert r.best.token_acts == pytest.approx(best_vals.tolist(), **TOL)
     assert r.best.tokens == [tiny_tokenizer.decode([i]) for i in r.best.ids]
     # the fast path's own value for the best prompt agrees too (it is what the search ranked on)
-    assert r.verification["fast_activation"] == pytest.approx(float(red(best_vals)), abs=1e-3, rel=1e-3)
+    assert r.verification.fast_activation == pytest.approx(float(red(best_vals)), abs=1e-3, rel=1e-3)
     assert r.best.activation >= max(p.activation for p in r.buffer) - 1e-6
     if extra.get("pareto"):
         assert len(r.frontier) >= 1
         for f in r.frontier:
-            ids = tiny_tokenizer(f["text"], add_special_tokens=False)["input_ids"]
+            ids = tiny_tokenizer(f.text, add_special_tokens=False)["input_ids"]
             vals = _values(tiny_llama, tiny_sae, kind, 11, ids)
-            assert f["activation"] == pytest.approx(float(red(vals)), **TOL)
-            assert f["xe"] == pytest.approx(mean_xe(tiny_llama, ids), **TOL)
+            assert f.activation == pytest.approx(float(red(vals)), **TOL)
+            assert f.xe == pytest.approx(mean_xe(tiny_llama, ids), **TOL)

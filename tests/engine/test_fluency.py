@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from featuredream.lm.xe import sequence_xe
+from featuredream.models.xe import sequence_xe
 
 
 def test_masked_xe_equals_unpadded_xe(tiny_llama):
@@ -44,7 +44,7 @@ import pytest  # noqa: E402
 
 from featuredream.engine.buffer import Buffer, Entry  # noqa: E402
 from featuredream.engine.fluency import XeLimit, parse_xe_max, resolve_xe_limit  # noqa: E402
-from featuredream.lm.saes import FeatureStats  # noqa: E402
+from featuredream.saes.loading import FeatureStats  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_pnn_limit_is_read_at_each_length():
     resolve_xe_limit("p90", _Obj(_table_stats()), 32, lambda: asked.append(2) or {})
     assert asked == [1]
     rec = lim.describe(8, 10)
-    assert rec["spec"] == "p90" and list(rec["by_length"]) == [8, 9, 10]
+    assert rec.spec == "p90" and list(rec.by_length) == [8, 9, 10]
 
 
 def test_buffer_feasibility_is_per_length():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from featuredream import FunctionObjective, Site
 from featuredream.engine.mutations import gcg_swap
-from featuredream.engine.parent_grads import parent_signals
+from featuredream.evaluation.parent_grads import parent_signals
 
 L = 8
 EMB = Site("resid_pre", 0)

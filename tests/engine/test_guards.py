@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from featuredream import DreamConfig, FunctionObjective, SAEEncoder, dream, ready
-from featuredream.lm.saes import load_sae
-from featuredream.lm.sites import Site
+from featuredream.models.sites import Site
+from featuredream.saes.loading import load_sae
 
 FAST = dict(
     iters=10,
@@ -58,7 +58,7 @@ def test_norm_guard_stops_norm_hacking(tiny_llama, tiny_tokenizer, tmp_path):
     token = tiny_tokenizer.convert_tokens_to_ids("Ġthe")
     model = _hacked_model(tiny_llama, token)
     ids = torch.tensor([tiny_tokenizer("a the b", add_special_tokens=False)["input_ids"]])
-    from featuredream.lm.sites import run_sites
+    from featuredream.models.sites import run_sites
 
     acts, _ = run_sites(model, [Site("resid_post", 1)], input_ids=ids)
     x = acts[Site("resid_post", 1)][0]
@@ -93,7 +93,7 @@ def test_nonfinite_scores_dropped_and_counted(tiny_llama, tiny_tokenizer):
     r = dream(tiny_llama, tiny_tokenizer, FunctionObjective(fn, [site], reduce="last"), cfg)
     assert r.n_nonfinite > 0
     assert torch.isfinite(torch.tensor(r.best.activation))
-    assert all(torch.isfinite(torch.tensor(h["best_activation"])) for h in r.history)
+    assert all(torch.isfinite(torch.tensor(h.best_activation)) for h in r.history)
 
 
 def test_same_seed_same_result_and_environment_recorded(tiny_llama, tiny_tokenizer, tiny_sae):
@@ -101,8 +101,9 @@ def test_same_seed_same_result_and_environment_recorded(tiny_llama, tiny_tokeniz
     a = dream(tiny_llama, tiny_tokenizer, obj, DreamConfig(**{**FAST, "start": "auto"}))
     b = dream(tiny_llama, tiny_tokenizer, obj, DreamConfig(**{**FAST, "start": "auto"}))
     assert a.best.ids == b.best.ids and a.best.activation == b.best.activation
-    assert [h["best_activation"] for h in a.history] == [h["best_activation"] for h in b.history]
-    assert {"torch", "device", "dtype", "featuredream"} <= set(a.environment) and a.seed == 1
+    assert [h.best_activation for h in a.history] == [h.best_activation for h in b.history]
+    env = a.environment
+    assert env.torch == torch.__version__ and env.device == "cpu" and env.dtype == "float32" and a.seed == 1
 
 
 def test_sigint_writes_best_so_far_and_exits_130(tmp_path, tiny_llama, tiny_tokenizer):
@@ -183,7 +184,7 @@ def test_dream_stops_cleanly_when_asked(tiny_llama, tiny_tokenizer, tiny_sae, mo
     import featuredream.engine.loop as loop
     from featuredream.engine.config import DreamConfig
     from featuredream.engine.dream import dream
-    from featuredream.engine.objectives import SAEEncoder
+    from featuredream.objectives.kinds import SAEEncoder
 
     calls = iter(range(1000))
     monkeypatch.setattr(loop, "stop_requested", lambda: next(calls) >= 2)
@@ -191,4 +192,4 @@ def test_dream_stops_cleanly_when_asked(tiny_llama, tiny_tokenizer, tiny_sae, mo
                       init_prompt="The quick brown fox")  # fmt: skip
     r = dream(tiny_llama, tiny_tokenizer, SAEEncoder(tiny_sae, 3), cfg)
     assert r.interrupted and r.stop_reason == "interrupted" and len(r.history) == 3
-    assert r.verification["abs_error"] <= r.verification["tolerance"]
+    assert r.verification.abs_error <= r.verification.tolerance

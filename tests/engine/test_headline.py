@@ -10,14 +10,16 @@ import torch
 
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.dream import dream
-from featuredream.engine.evaluate import reference_evaluate
-from featuredream.engine.objectives import FunctionObjective, SAEEncoder
 from featuredream.engine.readable import overlap
 from featuredream.engine.results import DreamResult
-from featuredream.lm.readability import readability, repeats
-from featuredream.lm.sites import Site
+from featuredream.evaluation.evaluate import reference_evaluate
+from featuredream.models.sites import Site
+from featuredream.objectives.kinds import FunctionObjective, SAEEncoder
+from featuredream.text.readability import readability, repeats
 
-FAST = dict(iters=8, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32)
+FAST = dict(
+    iters=8, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
+)
 START = "The quick brown fox"
 
 
@@ -40,12 +42,16 @@ def test_the_headline_is_the_most_readable_prompt_reaching_the_floor(tiny_llama,
     scores, loss = _loss(tiny_llama, tiny_tokenizer, obj, [p.text for p in r.buffer])
     above = scores >= floor
     assert above.any()
-    assert float(loss[above].min()) == pytest.approx(float(_loss(tiny_llama, tiny_tokenizer, obj, [r.best.text])[1][0]))
+    assert float(loss[above].min()) == pytest.approx(
+        float(_loss(tiny_llama, tiny_tokenizer, obj, [r.best.text])[1][0])
+    )
     assert r.most_activating.activation >= r.best.activation  # the strongest prompt is reported too
     assert r.most_activating.activation == max(p.activation for p in r.buffer if p.xe == p.xe)
     assert r.dreams[0].prompt == r.best and r.dreams[0].above_floor
     back = DreamResult.from_json(r.to_json())
-    assert back.dreams == r.dreams and back.most_activating == r.most_activating and back.headline == "readable"
+    assert (
+        back.dreams == r.dreams and back.most_activating == r.most_activating and back.headline == "readable"
+    )
 
 
 def test_k_dreams_are_distinct_and_each_re_scored(tiny_llama, tiny_tokenizer, tiny_sae):

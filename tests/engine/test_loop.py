@@ -9,9 +9,9 @@ from helpers.massive import massive_token_model
 from featuredream.engine.buffer import frontier_update, rank_loss
 from featuredream.engine.config import DreamConfig, log_penalties
 from featuredream.engine.dream import dream
-from featuredream.engine.evaluate import reference_evaluate
-from featuredream.engine.objectives import DirectionObjective, SAEEncoder
 from featuredream.engine.results import DreamResult
+from featuredream.evaluation.evaluate import reference_evaluate
+from featuredream.objectives.kinds import DirectionObjective, SAEEncoder
 
 FAST = dict(
     iters=6, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
@@ -41,7 +41,7 @@ def test_dream_improves_and_is_reproducible(tiny_llama, tiny_tokenizer, tiny_sae
     r1 = dream(tiny_llama, tiny_tokenizer, obj, cfg)
     r2 = dream(tiny_llama, tiny_tokenizer, obj, cfg)
     assert r1.best.text == r2.best.text and r1.best.activation == r2.best.activation
-    losses = [h["best_loss"] for h in r1.history]
+    losses = [h.best_loss for h in r1.history]
     assert all(b <= a for a, b in zip(losses, losses[1:]))  # the buffer's best loss never gets worse
     start_act = reference_evaluate(tiny_llama, tiny_tokenizer, obj, ["The quick brown fox"]).scores[0]
     # a real gain, not just 'no worse' (a loop that never mutates keeps the start): latent 11 varies with a
@@ -50,7 +50,7 @@ def test_dream_improves_and_is_reproducible(tiny_llama, tiny_tokenizer, tiny_sae
     # the reference path on the reported string (independent forward passes: test_finish.py)
     ref = reference_evaluate(tiny_llama, tiny_tokenizer, obj, [r1.best.text])
     assert abs(float(ref.scores[0]) - r1.best.activation) <= 1e-4
-    assert r1.verification["abs_error"] <= r1.verification["tolerance"]
+    assert r1.verification.abs_error <= r1.verification.tolerance
     assert tiny_tokenizer(r1.best.text, add_special_tokens=False)["input_ids"] == r1.best.ids
     assert 3 <= len(r1.best.ids) <= 14
 
@@ -66,8 +66,8 @@ def test_xe_max_reaches_feasible_region_and_frontier(tiny_llama, tiny_tokenizer,
         pareto=log_penalties(0.1, 10, 3),
     )
     r = dream(tiny_llama, tiny_tokenizer, obj, cfg)
-    assert r.frontier and all(f["xe"] >= 0 for f in r.frontier)
-    xs, acts = [f["xe"] for f in r.frontier], [f["activation"] for f in r.frontier]
+    assert r.frontier and all(f.xe >= 0 for f in r.frontier)
+    xs, acts = [f.xe for f in r.frontier], [f.activation for f in r.frontier]
     assert xs == sorted(xs) and acts == sorted(acts)  # non-dominated: more XE only for more activation
     # the start is 2% above the ceiling: the search must descend into the feasible region
     assert r.feasible and r.best.xe <= cfg.xe_max + 1e-4
@@ -127,7 +127,7 @@ def test_prompt_outside_length_bounds(tiny_llama, tiny_tokenizer, tiny_sae):
 
 def test_dream_with_percentile_ceiling_records_its_limit(tiny_llama, tiny_tokenizer, tiny_sae):
     """xe_max='p90' reads the SAE's XE table at the best prompt's own length and records what it used."""
-    from featuredream.lm.saes import FeatureStats
+    from featuredream.saes.loading import FeatureStats
 
     lengths = torch.arange(2, 15)
     table = (6.0 - lengths[:, None] / 4 + torch.arange(101.0)[None] / 50).float()  # falls with length
@@ -138,10 +138,10 @@ def test_dream_with_percentile_ceiling_records_its_limit(tiny_llama, tiny_tokeni
     n = len(r.best.ids)
     want = float(table[n - 2, 90])
     assert r.xe_limit == pytest.approx(want)
-    assert r.xe_limits["spec"] == "p90"
-    assert r.xe_limits["by_length"][3] == pytest.approx(float(table[1, 90]))
+    assert r.xe_limits.spec == "p90"
+    assert r.xe_limits.by_length[3] == pytest.approx(float(table[1, 90]))
     assert r.feasible == (r.best.xe <= want)
-    assert all("best_feasible" in h for h in r.history)
+    assert all(isinstance(h.best_feasible, bool) for h in r.history)
     r2 = DreamResult.from_json(r.to_json())
     assert r2.xe_limit == r.xe_limit
 
@@ -159,7 +159,7 @@ def test_fluency_ladder_rungs_respect_their_ceilings_and_rise(tiny_llama, tiny_t
     r = dream(tiny_llama, tiny_tokenizer, obj, cfg)
     assert [g.ceiling for g in r.ladder] == [str(float(c)) for c in ceilings[:3]] + ["none"]
     for g, c in zip(r.ladder, ceilings):
-        under = [p["activation"] for p in r.frontier if c is None or p["xe"] <= c - 1e-4]
+        under = [p.activation for p in r.frontier if c is None or p.xe <= c - 1e-4]
         if under:  # the frontier (non-dominated, everything evaluated) holds the best under the ceiling
             assert g.feasible and g.prompt.activation >= max(under) - 1e-4
         if g.feasible:
@@ -168,7 +168,7 @@ def test_fluency_ladder_rungs_respect_their_ceilings_and_rise(tiny_llama, tiny_t
         assert abs(float(ref.scores[0]) - g.prompt.activation) <= 1e-4
         assert abs(float(ref.xe[0]) - g.prompt.xe) <= 1e-4
     assert r.ladder[2].feasible  # the start meets it
-    assert sum(len([p for p in r.frontier if p["xe"] <= c]) > 0 for c in ceilings[:2]) >= 1
+    assert sum(len([p for p in r.frontier if p.xe <= c]) > 0 for c in ceilings[:2]) >= 1
     acts = [g.prompt.activation for g in r.ladder if g.feasible]
     assert all(a <= b + 1e-9 for a, b in zip(acts, acts[1:]))
     back = DreamResult.from_json(r.to_json())
@@ -180,8 +180,8 @@ def test_fluency_ladder_rungs_respect_their_ceilings_and_rise(tiny_llama, tiny_t
 
 def test_ladder_rung_bests_survive_a_restart(tiny_llama, tiny_tokenizer, tiny_sae):
     """A restart empties the buffer for the next unused starts but keeps every lane's best."""
-    from featuredream.engine.group import Single
     from featuredream.engine.loop import DreamLoop
+    from featuredream.objectives.group import Single
 
     obj = SAEEncoder(tiny_sae, 2, reduce="max")
     cfg = DreamConfig(**{**FAST, "n_start_samples": 8}, restarts=1, seed=0, ladder=(None, "p50"), xe_max=1.0)
@@ -220,7 +220,7 @@ def test_the_time_budget_holds_and_one_time_costs_are_outside_it(
     """Slow one-time steps (the activation store and the site's norm cap, 3 s each here) are recorded in
     ``setup`` and do not eat the budget: the search still iterates, and start to verified result stays
     within the budget + 1 s."""
-    from featuredream.lm import site_store
+    from featuredream.text import activation_store as site_store
 
     monkeypatch.setenv("FEATUREDREAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(site_store, "STORE_TOKENS", 64 * 16)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
-from featuredream.engine.objectives import SAEEncoder
-from featuredream.engine.parent_grads import parent_signals
+from featuredream.evaluation.parent_grads import parent_signals
+from featuredream.objectives.kinds import SAEEncoder
 
 V = 50
 
@@ -85,13 +85,13 @@ def test_gemma_gradient_applies_embedding_scale(tiny_gemma, tmp_path):
     """With inputs_embeds, Gemma-2's sqrt(d_model) scale must be applied by hand (seed bug 8)."""
     from helpers.saes import write_sae_dir
 
-    from featuredream.lm.saes import load_sae
+    from featuredream.saes.loading import load_sae
 
     sae = load_sae(write_sae_dir(tmp_path / "g"), model=tiny_gemma)
     obj = SAEEncoder(sae, 2)
     ids = torch.randint(1, 300, (5,), generator=_gen(6))
     sig = parent_signals(tiny_gemma, obj, ids, 0.0)
-    from featuredream.engine.evaluate import Evaluator
+    from featuredream.evaluation.evaluate import Evaluator
 
     ev = Evaluator(tiny_gemma, obj, need_xe=True)
     out = ev(ids[None], torch.tensor([5]))

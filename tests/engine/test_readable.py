@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from featuredream.engine.buffer import Buffer, Entry
 from featuredream.engine.fluency import XeLimit
 from featuredream.engine.readable import ReadableRule, distinct_from, overlap
-from featuredream.lm.readability import Readability
+from featuredream.text.readability import Readability
 
-FLAT = Readability(torch.full((20,), 5.0, dtype=torch.float64), torch.full((20,), 10.0, dtype=torch.float64), torch.zeros(20, dtype=torch.float64))
+FLAT = Readability(
+    torch.full((20,), 5.0, dtype=torch.float64),
+    torch.full((20,), 10.0, dtype=torch.float64),
+    torch.zeros(20, dtype=torch.float64),
+)
 
 
 def _e(ids, score, xe, peak=1.0):
@@ -38,7 +43,9 @@ def test_the_lane_keeps_the_most_readable_distinct_prompts_above_the_floor():
     buf.merge([strong, fluent, twin, other, below, over])
     assert [e.score for e in buf.lane_members(lane)] == [11.0, 10.0]
     assert {e.score for e in buf.entries} == {50.0, 11.0, 10.0}
-    assert math.isinf(float(buf.lane_losses([below], lane)[0])) and math.isinf(float(buf.lane_losses([over], lane)[0]))
+    assert math.isinf(float(buf.lane_losses([below], lane)[0])) and math.isinf(
+        float(buf.lane_losses([over], lane)[0])
+    )
     assert buf.readable_lane == lane and buf.entry_bound() < 10.0 <= math.nextafter(buf.entry_bound(), 11.0)
 
 
@@ -54,3 +61,22 @@ def test_a_guard_breaker_ranks_after_a_less_fluent_prompt_that_keeps_the_guards(
     lane = off.add_readable_lane(ReadableRule(0.0, FLAT, None, (False, False)), 1, 1.0)
     off.merge([spiky, plain])
     assert off.lane_members(lane)[0] is spiky  # guards off: only XE counts
+
+
+def test_the_example_reference_is_the_best_examples_xe_at_each_length(tiny_llama):
+    """readable_reference='example': a prompt of L tokens is compared with the dataset's best example cut to
+    its last L tokens, scored alone by the dreaming model."""
+    from featuredream.engine.readable import example_reference
+    from featuredream.models.xe import sequence_xe
+
+    context = [5, 17, 33, 8, 91, 40, 12, 7, 66, 3]
+    ref = example_reference(tiny_llama, FLAT, context, max_tokens=14)
+    for n in (2, 5, 10):
+        ids = torch.tensor([context[-n:]])
+        with torch.no_grad():
+            want = float(
+                sequence_xe(tiny_llama(input_ids=ids).logits, ids, torch.ones_like(ids, dtype=torch.bool))[0]
+            )
+        assert float(ref.xe_median[n]) == pytest.approx(want, abs=1e-5)
+    assert float(ref.xe_median[14]) == float(ref.xe_median[10])  # past the context: its whole XE
+    assert torch.equal(ref.peak_limit, FLAT.peak_limit)  # the guards keep natural prose's yardstick

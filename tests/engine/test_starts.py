@@ -1,4 +1,4 @@
-"""Dataset-window starts: a tiny SAE gets statistics with top examples (``feature_statistics`` over windows
+"""Dataset-window starts: a tiny SAE gets statistics with top examples (the statistics engine's tally over windows
 of real text), and a dream with ``start='dataset'`` must start from those examples' contexts: suffixes
 ending at the activating token, scored (when the whole context fits) at the example's recorded value."""
 
@@ -11,8 +11,8 @@ from helpers.saes import write_sae_dir
 
 from featuredream import DreamConfig, SAEEncoder, dream, load_sae
 from featuredream.engine.starts import model_samples, start_pool
-from featuredream.lm.sae_stats import Encoder, feature_statistics
-from featuredream.lm.saes import FeatureStats
+from featuredream.saes.loading import FeatureStats
+from featuredream.saes.tally import statistics_from_activations
 
 CTX = 12
 LATENT = 5
@@ -34,7 +34,7 @@ def dataset_sae(tmp_path, tiny_llama, tiny_tokenizer, one_thread):
     sae = load_sae(write_sae_dir(tmp_path / "sae", d_sae=32), model=tiny_llama)
     keep = torch.ones(windows.shape, dtype=torch.bool)
     keep[:, :2] = False  # no example ends on a window's first two tokens
-    feats = feature_statistics(Encoder.of(sae.sae), acts, keep, windows, k=8, top_k_examples=3, after=2)
+    feats = statistics_from_activations(sae, acts, keep, windows, k=3, after=2)
     sae.stats = FeatureStats(feats, {})
     examples = sae.stats.examples(LATENT)
     assert len(examples) == 3

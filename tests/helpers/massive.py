@@ -11,8 +11,8 @@ import copy
 
 import torch
 
-from featuredream.lm.site_store import store_windows
-from featuredream.lm.sites import Site
+from featuredream.models.sites import Site
+from featuredream.text.activation_store import store_windows
 
 SITE = Site("resid_post", 1)
 SCALE = 200.0

@@ -19,11 +19,11 @@ from helpers.saes import TEXT, write_sae_dir
 
 from featuredream.engine.config import DreamConfig, log_penalties
 from featuredream.engine.dream import dream
-from featuredream.engine.objectives import SAEEncoder
-from featuredream.lm.saes import load_sae
+from featuredream.objectives.kinds import SAEEncoder
 from featuredream.observe.card import CardData, CardExample, card_data, neuronpedia_json
 from featuredream.observe.card_html import feature_card, render_card
-from featuredream.observe.examples import Example, corpus_stats, minimal_context
+from featuredream.observe.top_examples import Example, corpus_stats, minimal_context
+from featuredream.saes.loading import load_sae
 
 EVIL = "<script>alert('x')</script>"
 
@@ -207,7 +207,9 @@ def test_card_rejects_a_dream_for_another_feature(tiny_llama, tiny_tokenizer, se
 
 def test_render_card_escapes_every_field():
     from featuredream.engine.results import Prompt, Rung
-    from featuredream.observe.card import CardData
+    from featuredream.observe.card import CardData, CardPrompt, DreamSummary
+    from featuredream.observe.tracing import Steered, TokenScore
+    from featuredream.text.judge import JudgeScore
 
     d = CardData(
         feature=1,
@@ -219,38 +221,29 @@ def test_render_card_escapes_every_field():
         fire_rate=0.1,
         fvu=0.1,
         examples=[([EVIL, "\n", "\x07"], 0, [1.0, 0.5, 0.0], 1.0)],
-        dreams=[("best", [EVIL, "x"], [0.5, 2.0], 2.0, 3.0)],
-        dream_summary={
-            "ratio": 2.0,
-            "activation": 2.0,
-            "xe": 3.0,
-            "start": EVIL,
-            "objective": EVIL,
-            "iterations": 1,
-            "stop": EVIL,
-            "feasible": True,
-            "seconds": 1.0,
-            "judge": {"xe": 4.0, "percentile": 42.0, "tokens": 2, "judge": EVIL},
-        },
+        dreams=[CardPrompt("best", [EVIL, "x"], [0.5, 2.0], 2.0, 3.0)],
+        dream_summary=DreamSummary(
+            2.0, 2.0, 3.0, EVIL, EVIL, 1, EVIL, True, 1.0, JudgeScore(4.0, 42.0, 2, EVIL), EVIL
+        ),
         ladder=[
             Rung(
                 EVIL,
                 5.0,
                 True,
                 Prompt(EVIL, [1], 1.5, 4.0, [EVIL], [1.5]),
-                {"percentile": 42.0, "judge": EVIL},
+                JudgeScore(4.0, 42.0, 1, EVIL),
             ),
             Rung("none", None, True, Prompt(EVIL, [1], 2.5, 9.0), None),
         ],
-        logits_top=[(EVIL, 1.0)],
-        logits_bottom=[(EVIL, -1.0)],
+        logits_top=[TokenScore(0, EVIL, 1.0)],
+        logits_bottom=[TokenScore(1, EVIL, -1.0)],
         logits_note=EVIL,
-        steering=[(1.0, EVIL)],
+        steering=[Steered(1.0, EVIL, [1])],
         steer_prompt=EVIL,
         figures={EVIL: None},
     )
     page = render_card(d)
-    assert "<script" not in page.lower() and page.count("&lt;script&gt;") >= 18  # ladder: 4 more
+    assert "<script" not in page.lower() and page.count("&lt;script&gt;") >= 19  # ladder: 4 more; headline
     assert "\x07" not in page and "\\x07" in page
     assert "Fluency ladder" in page and "judge percentile" in page
     assert page.count("<tr>") >= 3 and ">42<" in page  # the rungs and the judge percentile
@@ -342,8 +335,8 @@ def test_cli_dream_html_and_card(tmp_path, capsys, tiny_llama, tiny_tokenizer):
 
 def test_card_with_statistics_but_no_examples(setup, tiny_llama, tiny_tokenizer):
     """Statistics holding only maxima and fire rates (no top examples) give a card without examples."""
-    from featuredream.lm.saes import FeatureStats
     from featuredream.observe.card import card_data
+    from featuredream.saes.loading import FeatureStats
 
     st = setup["stats"]
     bare = FeatureStats({k: st.tensors[k] for k in ("max_activation", "fire_rate")}, {})
@@ -425,14 +418,13 @@ def test_context_without_minimal_length_shows_the_last_tokens():
 def test_card_colours_scale_to_scores_not_to_an_attention_sink():
     """A first-token spike (300, an attention sink) must not wash out the scored token (10 = the dream's
     score and the dataset max): the scored token is drawn at full colour."""
-    from featuredream.observe.card import CardData
+    from featuredream.observe.card import CardData, CardPrompt, DreamSummary
 
     d = CardData(
         feature=1, sae_name="s", site="x", model="m", d_sae=8, dataset_max=10.0, fire_rate=0.1, fvu=0.1,
         examples=[(["a", "b"], 1, [300.0, 10.0], 10.0)],
-        dreams=[("best", ["sink", "mid", "peak"], [300.0, 5.0, 10.0], 10.0, 3.0)],
-        dream_summary={"ratio": 1.0, "activation": 10.0, "xe": 3.0, "start": "dataset", "objective": "o",
-                       "iterations": 1, "stop": "iterations", "feasible": True, "seconds": 1.0},
+        dreams=[CardPrompt("best", ["sink", "mid", "peak"], [300.0, 5.0, 10.0], 10.0, 3.0)],
+        dream_summary=DreamSummary(1.0, 10.0, 3.0, "dataset", "o", 1, "iterations", True, 1.0, None, "readable"),
         logits_top=[], logits_bottom=[], logits_note="", steering=[], steer_prompt="", figures={},
     )  # fmt: skip
     page = render_card(d)

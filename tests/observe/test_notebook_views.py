@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+from featuredream.engine.config import DreamConfig
+from featuredream.engine.records import HistoryRow
 from featuredream.engine.results import DreamResult, Prompt
 from featuredream.observe.card import CardData
 from featuredream.observe.card_html import render_card
@@ -27,9 +29,12 @@ def _result(**kw) -> DreamResult:
     args = dict(
         best=best,
         buffer=[best],
-        history=[{"iter": i, "best_activation": a} for i, a in enumerate([1.0, 3.0, 7.25])],
+        history=[
+            HistoryRow(i, None, None, None, a, 4.5, -a, True, 2, 8, 0.5, i + 1.0)
+            for i, a in enumerate([1.0, 3.0, 7.25])
+        ],
         frontier=[],
-        config={},
+        config=DreamConfig(),
         objective="sae/encoder",
         model="m",
         sae="default",

@@ -310,8 +310,8 @@ def test_cli_dream_features(sweep_dirs, tmp_path, capsys):
 def test_sweep_with_a_judge_summarizes_its_percentiles(sweep_dirs, tmp_path, monkeypatch):
     """A spec's judge scores each feature's dream; the store's rows, the printed and the inline summary
     show the percentiles (here the tiny model judges itself on a small reference)."""
-    from featuredream.lm import prose
     from featuredream.sweep.summary import summary_html
+    from featuredream.text import prose
 
     monkeypatch.setenv("FEATUREDREAM_CACHE", str(tmp_path / "cache"))
     windows = torch.randint(3, 300, (30, 16), generator=torch.Generator().manual_seed(0))
@@ -323,7 +323,7 @@ def test_sweep_with_a_judge_summarizes_its_percentiles(sweep_dirs, tmp_path, mon
     assert len(s.judge_pcts) == 2 and all(0 <= p <= 100 for p in s.judge_pcts)
     store = SweepStore.read(out)
     try:
-        assert [r.judge_pct for r in store.rows()] == [store.result(f).judge["percentile"] for f in (0, 1)]
+        assert [r.judge_pct for r in store.rows()] == [store.result(f).judge.percentile for f in (0, 1)]
     finally:
         store.close()
     assert "judge percentile among natural prose: median" in format_summary(s)

@@ -275,6 +275,7 @@ def test_connections_are_closed_on_errors(sweep_dirs, tmp_path, monkeypatch):
 
 def test_worst_ranks_infeasible_first():
     """Doc and code agree: an infeasible dream ranks before every feasible one, whatever its ratio."""
+
     def row(feature, ratio, feasible):
         return SweepRow(feature, "ok", 1.0, 5.0, 1.0, ratio, feasible, "text", None, 1.0)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..engine.objectives import QUERY_KINDS, DirectionObjective, QueryDirection
-from ..lm.saes import site_width
-from ..lm.sites import Site, key_vector, parse_hook_name
+from ..models.sites import Site, key_vector, parse_hook_name
+from ..objectives.kinds import QUERY_KINDS, DirectionObjective, QueryDirection
+from ..saes.loading import site_width
 
 
 def load_direction(path: str | Path) -> torch.Tensor:

@@ -90,8 +90,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 
 def setup(args):
     """``(model, tokenizer, sae or None, objective)`` for the target the options name."""
-    from ..engine.objectives import make_objective
-    from ..lm.models import load_model
+    from ..models.loading import load_model
+    from ..objectives.kinds import make_objective
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     if getattr(args, "direction", None) is not None or getattr(args, "key_text", None) is not None:
@@ -147,7 +147,7 @@ def cmd_dream(args) -> int:
 
 def load_judge(args, model):
     """The ``--judge`` of the options, loaded before the search (a bad name fails in one line at once)."""
-    from ..lm.judge import resolve_judge
+    from ..text.judge import resolve_judge
 
     try:
         return resolve_judge(args.judge, device=next(model.parameters()).device)
@@ -160,7 +160,7 @@ def load_judge(args, model):
 def _features_out(args) -> Path:
     """``dream --features``' output directory, after checking the options that need no model (the feature
     list's syntax, the reduction, the output path)."""
-    from ..engine.objectives import check_reduce
+    from ..objectives.kinds import check_reduce
     from ..sweep.spec import count_features
 
     if args.feature is not None or args.site is not None:
@@ -200,7 +200,7 @@ def cmd_dream_features(args) -> int:
             path = r.save(out / f"feature_{f}.json")
             written.append(f)
             ratio = f"{r.ratio:6.2f}" if r.ratio is not None else "     -"
-            pct = f"{r.judge['percentile']:5.0f}" if r.judge else "    -"
+            pct = f"{r.judge.percentile:5.0f}" if r.judge else "    -"
             act = f"{r.best.activation:10.3f} {ratio} {r.best.xe:6.2f} {pct}"
             print(f"{f:8d} {act}  {r.best.text!r}", flush=True)
             if args.html:
@@ -239,7 +239,7 @@ def cmd_dream_features(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from ..engine.evaluate import reference_evaluate
+    from ..evaluation.evaluate import reference_evaluate
 
     model, tok, sae, objective = setup(args)
     out = reference_evaluate(model, tok, objective, args.texts)

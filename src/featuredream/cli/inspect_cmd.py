@@ -147,7 +147,7 @@ def _print_examples(model, tok, sae, feature: int, exs: list, keep: float, full:
     (\u2026 before it), or with ``full`` the whole context (\u2502 where the minimal one starts)."""
     import sys
 
-    from ..observe.examples import minimal_context
+    from ..observe.top_examples import minimal_context
 
     if not exs:
         print("(no examples)")
@@ -206,7 +206,7 @@ def _scan(args, model, tok, sae) -> None:
 
 
 def _examples(args, model, tok, sae) -> None:
-    from ..observe.examples import top_examples
+    from ..observe.top_examples import top_examples
 
     extra = {"ctx": args.ctx, "batch_size": args.batch_size} if args.corpus else {}
     exs = top_examples(model, tok, sae, args.feature, args.corpus, k=args.k, **extra)
@@ -223,7 +223,7 @@ def _logits(args, model, tok, sae) -> None:
 
 
 def _attribution(args, model, tok, sae) -> None:
-    from ..engine.objectives import make_objective
+    from ..objectives.kinds import make_objective
     from ..observe import tracing
 
     obj = make_objective(sae, args.feature, args.objective, args.reduce, norm_guard=not args.no_norm_guard)
@@ -273,7 +273,7 @@ def cmd_card(args) -> int:
     model, tok, sae = _load(args)
     stats = None
     if args.corpus:
-        from ..observe.examples import corpus_stats
+        from ..observe.top_examples import corpus_stats
 
         stats = corpus_stats(model, tok, sae, args.corpus)
     feature_card(

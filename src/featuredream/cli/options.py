@@ -224,15 +224,15 @@ def check_out_path(path: str | None) -> Path | None:
 
 
 def load_checked_sae(args, model, tok, *, stats_dir: str | None = None):
-    """The ``--sae`` of the options for ``model``, site checked (:func:`~featuredream.lm.sae_check.checked_sae`)."""
-    from ..lm.sae_check import checked_sae
+    """The ``--sae`` of the options for ``model``, site checked (:func:`~featuredream.saes.check.checked_sae`)."""
+    from ..saes.check import checked_sae
 
     return checked_sae(model, tok, args.sae, stats_dir=stats_dir)
 
 
 def load_checked(args, *, stats_dir: str | None = None):
     """``(model, tokenizer, sae)`` of the ``--model --sae --device --dtype`` options, site checked."""
-    from ..lm.models import load_model
+    from ..models.loading import load_model
 
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     return model, tok, load_checked_sae(args, model, tok, stats_dir=stats_dir)

@@ -25,16 +25,14 @@ def print_result(result, cfg, what: str) -> None:
     if result.judge is not None:
         j = result.judge
         print(
-            f"judge       : percentile {j['percentile']:.0f} among natural prose (50 = typical; "
-            f"{j['judge']} XE {j['xe']:.2f} at {j['tokens']} tokens)"
+            f"judge       : percentile {j.percentile:.0f} among natural prose (50 = typical; "
+            f"{j.judge} XE {j.xe:.2f} at {j.tokens} tokens)"
         )
     print(
         f"start       : {result.start}; {len(result.history)} iterations, {result.n_evaluated} candidates, "
         f"{result.wall_time:.1f} s ({result.stop_reason})"
     )
-    print(
-        f"verified    : re-scored from the text, |fast - reference| = {result.verification['abs_error']:.2e}"
-    )
+    print(f"verified    : re-scored from the text, |fast - reference| = {result.verification.abs_error:.2e}")
     for line in ladder_lines(result) + dream_lines(result):
         print(line)
 
@@ -66,7 +64,7 @@ def dream_lines(result) -> list[str]:
     rows = [f"dreams      : {'#':>2} {'act':>8} {'ratio':>6} {'XE':>6} {'+XE':>6} {'judge':>5}  prompt"]
     for i, d in enumerate(result.dreams, 1):
         ratio = result.ratio_of(d.prompt)
-        pct = d.judge["percentile"] if d.judge else float("nan")
+        pct = d.judge.percentile if d.judge else float("nan")
         excess = "" if d.xe_excess is None else f"{d.xe_excess:+.2f}"
         mark = "" if d.above_floor else "  (below the floor)"
         rows.append(
@@ -85,7 +83,7 @@ def ladder_lines(result) -> list[str]:
     ]
     for g in result.ladder:
         ratio = result.ratio_of(g.prompt)
-        pct = g.judge["percentile"] if g.judge else float("nan")
+        pct = g.judge.percentile if g.judge else float("nan")
         lim = "" if g.xe_limit is None else f"{g.xe_limit:.2f}"
         mark = "" if g.feasible else "  (nothing met this ceiling)"
         rows.append(

@@ -1,6 +1,6 @@
 """``featuredream stats``: statistics for any SAE from a corpus (maxima, fire rates, top examples with
 context, the natural-text XE table), so it warm-starts, gets ``--xe-max p90`` and reports ratios like the
-shipped SAEs (see :mod:`featuredream.lm.stats_pass`).
+shipped SAEs (see :mod:`featuredream.saes.stats`).
 
 ``register(subparsers)`` adds the command; ``COMMANDS`` maps it to its handler.
 """
@@ -17,7 +17,7 @@ log = logging.getLogger("featuredream")
 
 def register(sub) -> None:
     """Add ``stats`` to the ``sub`` subparsers of the main parser."""
-    from ..lm.stats_pass import StatsConfig
+    from ..saes.stats import StatsConfig
 
     s = sub.add_parser(
         "stats",
@@ -46,9 +46,9 @@ def register(sub) -> None:
 
 def output_dir(args, model, sae, docs, tokens: int) -> Path:
     """``--out``, else the cache folder of (model, SAE, corpus, tokens)."""
-    from ..lm.identity import loaded_model_identity, sae_weights_identity, texts_digest
-    from ..lm.models import model_name
-    from ..lm.saes import stats_cache_root
+    from ..models.identity import loaded_model_identity, sae_weights_identity, texts_digest
+    from ..models.loading import model_name
+    from ..saes.loading import stats_cache_root
 
     if args.out is not None:
         out = Path(args.out).expanduser()
@@ -60,10 +60,10 @@ def output_dir(args, model, sae, docs, tokens: int) -> Path:
 
 
 def cmd_stats(args) -> int:
-    from ..lm.corpus import load_corpus
-    from ..lm.identity import loaded_model_identity, sae_weights_identity
-    from ..lm.models import model_name
-    from ..lm.stats_pass import StatsConfig, StatsInputs, check_tokens, compute_statistics
+    from ..models.identity import loaded_model_identity, sae_weights_identity
+    from ..models.loading import model_name
+    from ..saes.stats import StatsConfig, StatsInputs, check_tokens, compute_statistics
+    from ..text.corpus import load_corpus
 
     cfg = config_from(args, StatsConfig)
     cfg.check()

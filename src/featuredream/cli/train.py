@@ -10,7 +10,7 @@ from .options import MODEL_HELP, add_config_options, config_from
 
 def register(sub) -> None:
     """Add ``train-sae`` to the ``sub`` subparsers of the main parser."""
-    from ..lm.train_sae import TrainConfig
+    from ..saes.training import TrainConfig
 
     t = sub.add_parser(
         "train-sae", help="train an SAE on the offline corpus (reproduces the shipped default)"
@@ -22,9 +22,9 @@ def register(sub) -> None:
 
 
 def cmd_train_sae(args) -> int:
-    from ..lm.corpus import default_corpus
-    from ..lm.models import DEFAULT_MODEL, load_model, model_name
-    from ..lm.train_sae import TrainConfig, train_sae
+    from ..models.loading import DEFAULT_MODEL, load_model, model_name
+    from ..saes.training import TrainConfig, train_sae
+    from ..text.corpus import default_corpus
 
     cfg = config_from(args, TrainConfig)
     model, tok = load_model(args.model, device="cpu", dtype="float32")

@@ -1,11 +1,18 @@
-"""The dreaming engine: config, objectives, fluency, mutation operators, starts, the evaluator, the buffer,
-the one loop for K >= 1 features, and the results it finishes with."""
+"""The search: what a dream is, from its config to its result.
 
-from .config import DEFAULT_LADDER, DreamConfig, log_penalties
-from .dream import dream, dream_features, dream_many, judge_results
-from .group import MultiLatentObjective
-from .loop import DreamLoop
-from .objectives import (
+``config`` (:class:`DreamConfig`, every knob), ``fluency`` (length-fair XE ceilings), ``starts``,
+``mutations`` / ``children`` / ``parent_grads`` (the operators and the gradient they use), ``evaluate`` and
+``prefix_cache`` (the hot loop), ``buffer`` and ``readable`` (lanes: the run's ranking, Pareto slots, ladder
+rungs, the readable lane), ``state`` and ``clock`` (a feature's state, the time budget), ``loop`` and
+``loop_start`` (the one loop for K >= 1 features), ``headline`` and ``finish`` (what a result reports,
+re-scored), ``records`` and ``results`` (typed records and the JSON edge), ``dream`` (the front doors).
+
+May import :mod:`featuredream.models`, :mod:`featuredream.text`, :mod:`featuredream.saes` and
+:mod:`featuredream.objectives`; nothing above them.
+"""
+
+from ..objectives.group import MultiLatentObjective
+from ..objectives.kinds import (
     DecoderProjection,
     DirectionObjective,
     FunctionObjective,
@@ -16,6 +23,9 @@ from .objectives import (
     WeightedSum,
     make_objective,
 )
+from .config import DEFAULT_LADDER, DreamConfig, log_penalties
+from .dream import dream, dream_features, dream_many, judge_results
+from .loop import DreamLoop
 from .results import DreamResult, FeatureError, Prompt, Rung
 
 __all__ = [

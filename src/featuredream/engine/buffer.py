@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..lm.readability import repeats
+from ..text.readability import repeats
 from .fluency import XeLimit
 from .readable import ReadableRule, distinct_from
 
@@ -46,7 +46,7 @@ class Entry:
 
     @functools.cached_property
     def repeats(self) -> int:
-        """Repeated bigrams and immediate token repeats (:func:`featuredream.lm.readability.repeats`)."""
+        """Repeated bigrams and immediate token repeats (:func:`featuredream.text.readability.repeats`)."""
         return repeats(self.ids.tolist())
 
 

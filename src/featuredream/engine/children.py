@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from ..evaluation.parent_grads import ParentSignals
 from .config import DreamConfig
 from .mutations import OPERATORS, delete, gcg_swap, sample_insert, sample_swap
-from .parent_grads import ParentSignals
 
 
 class Canonicalizer:

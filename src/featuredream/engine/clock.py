@@ -57,7 +57,7 @@ class Clock:
 def prepare_stores(model, tok, objectives, clock: Clock) -> None:
     """Build the activation store of every site the corpus scans of ``objectives`` will read and that is not
     cached yet (a one-time cost: ~50 s for a SmolLM2 residual site on a 2-core CPU), timed on ``clock``."""
-    from ..lm.site_store import STORE_TOKENS, missing_sites, site_store
+    from ..text.activation_store import STORE_TOKENS, missing_sites, site_store
 
     sites = sorted({s for obj in objectives for s in obj.sites}, key=str)
     if not sites:

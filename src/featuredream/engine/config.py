@@ -10,6 +10,7 @@ from .fluency import parse_xe_max
 
 STARTS = ("auto", "prompt", "dataset", "samples")
 GOALS = ("readable", "max")
+READABLE_REFERENCES = ("prose", "example")
 MAX_DREAMS = 16
 """``dreams`` at most: the readable lane holds that many prompts, each a parent in turn."""
 DEFAULT_LADDER = ("p50", "p75", "p90", None)
@@ -82,7 +83,7 @@ class DreamConfig:
     goal: str = "readable"
     """What the headline (``best``) is. 'readable': the most readable prompt whose activation reaches
     ``floor`` (lowest XE above natural text of its length, no token far more surprising than natural text
-    shows, no degenerate repetition: featuredream.lm.readability), or the most activating prompt under the
+    shows, no degenerate repetition: featuredream.text.readability), or the most activating prompt under the
     ceiling when nothing reached the floor; 'max': always the most activating prompt under the ceiling."""
     floor: float | str | None = "1.0x"
     """The activation a readable headline must reach: 'Nx' is N times the feature's dataset maximum (its
@@ -99,6 +100,10 @@ class DreamConfig:
     (the others keep climbing activation, for the ladder and for the lane)."""
     readable_xe_weight: float = 3.0
     """The XE weight of a readable-lane parent's gradient, so GCG proposes swaps that lower XE."""
+    readable_reference: str = "prose"
+    """What a readable prompt's XE is compared with at its own length: 'prose' (the median XE of natural prose
+    of that length) or 'example' (the XE of the feature's best dataset example cut to that length: 'more
+    readable than the best example'; prose without one). Only the dreaming model's XE, never the judge's."""
     surprisal_guard: bool = True
     """Rank a prompt with a token more surprising than the 95th percentile of natural text's most
     surprising token at that length after every prompt without one (readable goal)."""
@@ -174,6 +179,7 @@ class DreamConfig:
         if self.pareto is not None:
             if not self.pareto or any(not (math.isfinite(p) and p >= 0) for p in self.pareto):
                 raise bad("pareto", "a non-empty list of penalties >= 0")
+            object.__setattr__(self, "pareto", tuple(float(p) for p in self.pareto))
         if self.ladder is not None:
             if isinstance(self.ladder, str) or not self.ladder:
                 raise bad("ladder", "a non-empty list of ceilings (numbers, pNN or none)")
@@ -186,6 +192,8 @@ class DreamConfig:
 
     def _check_readable(self, bad) -> None:
         """The readable goal's fields (``bad(name, valid)`` makes the error)."""
+        if self.readable_reference not in READABLE_REFERENCES:
+            raise bad("readable_reference", "one of " + ", ".join(READABLE_REFERENCES))
         if self.goal not in GOALS:
             raise bad("goal", "one of " + ", ".join(GOALS))
         object.__setattr__(self, "floor", parse_floor(self.floor))
@@ -286,8 +294,21 @@ def source_field_docs(cls) -> dict[str, str]:
     docs = {}
     for a, b in zip(body, body[1:]):
         if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-            docs[a.target.id] = " ".join(str(b.value.value).split())
+            docs[a.target.id] = plain_text(" ".join(str(b.value.value).split()))
     return docs
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` shows it: reST roles reduced to their target (``:func:`~.a.b``` -> ``b``,
+    ``:mod:`x.y``` -> ``x.y``) and inline literals to their text (````x```` -> ``x``)."""
+    import re
+
+    def role(m: re.Match) -> str:
+        tilde, target = m.group(1), m.group(2)
+        return target.rsplit(".", 1)[-1] if tilde else target.lstrip(".")
+
+    doc = re.sub(r":[a-z]+:`(~?)([^`]+)`", role, doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
 
 
 def log_penalties(lo: float = 0.1, hi: float = 10.0, n: int = 8) -> tuple[float, ...]:

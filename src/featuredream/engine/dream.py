@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ..checks import check_int
-from ..lm.judge import FluencyJudge, resolve_judge
+from ..objectives.group import MultiLatentObjective, Single
+from ..objectives.kinds import Objective
+from ..text.judge import FluencyJudge, resolve_judge
 from .config import DreamConfig
-from .group import MultiLatentObjective, Single
 from .loop import DreamLoop
-from .objectives import Objective
 from .results import DreamResult, FeatureError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def dream(
 ) -> DreamResult:
     """Find a short, fluent prompt that maximizes ``objective``. See :class:`DreamConfig` for the knobs.
 
-    ``judge``: a fluency judge (:mod:`featuredream.lm.judge`; ``"default"`` = Gemma 3 270M, a model name, a
+    ``judge``: a fluency judge (:mod:`featuredream.text.judge`; ``"default"`` = Gemma 3 270M, a model name, a
     :class:`FluencyJudge`, or None) that scores the best prompt and each ladder rung after the search (it is
     never used inside it): ``result.judge``, ``rung.judge``. Loaded before the search, so a bad name fails
     at once. Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
@@ -50,9 +50,9 @@ def judge_results(results: Sequence, judge: FluencyJudge | None) -> None:
     ]
     scores = iter(judge.score([p.text for p in prompts]))
     for r in done:
-        r.judge = next(scores).to_dict()
+        r.judge = next(scores)
         for g in [*r.ladder, *r.dreams]:
-            g.judge = next(scores).to_dict()
+            g.judge = next(scores)
 
 
 def _device(model: nn.Module):
@@ -79,7 +79,7 @@ def dream_many(
     it; ``'record'``: it yields a :class:`FeatureError` instead. Ctrl-C: ``on_interrupt='finish'`` stops the
     loop and returns the best so far of every feature (``interrupted=True``); ``'raise'`` re-raises at once
     (a sweep discards unfinished features anyway). ``wall_time`` is the group's time divided among the
-    features; the undivided figures are in ``environment["multi"]``. ``judge``: as for :func:`dream`.
+    features; the undivided figures are in ``environment.multi``. ``judge``: as for :func:`dream`.
     """
     if errors not in ("raise", "record"):
         raise ValueError(f"errors={errors!r}: valid are 'raise', 'record'")

@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from ..lm.models import model_name
+from ..evaluation.evaluate import reference_evaluate
+from ..models.loading import model_name
 from .buffer import rank_loss
-from .evaluate import reference_evaluate
 from .headline import activating_order, dream_record, pick_dreams, reference_entries
-from .results import Dream, DreamResult, Prompt, Rung, SetupStep
+from .records import Dream, Environment, FrontierPoint, MultiRun, Prompt, Rung, SetupStep, Verification
+from .results import DreamResult
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def finish_result(
     *,
     wall_time: float,
     interrupted: bool,
-    multi: dict | None = None,
+    multi: MultiRun | None = None,
     setup: list[SetupStep] | None = None,
 ) -> DreamResult:
     """Re-score ``run``'s best prompt (and buffer, and frontier) from their decoded strings with the
@@ -65,7 +66,7 @@ def finish_result(
             for i, e in enumerate(entries)
             if i <= len(run.buffer.entries)
         ],
-        history=[asdict(h) for h in run.history],
+        history=list(run.history),
         frontier=_frontier(model, tokenizer, objective, run.frontier.members()),
         **_identity(model, objective, cfg),
         wall_time=wall_time,
@@ -78,8 +79,8 @@ def finish_result(
         **_counts(run),
         **_dataset_max(run),
         ladder=_ladder(tokenizer, run, entries, texts, ref),
-        verification={**_verification(model, best, best_p, cfg.needs_xe), "seconds": time.time() - t_verify},
-        environment=_environment(model) | ({"multi": multi} if multi is not None else {}),
+        verification=_verification(model, best, best_p, cfg.needs_xe, time.time() - t_verify),
+        environment=_environment(model, multi),
         setup=list(setup or []),
         norm_cap=_norm_cap(objective),
         headline=choice.headline,
@@ -160,7 +161,7 @@ def _identity(model, objective, cfg) -> dict:
     """What was dreamed: config, objective, model, SAE, feature, site, seed."""
     sae = getattr(objective, "sae", None)
     return dict(
-        config=asdict(cfg),
+        config=cfg,
         objective=objective.name,
         model=model_name(model),
         sae=sae.name if sae is not None else None,
@@ -188,7 +189,7 @@ def _dataset_max(run) -> dict:
     return {"dataset_max": dmax, "dataset": source}
 
 
-def _verification(model, fast, reported: Prompt, needs_xe: bool) -> dict:
+def _verification(model, fast, reported: Prompt, needs_xe: bool, seconds: float) -> Verification:
     """The fast path's score and XE of the reported prompt, their difference from the reference path's,
     and the tolerance (a warning above it)."""
     err = abs(fast.score - reported.activation)
@@ -202,29 +203,22 @@ def _verification(model, fast, reported: Prompt, needs_xe: bool) -> dict:
             tol,
         )
     fast_xe = fast.xe if needs_xe else float("nan")
-    return {"fast_activation": fast.score, "fast_xe": fast_xe, "abs_error": err, "tolerance": tol}
+    return Verification(fast.score, fast_xe, err, tol, seconds)
 
 
-def _frontier(model, tokenizer, objective, members: list[list[int]]) -> list[dict]:
+def _frontier(model, tokenizer, objective, members: list[list[int]]) -> list[FrontierPoint]:
     """The frontier's prompts re-scored from their text by the reference path, like the best prompt."""
     texts = [tokenizer.decode(ids) for ids in members]
     if not texts:
         return []
     ref = reference_evaluate(model, tokenizer, objective, texts)
-    return [
-        {"activation": float(ref.scores[i]), "xe": float(ref.xe[i]), "text": t} for i, t in enumerate(texts)
-    ]
+    return [FrontierPoint(float(ref.scores[i]), float(ref.xe[i]), t) for i, t in enumerate(texts)]
 
 
-def _environment(model) -> dict:
+def _environment(model, multi: MultiRun | None) -> Environment:
     p0 = next(model.parameters())
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(p0.device),
-        "dtype": str(p0.dtype).replace("torch.", ""),
-        "featuredream": _version(),
-    }
+    dtype = str(p0.dtype).replace("torch.", "")
+    return Environment(torch.__version__, platform.python_version(), str(p0.device), dtype, _version(), multi)
 
 
 def _version() -> str:

@@ -1,4 +1,4 @@
-"""Fluency limits: the ``xe_max`` forms and the ceiling per prompt length (the XE itself: :mod:`featuredream.lm.xe`)."""
+"""Fluency limits: the ``xe_max`` forms and the ceiling per prompt length (the XE itself: :mod:`featuredream.models.xe`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..lm.saes import FeatureStats
+from ..saes.loading import FeatureStats
+from .records import XeLimits
 
 _PCT = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 XE_MAX_VALID = "a number > 0, pNN with NN in 1..99 (that percentile of natural text's XE at each prompt's length), or none"
@@ -57,9 +58,9 @@ class XeLimit:
         """Ceilings ``[n]`` (float64) for prompts of these lengths."""
         return torch.tensor([self.at(n) for n in lengths], dtype=torch.float64)
 
-    def describe(self, lo: int, hi: int) -> dict:
-        """JSON record: the spec and the ceiling at each length ``lo..hi``."""
-        return {"spec": self.spec, "by_length": {n: round(self.at(n), 4) for n in range(lo, hi + 1)}}
+    def describe(self, lo: int, hi: int) -> XeLimits:
+        """The record of this ceiling: the spec and its value at each length ``lo..hi``."""
+        return XeLimits(self.spec, {n: round(self.at(n), 4) for n in range(lo, hi + 1)})
 
 
 def resolve_xe_limit(
@@ -67,7 +68,7 @@ def resolve_xe_limit(
 ) -> XeLimit | None:
     """The :class:`XeLimit` of a config's ``xe_max`` for one objective. A 'pNN' reads the XE table in the
     statistics of the objective's SAE, else the model's own table on the prose reference (``model_table()``,
-    see :func:`featuredream.lm.xe_table.reference_xe_table`); both are the same table for statistics made
+    see :func:`featuredream.text.xe_table.reference_xe_table`); both are the same table for statistics made
     with the default ``xe_reference``."""
     spec = parse_xe_max(spec)
     if spec is None:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..lm.readability import repeats
+from ..text.readability import repeats
 from .buffer import Entry, rank_loss
 from .readable import ReadableRule, distinct_from
 from .results import Dream, Prompt

@@ -35,25 +35,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..lm.readability import readability
-from ..lm.tl import as_model
-from .batch import pad_right
+from ..evaluation.evaluate import EvalOutput, Evaluator, cascade
+from ..evaluation.parent_grads import batched_parent_signals
+from ..evaluation.prefix_cache import PREFIX_MIN_CHILDREN
+from ..models.padding import pad
+from ..models.tl import as_model
+from ..objectives.dataset import stats_examples
+from ..objectives.group import ObjectiveGroup, Single, check_device
+from ..objectives.kinds import resolve_norm_caps
+from ..text.readability import readability
 from .buffer import Entry
 from .children import banned_ids, make_children
 from .clock import Clock, prepare_stores
 from .config import DreamConfig, default_children
-from .corpus_scan import stats_examples
-from .evaluate import EvalOutput, Evaluator, cascade
 from .finish import candidates, finish_result
-from .group import ObjectiveGroup, Single, check_device
 from .interrupt import stop_requested
 from .loop_start import StartPhase
-from .objectives import resolve_norm_caps
-from .parent_grads import batched_parent_signals
-from .prefix_cache import PREFIX_MIN_CHILDREN
+from .records import HistoryRow, MultiRun
 from .results import FeatureError
 from .starts import check_context
-from .state import FeatureRun, HistoryRow, Job, new_run
+from .state import FeatureRun, Job, new_run
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class DreamLoop(StartPhase):
 
     def _model_xe_table(self) -> dict:
         """The model's natural-text XE table on the prose reference (computed once per model, cached)."""
-        from ..lm.site_store import model_fingerprint
-        from ..lm.xe_table import reference_xe_table
+        from ..models.identity import model_fingerprint
+        from ..text.xe_table import reference_xe_table
 
         if self._xe_table is None:
             with self.clock.timed("the model's natural-text XE table (cached)"):
@@ -211,7 +212,8 @@ class DreamLoop(StartPhase):
             [float("nan") if job.bound is None else job.bound for job in jobs for _ in job.seqs],
             dtype=torch.float64,
         )
-        ids, lengths = pad_right(seqs, self.pad_id, self.dev)
+        ids, mask = pad(seqs, self.pad_id, device=self.dev)
+        lengths = mask.sum(1)
         if self.cascade:
             out = cascade(self.scorer, self.full, ids, lengths, owner, bound, parents)
         else:
@@ -306,17 +308,13 @@ class DreamLoop(StartPhase):
         """Verify each feature's best by the reference path and assemble its result: a :class:`DreamResult`
         or a :class:`FeatureError` each. ``wall_time`` is the search's time (start to last iteration; the
         group's time divided among its features when K > 1, whose undivided figures go to
-        ``environment["multi"]``); each verification times itself (``verification["seconds"]``)."""
+        ``environment.multi``); each verification times itself (``verification.seconds``)."""
         searched = self.clock.elapsed()
         K = len(self.runs)
         multi = None
         if not isinstance(self.group, Single):
-            multi = {
-                "features": K,
-                "group_wall_time": searched,
-                "loop_seconds": self.loop_seconds,
-                "cached_tokens": self.scorer.n_cached_tokens + self.full.n_cached_tokens,
-            }
+            cached = self.scorer.n_cached_tokens + self.full.n_cached_tokens
+            multi = MultiRun(K, searched, self.loop_seconds, cached)
         out: list = []
         for r in self.runs:
             if r.error is not None:

@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import torch
 
+from ..objectives.dataset import dataset_examples
 from .buffer import Entry
 from .config import floor_value
-from .corpus_scan import dataset_examples
-from .readable import ReadableRule, readable_lane_size
+from .readable import ReadableRule, example_reference, readable_lane_size
 from .starts import sample_starts, start_pool
 from .state import FeatureRun, Job
 
@@ -67,7 +67,11 @@ class StartPhase:
             )
             return
         guards = (r.cfg.surprisal_guard, r.cfg.repetition_guard)
-        rule = ReadableRule(r.floor, self.readability, r.buffer.limit, guards)
+        yardstick = self.readability
+        best = r.dataset.maximum_context if r.dataset is not None else None
+        if r.cfg.readable_reference == "example" and best:
+            yardstick = example_reference(self.model, yardstick, best, r.cfg.max_tokens)
+        rule = ReadableRule(r.floor, yardstick, r.buffer.limit, guards)
         r.buffer.add_readable_lane(rule, readable_lane_size(r.cfg), r.cfg.distinct_overlap)
 
     def _readable_starts(self, r: FeatureRun, rest: list[Entry]) -> list[Entry]:
@@ -80,7 +84,7 @@ class StartPhase:
 
     def _reference_cost(self, r: FeatureRun) -> float:
         """Seconds to re-score one prompt (the best start) by the reference path, as the verification will."""
-        from .evaluate import reference_evaluate
+        from ..evaluation.evaluate import reference_evaluate
 
         t = time.time()
         reference_evaluate(self.model, self.tok, r.objective, [self.tok.decode(r.best.ids.tolist())])

@@ -2,7 +2,7 @@
 
 Once a prompt's activation reaches the floor (default: the feature's dataset maximum), making it readable is
 worth more than making it stronger. The readable lane of a run's :class:`~.buffer.Buffer` keeps the prompts
-that reach the floor under the run's ceiling, ranked by :meth:`featuredream.lm.readability.Readability.loss`
+that reach the floor under the run's ceiling, ranked by :meth:`featuredream.text.readability.Readability.loss`
 (XE above natural text of the same length; a token far more surprising than natural text, or degenerate
 repetition, ranks after every prompt without), no two sharing more than ``distinct_overlap`` of their
 tokens (:func:`overlap`). It is fed by the same children as every lane; a share of the iterations takes its
@@ -12,11 +12,11 @@ parent from it (``readable_share``), with a heavier XE weight in the gradient.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from ..lm.readability import Readability
+from ..text.readability import Readability
 from .fluency import XeLimit
 
 
@@ -68,3 +68,29 @@ class ReadableRule:
 def readable_lane_size(cfg) -> int:
     """Prompts the readable lane keeps: the dreams asked for, at least two (two distinct lineages to improve)."""
     return max(cfg.dreams, 2)
+
+
+@torch.no_grad()
+def example_reference(model, readability: Readability, context: list[int], max_tokens: int) -> Readability:
+    """``readability`` with its reference XE by length replaced by the dreaming model's XE of ``context`` (the
+    feature's best dataset example, ending at its activating token) cut to each length ``2..max_tokens``
+    (its last ``L`` tokens, scored alone): a prompt's loss is then how much less readable it is than the best
+    example at its own length. Lengths past the context keep the whole context's XE."""
+    from ..models.padding import pad
+    from ..models.xe import sequence_xe
+
+    dev = next(model.parameters()).device
+    cuts = [context[-n:] for n in range(2, min(max_tokens, len(context)) + 1)]
+    if not cuts:
+        return readability
+    ids, mask = pad(cuts, 0, device=dev)
+    xe = sequence_xe(model(input_ids=ids).logits, ids, mask).double().cpu()  # right padding: never read
+    ref = readability.xe_median.clone()
+    n = len(ref)
+    for i, v in enumerate(xe.tolist()):
+        if i + 2 < n:
+            ref[i + 2] = v
+    ref[:2] = ref[2]
+    if len(cuts) + 2 < n:
+        ref[len(cuts) + 2 :] = ref[len(cuts) + 1]
+    return replace(readability, xe_median=ref)

@@ -6,9 +6,41 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from ..text.judge import JudgeScore
+from .config import DreamConfig
+from .records import (
+    Dream,
+    Environment,
+    FeatureError,
+    FrontierPoint,
+    HistoryRow,
+    Prompt,
+    Rung,
+    SetupStep,
+    Verification,
+    XeLimits,
+    judge_of,
+)
+
+__all__ = [
+    "Dream",
+    "DreamResult",
+    "Environment",
+    "FeatureError",
+    "FrontierPoint",
+    "HistoryRow",
+    "Prompt",
+    "Rung",
+    "SetupStep",
+    "Verification",
+    "XeLimits",
+    "register_html_view",
+    "write_atomic",
+]
 
 _HTML_VIEW: list[Callable[[Any], str]] = []
 """The notebook view of a :class:`DreamResult`, registered from above (the engine does not import the
@@ -18,82 +50,6 @@ observation package): :func:`register_html_view`."""
 def register_html_view(view: Callable[[Any], str]) -> None:
     """Make ``view(result) -> HTML`` the notebook view of every :class:`DreamResult`."""
     _HTML_VIEW[:] = [view]
-
-
-@dataclass
-class Prompt:
-    """One prompt: ``text``, ``ids``, ``activation``, ``xe``, per-token strings and activations."""
-
-    text: str
-    ids: list[int]
-    activation: float
-    xe: float
-    tokens: list[str] = field(default_factory=list)
-    token_acts: list[float] = field(default_factory=list)
-
-
-@dataclass
-class Rung:
-    """One rung of a fluency ladder: the most activating prompt found under ``ceiling`` (re-scored from its
-    text by the reference path, like the best prompt)."""
-
-    ceiling: str
-    """The ceiling as given: ``p50``, ``6.5`` or ``none``."""
-    xe_limit: float | None
-    """The ceiling at the prompt's own length (None: no ceiling)."""
-    feasible: bool
-    """The prompt meets the ceiling (False: nothing evaluated did; the least infeasible is shown)."""
-    prompt: Prompt
-    judge: dict[str, Any] | None = None
-    """The fluency judge's view of the prompt (:class:`featuredream.lm.judge.JudgeScore` as a dict)."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Rung:
-        d = {k: v for k, v in d.items() if k != "ratio"}
-        return cls(**{**d, "prompt": Prompt(**d["prompt"])})
-
-
-@dataclass
-class Dream:
-    """One of a result's distinct dreams (``DreamResult.dreams``), re-scored from its text like the best."""
-
-    prompt: Prompt
-    above_floor: bool
-    """Its activation reaches the floor (False: a most activating prompt filling the list)."""
-    xe_excess: float | None
-    """XE minus natural prose's median XE at its length, under the dreaming model (None: not measured)."""
-    peak: float
-    """Its most surprising token's XE."""
-    repeats: int
-    """Repeated bigrams plus immediate token repeats."""
-    peak_ok: bool | None
-    """No token more surprising than natural text's 95th percentile at its length (None: not measured)."""
-    repeats_ok: bool | None
-    """No more repetition than natural text's 95th percentile at its length (None: not measured)."""
-    judge: dict[str, Any] | None = None
-    """The fluency judge's view of the prompt."""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Dream:
-        d = {k: v for k, v in d.items() if k != "ratio"}
-        return cls(**{**d, "prompt": Prompt(**d["prompt"])})
-
-
-@dataclass
-class SetupStep:
-    """A one-time cost paid before the time budget's clock started (cached for later runs)."""
-
-    what: str
-    """E.g. ``activation store of blocks.12.hook_resid_post built (32768 tokens)``."""
-    seconds: float
-
-
-@dataclass
-class FeatureError:
-    """A feature of a group that could not be dreamed (e.g. every start prompt scored non-finite)."""
-
-    feature: int | None
-    message: str
 
 
 @dataclass
@@ -107,9 +63,9 @@ class DreamResult:
 
     best: Prompt
     buffer: list[Prompt]
-    history: list[dict[str, Any]]
-    frontier: list[dict[str, Any]]
-    config: dict[str, Any]
+    history: list[HistoryRow]
+    frontier: list[FrontierPoint]
+    config: DreamConfig
     objective: str
     model: str
     sae: str | None
@@ -117,7 +73,7 @@ class DreamResult:
     seed: int
     wall_time: float
     """Seconds of the search (start pool to last iteration; a group's time divided among its features).
-    The verification's own time is ``verification["seconds"]``."""
+    The verification's own time is ``verification.seconds``."""
     start: str
     feasible: bool
     interrupted: bool = False
@@ -134,14 +90,14 @@ class DreamResult:
     """The site(s) the objective reads, e.g. ``blocks.18.attn.hook_q[head 6]``."""
     xe_limit: float | None = None
     """The XE ceiling the best prompt had to meet at its own length (None: no ceiling)."""
-    xe_limits: dict[str, Any] | None = None
-    """The ceiling used: ``{"spec": 6.5 or "p90", "by_length": {tokens: ceiling}}``."""
+    xe_limits: XeLimits | None = None
+    """The ceiling used: as given and at each length."""
     ladder: list[Rung] = field(default_factory=list)
     """The fluency ladder (``DreamConfig.ladder``): the most activating prompt at each ceiling."""
-    judge: dict[str, Any] | None = None
-    """The fluency judge's view of ``best`` (:class:`featuredream.lm.judge.JudgeScore` as a dict)."""
-    verification: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)
+    judge: JudgeScore | None = None
+    """The fluency judge's view of ``best``."""
+    verification: Verification | None = None
+    environment: Environment | None = None
     setup: list[SetupStep] = field(default_factory=list)
     """One-time costs before the search (outside ``time_budget``): building a site's activation store,
     measuring its norm cap, the model's XE table; only those that took a noticeable time."""
@@ -186,15 +142,24 @@ class DreamResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DreamResult:
-        d = dict(d)
-        d.pop("ratio", None)
-        d["best"] = Prompt(**d["best"])
-        d["buffer"] = [Prompt(**p) for p in d["buffer"]]
+        """A result from its JSON form (:meth:`to_dict`), also as older versions wrote it."""
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        d["best"] = Prompt.from_dict(d["best"])
+        d["buffer"] = [Prompt.from_dict(p) for p in d["buffer"]]
+        d["history"] = [HistoryRow.from_dict(h) for h in d["history"]]
+        d["frontier"] = [FrontierPoint.from_dict(p) for p in d["frontier"]]
+        d["config"] = config_of(d["config"])
         d["ladder"] = [Rung.from_dict(r) for r in d.get("ladder", [])]
+        d["judge"] = judge_of(d.get("judge"))
         d["setup"] = [SetupStep(**s) for s in d.get("setup", [])]
         d["dreams"] = [Dream.from_dict(x) for x in d.get("dreams", [])]
-        if d.get("most_activating") is not None:
-            d["most_activating"] = Prompt(**d["most_activating"])
+        for name, rec in (
+            ("most_activating", Prompt),
+            ("verification", Verification),
+            ("xe_limits", XeLimits),
+        ):
+            d[name] = rec.from_dict(d[name]) if d.get(name) else None
+        d["environment"] = Environment.from_dict(d["environment"]) if d.get("environment") else None
         return cls(**d)
 
     def to_json(self) -> str:
@@ -210,6 +175,15 @@ class DreamResult:
     @classmethod
     def load(cls, path: str | Path) -> DreamResult:
         return cls.from_json(Path(path).read_text())
+
+
+def config_of(d: dict[str, Any]) -> DreamConfig:
+    """A result's :class:`DreamConfig` from its JSON form; fields it does not know are dropped, and a result
+    written before the readable goal existed (no ``goal``) was the most activating prompt (``goal='max'``)."""
+    d = {k: v for k, v in d.items() if k in set(DreamConfig.names())}
+    if "goal" not in d:
+        d = {**d, "goal": "max", "floor": None}
+    return DreamConfig(**d)
 
 
 def write_atomic(path: str | Path, text: str) -> Path:

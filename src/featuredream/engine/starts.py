@@ -12,8 +12,8 @@ import logging
 import torch
 from torch import nn
 
+from ..objectives.dataset import DatasetExamples, dataset_examples, token_values, top_windows
 from .config import DreamConfig
-from .corpus_scan import DatasetExamples, dataset_examples, token_values, top_windows
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _sample_top_k(model: nn.Module, ids: torch.Tensor, n_new: int, banned: list[
     never), with a key/value cache: ``[b, s + n_new]``."""
     from transformers import DynamicCache
 
-    from .prefix_cache import cache_argument
+    from ..evaluation.prefix_cache import cache_argument
 
     cache = {cache_argument(model): DynamicCache()}
     x, out = ids, [ids]

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..objectives.dataset import DatasetExamples
+from ..objectives.kinds import Objective
 from .buffer import Buffer, Entry, Frontier
 from .children import Canonicalizer
 from .config import DreamConfig
-from .corpus_scan import DatasetExamples
 from .fluency import XeLimit, resolve_xe_limit
-from .objectives import Objective
+from .records import HistoryRow
 
 
 @dataclass
@@ -23,28 +24,6 @@ class Counters:
     evaluated: int = 0
     nonfinite: int = 0
     capped: int = 0
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """One iteration of one feature (``DreamResult.history`` holds these as dicts)."""
-
-    iter: int
-    operator: str | None
-    """The operator of the iteration's best child (None: no child was kept)."""
-    child_activation: float | None
-    child_xe: float | None
-    best_activation: float
-    best_xe: float
-    best_loss: float
-    best_feasible: bool
-    best_tokens: int
-    candidates: int
-    """Fresh children evaluated."""
-    seconds: float
-    """This iteration's time, shared among the features that ran it."""
-    elapsed: float
-    """Seconds since the loop began, at the end of this iteration."""
 
 
 @dataclass

@@ -1,12 +1,18 @@
-"""Observation and tracing: activity (what fires where), dataset examples, tracing, figures, the HTML feature
-card and the notebook view of a dream result (registered with the engine here)."""
+"""Looking at features: ``activity`` (what fires where: top and differential features, scans, fire rates),
+``top_examples`` (a latent's top dataset examples and their minimal contexts), ``tracing`` (logit effects,
+attribution, steering), ``figures``, the HTML feature card (``card`` data, ``card_html`` rendering,
+``card_parts`` and ``html_parts``: escaped pieces) and the notebook view of a dream result
+(``result_view``, registered with the engine here).
+
+May import every room below it (models, text, saes, objectives, engine); nothing above it.
+"""
 
 from ..engine.results import register_html_view
 from .activity import differential_features, encode_prompts, fire_rate, scan, top_features
 from .card import card_data, neuronpedia_json
 from .card_html import feature_card, render_card
-from .examples import corpus_stats, minimal_context, top_examples
 from .result_view import dream_result_html
+from .top_examples import corpus_stats, minimal_context, top_examples
 from .tracing import attribution, default_alphas, logit_effects, steering
 
 register_html_view(dream_result_html)

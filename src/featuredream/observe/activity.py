@@ -2,7 +2,7 @@
 
 Everything is batched: prompts are sorted by length, right-padded (or left-padded, with position ids
 derived from the mask so that every real token sees the same positions as alone), and read at the SAE's
-site with a forward pass that stops after that layer (:mod:`featuredream.lm.activations`). ``last`` always
+site with a forward pass that stops after that layer (:mod:`featuredream.saes.activations`). ``last`` always
 means the last *real* token.
 
 Values: ``"code"`` is the SAE's own sparse code (``sae.sae.encode``: after ReLU / TopK / threshold, so
@@ -11,7 +11,7 @@ shipped statistics record. Positions whose residual norm exceeds the SAE's norm 
 activations" of the first token) never count: their codes are 0 and their pre-activations ``-inf``.
 
 Dataset examples (top examples, minimal contexts, the corpus scan) live in
-:mod:`featuredream.observe.examples`; tracing (logit effects, attribution, steering) in
+:mod:`featuredream.observe.top_examples`; tracing (logit effects, attribution, steering) in
 :mod:`featuredream.observe.tracing`.
 """
 
@@ -26,10 +26,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checks import check_choice, check_int
-from ..engine.objectives import reduce_positions
-from ..lm.activations import VALUES, latent_values, model_device, pad_batch, site_activations, valid_positions
-from ..lm.saes import BoundSAE
-from ..lm.tl import as_model
+from ..models.padding import pad
+from ..models.tl import as_model
+from ..objectives.kinds import reduce_positions
+from ..saes.activations import (
+    VALUES,
+    latent_values,
+    model_device,
+    site_activations,
+    valid_positions,
+)
+from ..saes.loading import BoundSAE
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +108,7 @@ def encode_prompts(
     out: list[torch.Tensor | None] = [None] * len(seqs)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, desc="encode", unit="batch", disable=len(chunks) < 4, leave=False):
-        ids, mask = pad_batch([seqs[i] for i in chunk], tok.pad_token_id, padding_side, dev)
+        ids, mask = pad([seqs[i] for i in chunk], tok.pad_token_id, padding_side, device=dev)
         x = site_activations(model, sae.site, ids, mask)
         valid = valid_positions(sae, x, mask, norm_guard)
         v = latent_values(sae, x, values).masked_fill(~valid[..., None], off)  # [b, s, d_sae]

@@ -13,14 +13,15 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from ..engine.results import DreamResult
-from ..lm.models import model_name
-from ..lm.sae_check import CHECK_TEXTS, site_fvu
-from ..lm.saes import BoundSAE, FeatureStats
-from ..lm.tl import as_model
+from ..models.loading import model_name
+from ..models.tl import as_model
+from ..saes.check import CHECK_TEXTS, site_fvu
+from ..saes.loading import BoundSAE, FeatureStats
+from ..text.judge import JudgeScore
 from .activity import encode_prompts
-from .examples import Example, minimal_context
 from .figures import frontier_figure, histogram_figure, png_data_uri, trajectory_figure
-from .tracing import RESIDUAL_KINDS, default_alphas, logit_effects, steering
+from .top_examples import Example, minimal_context
+from .tracing import RESIDUAL_KINDS, Steered, TokenScore, default_alphas, logit_effects, steering
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,41 @@ STEER_PROMPT = "My favourite thing to talk about is"
 class CardExample(NamedTuple):
     """A dataset example on the card: decoded ``tokens``, ``index`` of the activating token, per-token
     ``acts`` and ``value`` in context (the whole window up to the activating token), and ``min_len``: the
-    tokens of its minimal context (:func:`featuredream.observe.examples.minimal_context`; None: not computed)."""
+    tokens of its minimal context (:func:`featuredream.observe.top_examples.minimal_context`; None: not computed)."""
 
     tokens: list[str]
     index: int
     acts: list[float]
     value: float
     min_len: int | None = None
+
+
+class CardPrompt(NamedTuple):
+    """A dreamed prompt on the card: its ``label`` (best, dream #k, most activating, buffer #k), decoded
+    ``tokens``, per-token ``acts``, ``activation`` and ``xe``."""
+
+    label: str
+    tokens: list[str]
+    acts: list[float]
+    activation: float
+    xe: float
+
+
+@dataclass(frozen=True)
+class DreamSummary:
+    """The dream's figures in the card's header and dreams section."""
+
+    ratio: float | None
+    activation: float
+    xe: float
+    start: str
+    objective: str
+    iterations: int
+    stop: str
+    feasible: bool
+    seconds: float
+    judge: JudgeScore | None
+    headline: str
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -55,24 +84,24 @@ class CardData:
     fire_rate: float | None
     fvu: float | None
     examples: list[CardExample]  # plain (tokens, index, acts, value) tuples are read as well
-    dreams: list[tuple[str, list[str], list[float], float, float]]  # label, tokens, acts, activation, xe
-    dream_summary: dict[str, Any] | None
-    logits_top: list[tuple[str, float]]
-    logits_bottom: list[tuple[str, float]]
+    dreams: list[CardPrompt]
+    dream_summary: DreamSummary | None
+    logits_top: list[TokenScore]
+    logits_bottom: list[TokenScore]
     logits_note: str
-    steering: list[tuple[float, str]]
+    steering: list[Steered]
     steer_prompt: str
     figures: dict[str, str | None] = field(default_factory=dict)
     context_keep: float | None = None  # the share the minimal contexts keep (None: not computed)
     ladder: list = field(default_factory=list)  # the dream's fluency ladder (engine.results.Rung)
 
 
-def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, n: int) -> list[tuple]:
+def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, n: int) -> list[CardPrompt]:
     """The best prompt, the other distinct dreams, the most activating prompt and buffer prompts (at least
     ``n`` rows, every dream), each once, with per-token activations (recomputed with the dream's objective
     where the result file does not hold them)."""
-    from ..engine.evaluate import reference_evaluate
-    from ..engine.objectives import make_objective
+    from ..evaluation.evaluate import reference_evaluate
+    from ..objectives.kinds import make_objective
 
     best = "best (most readable above the floor)" if dream.headline == "readable" else "best"
     rows = [(best, dream.best)] + [(f"dream #{i + 2}", d.prompt) for i, d in enumerate(dream.dreams[1:])]
@@ -93,7 +122,7 @@ def _dream_prompts(model, tok, sae: BoundSAE, feature: int, dream: DreamResult, 
     out = []
     for label, p in rows:
         toks, acts = recomputed.get(p.text, (p.tokens, p.token_acts))
-        out.append((label, list(toks), [float(a) for a in acts], p.activation, p.xe))
+        out.append(CardPrompt(label, list(toks), [float(a) for a in acts], p.activation, p.xe))
     return out
 
 
@@ -113,7 +142,7 @@ def card_data(
     max_new_tokens: int = 24,
     keep: float | None = 0.9,
 ) -> CardData:
-    """Run what the card needs. ``stats``: examples from :func:`featuredream.observe.examples.corpus_stats` (default:
+    """Run what the card needs. ``stats``: examples from :func:`featuredream.observe.top_examples.corpus_stats` (default:
     the SAE's shipped ones). ``alphas`` default: :func:`~.tracing.default_alphas` of the dataset max.
     ``keep``: each example shows its minimal context keeping that share of its value (None: skip that
     computation and show the last ``report.SHOWN_TAIL`` tokens of the context)."""
@@ -172,12 +201,12 @@ def _logits(model, tok, sae: BoundSAE, f: int, n: int) -> tuple[list, list, str]
         return [], [], f"{sae.site.kind} does not write to the residual stream"
     le = logit_effects(model, tok, sae, f, n)
     note = "direct effect: unit decoder direction through the final norm's gain and the unembedding"
-    return [(t.token, t.value) for t in le.top], [(t.token, t.value) for t in le.bottom], note
+    return list(le.top), list(le.bottom), note
 
 
 def _steered(model, tok, sae: BoundSAE, f: int, prompt: str, alphas, max_new_tokens: int) -> list:
     try:
-        return [(s.alpha, s.text) for s in steering(model, tok, sae, f, prompt, alphas, max_new_tokens)]
+        return list(steering(model, tok, sae, f, prompt, alphas, max_new_tokens))
     except ValueError as e:  # e.g. a site kind that cannot be steered
         log.warning("no steering: %s", e)
         return []
@@ -201,21 +230,23 @@ def _figures(model, tok, sae: BoundSAE, f: int, examples, dmax, dream, encoder_d
     }
 
 
-def _dream_summary(dream: DreamResult | None) -> dict[str, Any] | None:
+def _dream_summary(dream: DreamResult | None) -> DreamSummary | None:
     if dream is None:
         return None
-    return {
-        "ratio": dream.ratio,
-        "activation": dream.best.activation,
-        "xe": dream.best.xe,
-        "start": dream.start,
-        "objective": dream.objective,
-        "iterations": len(dream.history),
-        "stop": dream.stop_reason,
-        "feasible": dream.feasible,
-        "seconds": dream.wall_time,
-        "judge": dream.judge,
-    }
+    b = dream.best
+    return DreamSummary(
+        dream.ratio,
+        b.activation,
+        b.xe,
+        dream.start,
+        dream.objective,
+        len(dream.history),
+        dream.stop_reason,
+        dream.feasible,
+        dream.wall_time,
+        dream.judge,
+        dream.headline,
+    )
 
 
 def _fvu(model, tok, sae: BoundSAE) -> float | None:
@@ -273,9 +304,9 @@ def neuronpedia_json(
     top, bottom, _ = _logits(model, tok, sae, f, n_logits)  # the card's logit section, in its shape
     if top or bottom:
         out |= {
-            "pos_str": [t for t, _ in top],
-            "pos_values": [v for _, v in top],
-            "neg_str": [t for t, _ in bottom],
-            "neg_values": [v for _, v in bottom],
+            "pos_str": [t.token for t in top],
+            "pos_values": [t.value for t in top],
+            "neg_str": [t.token for t in bottom],
+            "neg_values": [t.value for t in bottom],
         }
     return out

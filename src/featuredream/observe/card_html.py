@@ -5,7 +5,7 @@ scripts. Every string that came from a tokenizer, a corpus or a result file goes
 :func:`html.escape`, so a token like ``<script>`` shows as text. Building the card is split in two:
 :func:`featuredream.observe.card.card_data` runs the model (examples and their minimal contexts, logit
 effects, steering, histogram values) and :func:`render_card` is a pure function of that data. Each top
-example shows its minimal context (:func:`featuredream.observe.examples.minimal_context`); the rest of its
+example shows its minimal context (:func:`featuredream.observe.top_examples.minimal_context`); the rest of its
 window sits in a ``<details>``.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from ..engine.results import DreamResult, write_atomic
-from ..lm.saes import BoundSAE
+from ..saes.loading import BoundSAE
 from .card import CardData, CardExample, card_data
 from .card_parts import CSS, alpha_multiple, context_spans, logit_table
 from .html_parts import (
@@ -48,7 +48,9 @@ def render_card(d: CardData) -> HTMLPage:
     # colours run up to the scored values (dataset max, examples' values, dreams' scores), not to the largest
     # token: a first-token attention sink (hundreds, against scores of ~30) would wash every other token out
     vmax = max(
-        [d.dataset_max or 0.0] + [CardExample(*ex).value for ex in d.examples] + [dr[3] for dr in d.dreams]
+        [d.dataset_max or 0.0]
+        + [CardExample(*ex).value for ex in d.examples]
+        + [dr.activation for dr in d.dreams]
     )
     vmax = vmax if vmax > 0 else 1.0
     out = [
@@ -72,15 +74,14 @@ def _header(d: CardData) -> str:
     s = d.dream_summary
     if s is not None:
         chips += [
-            chip("dream activation", fmt_value(s["activation"])),
+            chip("dream activation", fmt_value(s.activation)),
             chip(
-                "dream / dataset max",
-                fmt_value(s["ratio"], ".2f") + ("\u00d7" if s["ratio"] is not None else ""),
+                "dream / dataset max", fmt_value(s.ratio, ".2f") + ("\u00d7" if s.ratio is not None else "")
             ),
-            chip("dream XE", fmt_value(s["xe"], ".2f")),
+            chip("dream XE", fmt_value(s.xe, ".2f")),
         ]
-        if s.get("judge"):
-            chips.append(chip("judge percentile", fmt_value(s["judge"].get("percentile"), ".0f")))
+        if s.judge:
+            chips.append(chip("judge percentile", fmt_value(s.judge.percentile, ".0f")))
     chips += [chip("latents", str(d.d_sae)), chip("FVU (check texts)", fmt_value(d.fvu, ".3f"))]
     return (
         f'<header><h1>Feature {d.feature}</h1><div class="sub">SAE <b>{e(d.sae_name)}</b> \u00b7 site <code>{e(d.site)}'
@@ -93,13 +94,15 @@ def _dreams_section(d: CardData, vmax: float) -> str:
         return ""
     e, s = html.escape, d.dream_summary
     rows = "".join(
-        f'<div class="row"><div class="lbl">{e(lbl)}</div><div class="text">{token_spans(toks, acts, vmax, scored_index(acts, act))}'
-        f'</div><div class="val">{fmt_value(act)}<br><span class="note">XE {fmt_value(xe, ".2f")}</span></div></div>'
-        for lbl, toks, acts, act, xe in d.dreams
+        f'<div class="row"><div class="lbl">{e(p.label)}</div><div class="text">'
+        f"{token_spans(p.tokens, p.acts, vmax, scored_index(p.acts, p.activation))}</div>"
+        f'<div class="val">{fmt_value(p.activation)}<br><span class="note">XE {fmt_value(p.xe, ".2f")}</span></div></div>'
+        for p in d.dreams
     )
     meta = (
-        f"objective <code>{e(s['objective'])}</code> \u00b7 start: {e(str(s['start']))} \u00b7 {s['iterations']} "
-        f"iterations ({e(str(s['stop']))}) \u00b7 {fmt_value(s['seconds'], '.1f')} s \u00b7 feasible: {e(str(s['feasible']))}"
+        f"objective <code>{e(s.objective)}</code> \u00b7 start: {e(str(s.start))} \u00b7 {s.iterations} "
+        f"iterations ({e(str(s.stop))}) \u00b7 {fmt_value(s.seconds, '.1f')} s \u00b7 feasible: {e(str(s.feasible))}"
+        f" \u00b7 headline: {e(s.headline)}"
     )
     return f'<section><h2>Dreamed prompts</h2><p class="note">{meta}</p>{rows}</section>'
 
@@ -158,8 +161,9 @@ def _steering_section(d: CardData) -> str:
         return ""
     e = html.escape
     rows = "".join(
-        f'<tr><td>\u03b1 = {a:g}{alpha_multiple(a, d.dataset_max)}</td><td class="text">{show_token(t)}</td></tr>'
-        for a, t in d.steering
+        f'<tr><td>\u03b1 = {s.alpha:g}{alpha_multiple(s.alpha, d.dataset_max)}</td><td class="text">'
+        f"{show_token(s.text)}</td></tr>"
+        for s in d.steering
     )
     return (
         f'<section><h2>Steering</h2><p class="note">Greedy continuations of <code>{e(d.steer_prompt)}</code> with '

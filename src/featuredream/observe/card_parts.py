@@ -43,13 +43,14 @@ def alpha_multiple(alpha: float, dataset_max: float | None) -> str:
     return f"<small>{alpha / dataset_max:.2g} \u00d7 dataset max</small>"
 
 
-def logit_table(rows: list[tuple[str, float]], rgb: str) -> str:
-    """Rows of ``(token, value)`` as a table with a bar per value in colour ``rgb``."""
-    top = max((abs(v) for _, v in rows), default=1.0) or 1.0
+def logit_table(rows: list, rgb: str) -> str:
+    """Rows with ``token`` and ``value`` (:class:`~.tracing.TokenScore`) as a table with a bar per value in
+    colour ``rgb``."""
+    top = max((abs(r.value) for r in rows), default=1.0) or 1.0
     body = "".join(
-        f'<tr><td>{show_token(t)}</td><td class="num">{v:+.3g}</td><td style="width:40%"><div class="bar" '
-        f'style="width:{100 * abs(v) / top:.0f}%;background:rgb({rgb})"></div></td></tr>'
-        for t, v in rows
+        f'<tr><td>{show_token(r.token)}</td><td class="num">{r.value:+.3g}</td><td style="width:40%"><div class="bar" '
+        f'style="width:{100 * abs(r.value) / top:.0f}%;background:rgb({rgb})"></div></td></tr>'
+        for r in rows
     )
     return f"<table>{body}</table>"
 

@@ -71,15 +71,15 @@ def histogram_figure(
 def trajectory_figure(history: list[dict[str, Any]]):
     """Best activation (and its XE) per iteration, with each iteration's best child."""
     fig, ax = new_figure()
-    it = [h["iter"] for h in history]
-    child = [(h["iter"], h["child_activation"]) for h in history if h.get("child_activation") is not None]
+    it = [h.iter for h in history]
+    child = [(h.iter, h.child_activation) for h in history if h.child_activation is not None]
     if child:
         ax.scatter(*zip(*child), s=7, color="#cbd5e1", label="best child of the iteration", zorder=1)
-    ax.plot(it, [h["best_activation"] for h in history], color=_ACT_HEX, lw=2, label="best activation")
+    ax.plot(it, [h.best_activation for h in history], color=_ACT_HEX, lw=2, label="best activation")
     ax.set_xlabel("iteration")
     ax.set_ylabel("activation")
     handles, labels = ax.get_legend_handles_labels()
-    xe = [h.get("best_xe") for h in history]
+    xe = [h.best_xe for h in history]
     if any(x is not None and math.isfinite(x) for x in xe):
         ax2 = ax.twinx()
         ax2.plot(it, [math.nan if x is None else x for x in xe], color="#2563eb", lw=1.2, label="XE of best")
@@ -94,7 +94,7 @@ def trajectory_figure(history: list[dict[str, Any]]):
 def frontier_figure(frontier: list[dict[str, Any]], best: Prompt | None):
     """The activation-vs-XE Pareto frontier, with the reported best prompt."""
     fig, ax = new_figure()
-    pts = sorted((p["xe"], p["activation"]) for p in frontier)
+    pts = sorted((p.xe, p.activation) for p in frontier)
     ax.step([x for x, _ in pts], [a for _, a in pts], where="post", color=_ACT_HEX, lw=1.5)
     ax.scatter([x for x, _ in pts], [a for _, a in pts], s=14, color=_ACT_HEX, label="Pareto frontier")
     if best is not None and math.isfinite(best.xe):

@@ -127,14 +127,11 @@ def judge_cell(judge: dict | None) -> str:
     """The judge's percentile among natural prose (``n/a`` without a judge)."""
     if not judge:
         return "n/a"
-    pct = judge.get("percentile")
+    pct = judge.percentile
     if pct is None or not math.isfinite(pct):
         return "n/a"
     cls = "good" if pct <= 60 else ("bad" if pct > 95 else "")
-    tip = html.escape(
-        f"{judge.get('judge')}: XE {judge.get('xe', float('nan')):.2f} at {judge.get('tokens')} tokens",
-        quote=True,
-    )
+    tip = html.escape(f"{judge.judge}: XE {judge.xe:.2f} at {judge.tokens} tokens", quote=True)
     return f"<span class='{cls}' title='{tip}'>{pct:.0f}</span>"
 
 

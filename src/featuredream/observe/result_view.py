@@ -75,7 +75,7 @@ def dream_result_html(r: Any) -> str:
         if r.feasible
         else "<span class='bad'>no (XE above its ceiling)</span>"
     )
-    steps = [h.get("best_activation") for h in r.history]
+    steps = [h.best_activation for h in r.history]
     stop = e(r.stop_reason or ("interrupted" if r.interrupted else ""))
     rows = [
         ("headline", _headline(r)),

@@ -23,11 +23,19 @@ import torch
 from torch import nn
 
 from ..checks import check_int
-from ..engine.objectives import Objective, resolve_norm_caps
-from ..lm.models import embed_scale
-from ..lm.saes import BoundSAE
-from ..lm.sites import EDITABLE_KINDS, Site, head_columns, head_dim, hook_site, output_projection, run_sites
-from ..lm.tl import as_model
+from ..models.loading import embed_scale
+from ..models.sites import (
+    EDITABLE_KINDS,
+    Site,
+    head_columns,
+    head_dim,
+    hook_site,
+    output_projection,
+    run_sites,
+)
+from ..models.tl import as_model
+from ..objectives.kinds import Objective, resolve_norm_caps
+from ..saes.loading import BoundSAE
 
 STEER_SCALES = (0.0, 2.0, 4.0, 8.0)
 """Default steering strengths, in multiples of the feature's dataset maximum (:func:`default_alphas`)."""
@@ -235,7 +243,7 @@ def format_attribution(a: Attribution) -> str:
 @contextmanager
 def steer(model: nn.Module, site: Site, vector: torch.Tensor) -> Iterator[None]:
     """Add ``vector`` (``[width]`` of ``site``, e.g. ``[d_model]``) to ``site`` at every position of every
-    forward pass inside the block, through the hook-point resolver :func:`featuredream.lm.sites.hook_site`
+    forward pass inside the block, through the hook-point resolver :func:`featuredream.models.sites.hook_site`
     (for a head site, to that head's columns); the hooks are removed in ``finally``."""
     model = as_model(model)
     site.validate(model)

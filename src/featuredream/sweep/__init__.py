@@ -2,7 +2,10 @@
 :mod:`~featuredream.sweep.spec` (what runs) -> :mod:`~featuredream.sweep.store` (SQLite records and their
 fingerprint) -> :mod:`~featuredream.sweep.worker` (dream a group, record it) ->
 :mod:`~featuredream.sweep.ray_backend` (the Ray backend) -> :mod:`~featuredream.sweep.run` (:func:`run_sweep`);
-:mod:`~featuredream.sweep.summary` reads a store."""
+:mod:`~featuredream.sweep.summary` reads a store.
+
+May import every room below it (models, text, saes, objectives, engine, observe); only the CLI is above it.
+"""
 
 from .run import BACKENDS, check_sweep, run_sweep
 from .spec import SweepSpec, count_features, parse_features, sae_width

@@ -81,14 +81,24 @@ def _probe_runtime(spec_dict: dict[str, Any]) -> dict[str, Any]:
     return resolve_runtime(SweepSpec.from_dict(spec_dict))
 
 
-def _dream_group(spec_dict: dict[str, Any], features: list[int], threads: int) -> tuple[str, dict, list]:
-    """Ray task body: ``(worker name, resolved runtime, [(feature, DreamResult | FeatureError), ...])``."""
+@dataclass(frozen=True)
+class GroupOutcome:
+    """What a Ray task sends back: its worker's name, the runtime the spec resolved to there, and each
+    feature's ``(feature, DreamResult | FeatureError)``."""
+
+    worker: str
+    runtime: dict[str, Any]
+    results: list
+
+
+def _dream_group(spec_dict: dict[str, Any], features: list[int], threads: int) -> GroupOutcome:
+    """Ray task body: one group dreamed on a worker (:class:`GroupOutcome`)."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
     spec = SweepSpec.from_dict(spec_dict)
-    return worker_name(), resolve_runtime(spec), run_group(spec, features, load_spec(spec))
+    return GroupOutcome(worker_name(), resolve_runtime(spec), run_group(spec, features, load_spec(spec)))
 
 
 @dataclass
@@ -118,7 +128,8 @@ class RayRun:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 group = pending.pop(ready[0])
                 try:
-                    worker, runtime, results = ray.get(ready[0])
+                    got: GroupOutcome = ray.get(ready[0])
+                    worker, runtime, results = got.worker, got.runtime, got.results
                 except Exception as e:  # noqa: BLE001 - a task that failed for good; the others go on
                     msg = _last_line(e)
                     log.error("features %d-%d failed: %s", group[0], group[-1], msg)

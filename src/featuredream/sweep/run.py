@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..checks import check_choice
-from ..lm.models import DEFAULT_ALIASES, resolve_model_path
+from ..models.loading import DEFAULT_ALIASES, resolve_model_path
 from .spec import SweepSpec, sae_width
 from .store import SweepStore, check_out_dir, resolve_runtime
 from .worker import SweepOutcome, load_spec, record, run_group, worker_name

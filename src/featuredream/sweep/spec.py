@@ -21,9 +21,9 @@ import torch
 
 from ..checks import check_choice, check_int
 from ..engine.config import DreamConfig
-from ..engine.objectives import check_reduce
-from ..lm.identity import sae_identity
-from ..lm.models import DEFAULT_ALIASES, TL_PREFIX, parse_dtype, split_tl
+from ..models.identity import sae_identity
+from ..models.loading import DEFAULT_ALIASES, TL_PREFIX, parse_dtype, split_tl
+from ..objectives.kinds import check_reduce
 
 __all__ = [
     "MAX_FEATURES",
@@ -177,6 +177,6 @@ def sae_width(spec: str) -> int:
 @functools.lru_cache(maxsize=4)
 def _loaded_width(spec: str) -> int:
     """Width of an SAE with no local ``cfg.json`` (loaded once per process: the CLI and the sweep ask)."""
-    from ..lm.saes import load_sae
+    from ..saes.loading import load_sae
 
     return load_sae(spec, device="cpu").d_sae

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..engine.config import default_children
 from ..engine.results import FeatureError
-from ..lm.identity import model_identity, sae_identity
+from ..models.identity import model_identity, sae_identity
 from .spec import SweepSpec
 
 __all__ = ["STORE_FILE", "SweepStore", "check_out_dir", "first_difference", "fingerprint", "resolve_runtime"]
@@ -55,7 +55,7 @@ def resolve_runtime(spec: SweepSpec) -> dict[str, Any]:
     """
     import torch
 
-    from ..lm.models import parse_device, parse_dtype, runtime_defaults
+    from ..models.loading import parse_device, parse_dtype, runtime_defaults
 
     dev = parse_device(spec.device)
     dtype, attn = runtime_defaults(dev, parse_dtype(spec.dtype))

@@ -26,7 +26,7 @@ def load_spec(spec: SweepSpec, check: bool = True):
     """``(model, tokenizer, sae)`` for ``spec``, loaded once per process (Ray workers reuse them)."""
     key = (spec.model, spec.sae, spec.device, spec.dtype)
     if key not in _LOADED:
-        from ..lm.sae_check import load_checked
+        from ..saes.check import load_checked
 
         model, tok, sae = load_checked(
             spec.model, spec.sae, device=spec.device, dtype=spec.dtype, check=check
@@ -39,7 +39,7 @@ def load_spec(spec: SweepSpec, check: bool = True):
 def run_group(spec: SweepSpec, features: list[int], loaded=None) -> list[tuple[int, Any]]:
     """Dream ``features`` together; ``(feature, DreamResult | FeatureError)`` per feature."""
     from ..engine.dream import dream_many
-    from ..engine.group import MultiLatentObjective
+    from ..objectives.group import MultiLatentObjective
 
     model, tok, sae = loaded or load_spec(spec)
     obj = MultiLatentObjective(sae, features, spec.kind, spec.reduce, spec.norm_guard)
@@ -58,7 +58,7 @@ def load_judge(name: str | None, device):
         return None
     key = (name, str(device))
     if key not in _JUDGES:
-        from ..lm.judge import FluencyJudge
+        from ..text.judge import FluencyJudge
 
         _JUDGES.clear()
         _JUDGES[key] = FluencyJudge.load(name, device=device)

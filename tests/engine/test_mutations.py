@@ -144,3 +144,14 @@ def test_sampled_operators_draw_only_from_the_nucleus():
     assert set(kids[torch.arange(64), pos].tolist()) == {7, 11}
     kids, pos = sample_swap(ids, lp, 64, 8, g)  # the whole distribution: tail tokens too
     assert len(set(kids[torch.arange(64), pos].tolist())) > 2
+
+
+def test_head_trims_drop_only_leading_tokens_and_keep_min_tokens():
+    from featuredream.engine.mutations import head_trims
+
+    ids = torch.arange(10, 20)
+    trims = head_trims(ids, min_tokens=7)
+    assert [t.tolist() for t in trims] == [list(range(11, 20)), list(range(12, 20)), list(range(13, 20))]
+    assert all(t[-1] == ids[-1] for t in trims)  # the activating last token stays
+    assert len(head_trims(ids, min_tokens=2)) == 4  # at most four
+    assert head_trims(ids, min_tokens=10) == []

@@ -104,6 +104,9 @@ class DreamConfig:
     """What a readable prompt's XE is compared with at its own length: 'prose' (the median XE of natural prose
     of that length) or 'example' (the XE of the feature's best dataset example cut to that length: 'more
     readable than the best example'; prose without one). Only the dreaming model's XE, never the judge's."""
+    head_trims: bool = True
+    """A readable-lane parent also gets the children without its first 1..4 tokens (a fragment of a word
+    left from a dataset window's cut opens many prompts)."""
     surprisal_guard: bool = True
     """Rank a prompt with a token more surprising than the 95th percentile of natural text's most
     surprising token at that length after every prompt without one (readable goal)."""

@@ -51,6 +51,7 @@ from .config import DreamConfig, default_children
 from .finish import candidates, finish_result
 from .interrupt import stop_requested
 from .loop_start import StartPhase
+from .mutations import head_trims
 from .records import HistoryRow, MultiRun
 from .results import FeatureError
 from .starts import check_context
@@ -146,6 +147,9 @@ class DreamLoop(StartPhase):
     def children(self, r: FeatureRun, parent: Entry, sig) -> tuple[list[torch.Tensor], list[str]]:
         """Feature ``r``'s children of ``parent``: made, re-encoded, and not seen before."""
         kids, ops = make_children(parent.ids, sig, r.cfg, r.gen, self.banned, self.vocab)
+        if r.readable_parent and r.cfg.head_trims:  # a readable parent's fragment of a first word goes
+            trims = head_trims(parent.ids, r.cfg.min_tokens)
+            kids, ops = [*kids, *trims], ops + ["head_trim"] * len(trims)
         return r.fresh(r.canon(kids), ops)
 
     def update(self, r: FeatureRun, entries: list[Entry], it: int, n_fresh: int, seconds: float) -> None:

@@ -139,3 +139,10 @@ def delete(ids: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tenso
     j = torch.arange(L - 1, device=ids.device)[None, :]
     src = j + (j >= pos[:, None]).long()
     return ids[src], pos
+
+
+def head_trims(ids: torch.Tensor, min_tokens: int, most: int = 4) -> list[torch.Tensor]:
+    """``ids [L]`` without its first ``k`` tokens, for ``k = 1..most`` while ``L - k >= min_tokens``: a
+    readable-lane parent often opens on a fragment of a word (a cut from a dataset window), which no random
+    edit removes quickly; the activating last token is kept."""
+    return [ids[k:] for k in range(1, min(most, len(ids) - min_tokens) + 1)]

@@ -1,13 +1,15 @@
-"""Five dreams at each rung of the fluency ladder, next to the dataset's best example (README).
+"""Five dreams (the headline and each rung of the fluency ladder) next to the dataset's best example (README).
 
     python benchmarks/ladder_examples.py            # ~6 min on a 2-core CPU
 
 The latents are the five lowest-numbered of the quality benchmark's seeded draw (``benchmarks/quality.py``,
 seed 0, tuning latents excluded), fixed before any result was known. Each is dreamed once with the CLI's
-defaults (60 s, ``--xe-max p90``, ladder p50 p75 p90 none, top-p 0.9); every rung is re-scored from its text
-by ``common.independent_score`` (the run fails loudly if one differs) and judged by Gemma 3 270M (a
-percentile among natural prose of the same length, 50 = typical). The dataset's best example (the last 16
-tokens of its context, up to the activating token) is judged too. Writes ``benchmarks/ladder_examples.json``.
+defaults (60 s, the readable goal with its floor at the dataset maximum, ``--xe-max p90``, ladder p50 p75 p90
+none); the headline and every rung are re-scored from their text by ``common.independent_score`` (the run fails
+loudly if one differs) and judged by Gemma 3 270M (a percentile among natural prose of the same length, 50 =
+typical). The dataset's best example is judged too, cut to the headline's length (its last tokens up to the
+activating token: what the headline competes with, ``common.dominance``) and to 16 tokens. Writes
+``benchmarks/ladder_examples.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from common import (  # noqa: E402
     add_run_args,
     begin_run,
     dataset_best_text,
+    dominance,
     end_run,
     independent_score,
     live_sample,
@@ -35,6 +38,7 @@ from common import (  # noqa: E402
 
 from featuredream import DreamConfig, dream, load_model, load_sae  # noqa: E402
 from featuredream.engine.config import DEFAULT_LADDER  # noqa: E402
+from featuredream.engine.records import Rung  # noqa: E402
 from featuredream.objectives.kinds import make_objective  # noqa: E402
 from featuredream.text.judge import FluencyJudge  # noqa: E402
 
@@ -74,16 +78,19 @@ def ladder_row(model, tok, sae, judge, lat: int, seconds: float) -> dict:
     )
     r = dream(model, tok, make_objective(sae, lat), cfg, judge=judge)
     rungs = [rung_row(model, tok, sae, lat, r, g) for g in r.ladder]
+    head = rung_row(model, tok, sae, lat, r, Rung(r.headline, r.xe_limit, r.feasible, r.best, r.judge))
     best = dataset_best_text(sae, tok, lat)
     (dj,) = judge.score([best])
     row = dict(
-        latent=lat,
-        dataset_max=r.dataset_max,
-        dataset_text=best,
-        dataset_judge_pct=dj.percentile,
-        rungs=rungs,
+        latent=lat, dataset_max=r.dataset_max, dataset_text_16=best, dataset_judge_pct_16=dj.percentile
     )
+    row |= dict(headline=head, kind=r.headline, rungs=rungs) | dominance(judge, sae, tok, lat, r)
     print(f"{lat}: dataset {dj.percentile:3.0f} {best!r}")
+    print(
+        f"   headline ratio {head['ratio']:5.2f} judge {head['judge_pct']:3.0f} (dataset cut to its length "
+        f"{row['dataset_judge_pct']:3.0f}: {row['dataset_text']!r}) {'DOM' if row['dominates'] else ''}"
+        f" {head['text']!r}"
+    )
     for g in rungs:
         print(
             f"   {g['ceiling']:>4} ratio {g['ratio']:5.2f} XE {g['xe']:5.2f} judge {g['judge_pct']:3.0f} {g['text']!r}"

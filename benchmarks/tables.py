@@ -1,7 +1,8 @@
 """The tables of benchmarks/README.md, printed from the JSON files the benchmark scripts wrote.
 
     python benchmarks/tables.py                      # every table, with the JSON it comes from
-    python benchmarks/tables.py --check              # exit 1 unless each table is in benchmarks/README.md as is
+    python benchmarks/tables.py --check              # exit 1 unless each table is in benchmarks/README.md,
+                                                     # README.md or docs/*.md as is
 
 Covers throughput.json, prefix_cache.json, quality_vs_time.json, scaling.json, multi_feature.json,
 ladder_examples.json and the quality JSONs (through quality_table.py). The tuning table's labels are prose; tune_round*.json hold its
@@ -30,16 +31,35 @@ def _cell_text(text: str) -> str:
     return "`" + text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`"
 
 
+def headline_examples_table(d: dict) -> str:
+    """Per latent: its best dataset example cut to the headline's length, then the headline (README)."""
+    lines = [
+        "| latent | text | ratio | judge pct |",
+        "|---:|---|---:|---:|",
+    ]
+    for row in d["rows"]:
+        h = row["headline"]
+        mark = " (dominates)" if row["dominates"] else ""
+        lines.append(
+            f"| **{row['latent']}** | dataset's best: {_cell_text(row['dataset_text'])} | 1.00 | "
+            f"{row['dataset_judge_pct']:.0f} |"
+        )
+        lines.append(
+            f"| | dream ({row['kind']}){mark}: {_cell_text(h['text'])} | {h['ratio']:.2f} | {h['judge_pct']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def ladder_examples_table(d: dict) -> str:
-    """Per latent: its best dataset example, then the dream at each rung of the ladder."""
+    """Per latent: its best dataset example (last 16 tokens), then the dream at each rung of the ladder."""
     lines = [
         "| latent | text | ratio | XE (limit) | judge pct |",
         "|---:|---|---:|---:|---:|",
     ]
     for row in d["rows"]:
         lines.append(
-            f"| **{row['latent']}** | dataset's best: {_cell_text(row['dataset_text'])} | 1.00 | – | "
-            f"{row['dataset_judge_pct']:.0f} |"
+            f"| **{row['latent']}** | dataset's best: {_cell_text(row['dataset_text_16'])} | 1.00 | – | "
+            f"{row['dataset_judge_pct_16']:.0f} |"
         )
         for g in row["rungs"]:
             ceiling = g["ceiling"] or "none"
@@ -185,14 +205,15 @@ def all_tables() -> list[tuple[str, str]]:
         out.append(("scaling.json", scaling_table(d)))
     if (d := load("multi_feature.json")) is not None:
         out.append(("multi_feature.json", multi_feature_table(d)))
-    if (d := load("ladder_examples.json")) is not None:
+    if (d := load("ladder_examples.json")) is not None and "headline" in d["rows"][0]:
+        out.append(("ladder_examples.json", headline_examples_table(d)))
         out.append(("ladder_examples.json", ladder_examples_table(d)))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--check", action="store_true", help="each table must be in the README verbatim")
+    ap.add_argument("--check", action="store_true", help="each table must be in the READMEs or docs verbatim")
     ap.add_argument("--readme", default=str(HERE / "README.md"))
     args = ap.parse_args()
     tables = all_tables()
@@ -200,7 +221,8 @@ def main() -> None:
         for name, table in tables:
             print(f"<!-- from benchmarks/{name} (python benchmarks/tables.py) -->\n{table}\n")
         return
-    readme = Path(args.readme).read_text()
+    docs = [Path(args.readme), HERE.parent / "README.md", *sorted((HERE.parent / "docs").glob("*.md"))]
+    readme = "\n".join(p.read_text() for p in docs)
     missing = [(name, t) for name, t in tables if t not in readme]
     for name, t in missing:
         print(f"not in {args.readme} as generated from benchmarks/{name}:\n{t}\n")

@@ -4,18 +4,22 @@ it when one above exists), the most activating prompt beside it, K distinct drea
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from featuredream.engine.buffer import Buffer, Entry
 from featuredream.engine.config import DreamConfig
 from featuredream.engine.dream import dream
-from featuredream.engine.readable import overlap
+from featuredream.engine.fluency import XeLimit
+from featuredream.engine.headline import pick_dreams
+from featuredream.engine.readable import ReadableRule, overlap
 from featuredream.engine.results import DreamResult
 from featuredream.evaluation.evaluate import reference_evaluate
 from featuredream.models.sites import Site
 from featuredream.objectives.kinds import FunctionObjective, SAEEncoder
-from featuredream.text.readability import readability, repeats
+from featuredream.text.readability import Readability, readability, repeats
 
 FAST = dict(
     iters=8, n_children=24, min_tokens=3, max_tokens=14, progress=False, n_start_samples=3, gcg_topk=32
@@ -52,6 +56,21 @@ def test_the_headline_is_the_most_readable_prompt_reaching_the_floor(tiny_llama,
     assert (
         back.dreams == r.dreams and back.most_activating == r.most_activating and back.headline == "readable"
     )
+
+
+def test_a_more_readable_candidate_below_the_floor_never_heads():
+    """The choice itself (on crafted reference values): the most fluent candidate is just below the floor, two
+    less fluent ones reach it; the headline and both dreams are those two, most readable first."""
+    flat = Readability(*(torch.full((20,), v, dtype=torch.float64) for v in (5.0, 10.0, 0.0)))
+    buf = Buffer([0.0], [4], XeLimit(9.0))
+    buf.add_readable_lane(ReadableRule(10.0, flat, XeLimit(9.0)), 2, 0.5)
+    run = SimpleNamespace(buffer=buf, cfg=DreamConfig(dreams=2, distinct_overlap=0.5))
+    entries = [
+        Entry(torch.tensor(ids), score, xe, "test", 1.0)
+        for ids, score, xe in [([1, 2, 3], 9.99, 1.0), ([4, 5, 6], 12.0, 7.0), ([7, 8, 9], 10.0, 6.0)]
+    ]
+    picked, above, _ = pick_dreams(run, entries)
+    assert [entries[i].score for i in picked] == [10.0, 12.0] and above == [True, True]
 
 
 def test_k_dreams_are_distinct_and_each_re_scored(tiny_llama, tiny_tokenizer, tiny_sae):

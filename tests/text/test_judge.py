@@ -94,6 +94,28 @@ def test_resolve_judge():
     assert resolve_judge(j) is j
 
 
+def test_a_judge_that_is_the_dreaming_model_gives_way_or_warns(tiny_gemma3, tiny_llama, monkeypatch, caplog):
+    """The default judge never scores its own model's dreams: it gives way to the fallback judge, said once;
+    a judge named explicitly is kept, with a warning; another model is used silently."""
+
+    def alias(name):
+        return judge_mod.DEFAULT_JUDGE if name == "default" else name
+
+    models = {judge_mod.DEFAULT_JUDGE: tiny_gemma3, judge_mod.FALLBACK_JUDGE: tiny_llama, "mine": tiny_gemma3}
+    monkeypatch.setattr(
+        FluencyJudge,
+        "load",
+        classmethod(lambda cls, name, **kw: cls(models[alias(name)], None, alias(name), None)),
+    )
+    with caplog.at_level("WARNING"):
+        assert resolve_judge("default", dreamer=tiny_llama).name == judge_mod.DEFAULT_JUDGE
+        assert not caplog.messages
+        assert resolve_judge("default", dreamer=tiny_gemma3).name == judge_mod.FALLBACK_JUDGE
+        assert resolve_judge("mine", dreamer=tiny_gemma3).name == "mine"
+    assert len(caplog.messages) == 2 and "not be independent" in caplog.messages[0]
+    assert "no independent measure" in caplog.messages[1]
+
+
 @pytest.mark.slow
 def test_shipped_reference_is_what_the_default_judge_gives(gemma3_270m):
     """The shipped Gemma 3 270M reference matches the model and windows it claims, and 16 of its windows

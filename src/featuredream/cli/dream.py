@@ -150,7 +150,7 @@ def load_judge(args, model):
     from ..text.judge import resolve_judge
 
     try:
-        return resolve_judge(args.judge, device=next(model.parameters()).device)
+        return resolve_judge(args.judge, device=next(model.parameters()).device, dreamer=model)
     except (OSError, RuntimeError) as e:
         raise ValueError(
             f"--judge {args.judge!r} could not be loaded ({e}): valid is default, none or a model name"

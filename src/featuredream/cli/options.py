@@ -177,7 +177,8 @@ def add_judge_option(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL|default|none",
         help="fluency judge: a model of another family that scores the reported prompts' XE as a "
         "percentile among natural prose (50 = typical), never used inside the search; 'default' is "
-        f"Gemma 3 270M (fetched once, offline), 'none' skips it (default: {default}; "
+        f"Gemma 3 270M (fetched once, offline; SmolLM2 when the dreamed model is Gemma 3 270M), 'none' "
+        f"skips it (default: {default}; "
         "$FEATUREDREAM_JUDGE sets it)",
     )
 

@@ -34,7 +34,7 @@ def dream(
     never used inside it): ``result.judge``, ``rung.judge``. Loaded before the search, so a bad name fails
     at once. Ctrl-C stops the loop and returns the best so far (``interrupted=True``).
     """
-    judge = resolve_judge(judge, device=_device(model))
+    judge = resolve_judge(judge, device=_device(model), dreamer=model)
     result = DreamLoop(model, tokenizer, Single(objective), config or DreamConfig()).run()[0]
     judge_results([result], judge)
     return result
@@ -85,7 +85,7 @@ def dream_many(
         raise ValueError(f"errors={errors!r}: valid are 'raise', 'record'")
     if on_interrupt not in ("finish", "raise"):
         raise ValueError(f"on_interrupt={on_interrupt!r}: valid are 'finish', 'raise'")
-    judge = resolve_judge(judge, device=_device(model))
+    judge = resolve_judge(judge, device=_device(model), dreamer=model)
     loop = DreamLoop(model, tokenizer, objective, config or DreamConfig(), seeds)
     log.info("dreaming %d features of %s together", len(objective), objective.sae.name)
     results = loop.run(errors, on_interrupt)

@@ -44,7 +44,7 @@ def run_group(spec: SweepSpec, features: list[int], loaded=None) -> list[tuple[i
     model, tok, sae = loaded or load_spec(spec)
     obj = MultiLatentObjective(sae, features, spec.kind, spec.reduce, spec.norm_guard)
     cfg = replace(spec.config, progress=False)
-    judge = load_judge(spec.judge, next(model.parameters()).device)
+    judge = load_judge(spec.judge, model)
     results = dream_many(model, tok, obj, cfg, errors="record", on_interrupt="raise", judge=judge)
     return list(zip(features, results))
 
@@ -52,16 +52,18 @@ def run_group(spec: SweepSpec, features: list[int], loaded=None) -> list[tuple[i
 _JUDGES: dict[tuple, Any] = {}
 
 
-def load_judge(name: str | None, device):
-    """The fluency judge ``name`` on ``device``, loaded once per process (None: no judge)."""
+def load_judge(name: str | None, model):
+    """The fluency judge ``name`` for dreams of ``model`` (on its device; never the model itself by default:
+    :func:`~featuredream.text.judge.resolve_judge`), loaded once per process (None: no judge)."""
     if name is None or name == "none":
         return None
-    key = (name, str(device))
+    device = next(model.parameters()).device
+    key = (name, str(device), id(model))
     if key not in _JUDGES:
-        from ..text.judge import FluencyJudge
+        from ..text.judge import resolve_judge
 
         _JUDGES.clear()
-        _JUDGES[key] = FluencyJudge.load(name, device=device)
+        _JUDGES[key] = resolve_judge(name, device=device, dreamer=model)
     return _JUDGES[key]
 
 

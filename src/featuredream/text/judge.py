@@ -33,6 +33,8 @@ from ..models.loading import cache_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_JUDGE = "gemma3-270m"
+FALLBACK_JUDGE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The judge of a dream whose model is the default judge (the embedded default model, another family)."""
 SHIPPED = {DEFAULT_JUDGE: "gemma3-270m.safetensors"}
 
 
@@ -99,13 +101,40 @@ class FluencyJudge:
         return [JudgeScore(x, percentile_of(self.reference, x, n), n, self.name) for x, n in self.xe(texts)]
 
 
-def resolve_judge(spec: str | FluencyJudge | None, *, device=None) -> FluencyJudge | None:
-    """``None`` / ``"none"`` -> no judge; a judge -> itself; a name -> :meth:`FluencyJudge.load`."""
-    if spec is None or isinstance(spec, FluencyJudge):
-        return spec
-    if spec == "none":
+def resolve_judge(
+    spec: str | FluencyJudge | None, *, device=None, dreamer: nn.Module | None = None
+) -> FluencyJudge | None:
+    """``None`` / ``"none"`` -> no judge; a judge -> itself; a name -> :meth:`FluencyJudge.load`.
+
+    A judge that is the dreaming model ``dreamer`` (same weights) is no independent measure: the default judge
+    then gives way to :data:`FALLBACK_JUDGE` (said once); a judge named or passed explicitly is kept, with a
+    warning."""
+    if spec is None or spec == "none":
         return None
-    return FluencyJudge.load(spec, device=device)
+    judge = spec if isinstance(spec, FluencyJudge) else FluencyJudge.load(spec, device=device)
+    if dreamer is None or not same_weights(judge.model, dreamer):
+        return judge
+    if spec == "default":
+        log.warning(
+            "the default judge %s is the dreaming model, so it would not be independent: judging with %s "
+            "instead (--judge NAME chooses another)",
+            DEFAULT_JUDGE,
+            FALLBACK_JUDGE,
+        )
+        return FluencyJudge.load(FALLBACK_JUDGE, device=device)
+    log.warning("the judge %s is the dreaming model: its percentiles are no independent measure", judge.name)
+    return judge
+
+
+def same_weights(a: nn.Module | None, b: nn.Module) -> bool:
+    """Whether two models are one model, maybe loaded twice or wrapped (a BOS-conditioned view holds the same
+    parameters): as many parameters, and the same input embeddings (shape and first 64 rows)."""
+    if a is None or sum(p.numel() for p in a.parameters()) != sum(p.numel() for p in b.parameters()):
+        return False
+    ea, eb = a.get_input_embeddings().weight, b.get_input_embeddings().weight
+    return ea.shape == eb.shape and torch.equal(
+        ea[:64].detach().float().cpu(), eb[:64].detach().float().cpu()
+    )
 
 
 def _key(text: str) -> str:

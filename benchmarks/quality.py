@@ -145,7 +145,21 @@ def parse_args():
     ap.add_argument("--out", default="benchmarks/quality.json")
     ap.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
     ap.add_argument("--replot", default=None, help="only redraw the plot of this JSON (nothing is run)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows an interrupted --out already has")
     return ap.parse_args()
+
+
+def resumed_rows(args) -> list[dict]:
+    """The rows of an interrupted run of the same settings at --out (a killed run writes after each latent)."""
+    path = Path(args.out)
+    if not (args.resume and path.exists()):
+        return []
+    old = json.loads(path.read_text())
+    same = ("model", "sae", "budget", "seed", "xe_max", "ladder", "goal", "dreams", "judge")
+    if any(old["args"].get(k) != getattr(args, k) for k in same):
+        raise SystemExit(f"--resume: {path} was run with other settings; drop --resume or change --out")
+    print(f"resuming: {len(old['rows'])} rows kept from {path}")
+    return old["rows"]
 
 
 def config(args, mode: str, xe_max: str, ladder) -> DreamConfig:
@@ -202,11 +216,15 @@ def run_latent(model, tok, sae, judge, lat: int, mode: str, xe_max: str, ladder,
     return row
 
 
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
 def print_row(row: dict) -> None:
     print(
         f"{row['mode']:8s} {row['latent']:5d} ratio {row['ratio']:5.2f} (max {row['most_activating_ratio']:5.2f}) "
-        f"XE {row['xe']:5.2f} <= {row['xe_limit'] or float('nan'):5.2f} L {row['tokens']:2d} it {row['iters']:3d} "
-        f"judge {row['judge_pct'] or float('nan'):3.0f} (data {row['dataset_judge_pct'] or float('nan'):3.0f}) "
+        f"XE {row['xe']:5.2f} <= {_nan(row['xe_limit']):5.2f} L {row['tokens']:2d} it {row['iters']:3d} "
+        f"judge {_nan(row['judge_pct']):3.0f} (data {_nan(row['dataset_judge_pct']):3.0f}) "
         f"{'DOM' if row.get('dominates') else '   '} {row['text']!r}",
         flush=True,
     )
@@ -234,9 +252,12 @@ def main() -> None:
     )
     judge = None if args.judge == "none" else FluencyJudge.load(args.judge)
     ladder = None if args.ladder == "off" else tuple(args.ladder.split(","))
-    rows, t_start = [], time.time()
+    rows, t_start = resumed_rows(args), time.time()
+    done = {(r["mode"], r["latent"]) for r in rows}
     for mode, xe_max in [(m, x) for m in args.modes.split(",") for x in args.xe_max.split(",")]:
         for lat in latents:
+            if (mode if len(args.xe_max.split(",")) == 1 else f"{mode}@{xe_max}", lat) in done:
+                continue
             rows.append(run_latent(model, tok, sae, judge, lat, mode, xe_max, ladder, args))
             write(args, sae, latents, tune, rows, t_start, final=False)  # a killed run keeps its rows
             print_row(rows[-1])

@@ -5,7 +5,8 @@
                                                      # README.md or docs/*.md as is
 
 Covers throughput.json, prefix_cache.json, quality_vs_time.json, scaling.json, multi_feature.json,
-ladder_examples.json and the quality JSONs (through quality_table.py). The tuning table's labels are prose; tune_round*.json hold its
+ladder_examples.json, tune_readable_goal*.json, direction_dreams.json and the quality JSONs (through
+quality_table.py). The tuning table's labels are prose; tune_round*.json hold its
 figures.
 """
 
@@ -18,7 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from quality_table import rows_table, summary_table  # noqa: E402
+from quality_table import (  # noqa: E402
+    dominance_rows_table,
+    dominance_table,
+    has_dominance,
+    rows_table,
+    summary_table,
+)
 
 HERE = Path(__file__).parent
 
@@ -28,7 +35,7 @@ def _f(x, spec: str, none: str = "–") -> str:
 
 
 def _cell_text(text: str) -> str:
-    return "`" + text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`"
+    return "`" + text.replace("\r", "␍").replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`"
 
 
 def headline_examples_table(d: dict) -> str:
@@ -178,6 +185,41 @@ def multi_feature_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def readable_tuning_table(runs: list[dict]) -> str:
+    """One row per variant of the readable goal's tuning runs (tune.py), in the order they were run."""
+    lines = [
+        "| variant | overrides | ≥ 1 | dominate | median ratio | judge pct, median: dream / example | median length "
+        "| median iterations |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in runs:
+        for name, s in d["summary"].items():
+            over = ", ".join(f"{k}={v}" for k, v in s["overrides"].items()) or "(defaults)"
+            lines.append(
+                f"| {name} | `{over}` | {s['beat']}/{s['n']} | **{s['dominate']}/{s['n']}** | "
+                f"{s['median_ratio']:.2f} | **{s['median_judge_pct']:.0f}** / {s['median_dataset_judge_pct']:.0f} | "
+                f"{s['median_tokens']:g} | {s['median_iters']:g} |"
+            )
+    return "\n".join(lines)
+
+
+def direction_dreams_table(d: dict) -> str:
+    """Per site: directions whose maximum and dream are at valid positions, reproduced, and beaten."""
+    lines = [
+        "| site | directions | maximum valid / reproduced alone | dream's token valid | headline ≥ max "
+        "| median ratio: headline / most activating | unguarded max in the hole | search wall (budget) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for site, s in d["summary"].items():
+        lines.append(
+            f"| {site} | {s['n']} | {s['maxima_valid']}/{s['n']} / {s['maxima_reproduced']}/{s['n']} | "
+            f"{s['dreams_valid']}/{s['n']} | **{s['beat_max']}/{s['n']}** | {s['median_ratio']:.2f} / "
+            f"{s['median_most_activating_ratio']:.2f} | {s['unguarded_max_above_cap']}/{s['n']} | "
+            f"{s['max_search_wall']:.1f} s ({s['budget']:g} s) |"
+        )
+    return "\n".join(lines)
+
+
 def all_tables() -> list[tuple[str, str]]:
     """``(json file, markdown table)`` for every table this script covers whose JSON exists."""
     out: list[tuple[str, str]] = []
@@ -188,13 +230,18 @@ def all_tables() -> list[tuple[str, str]]:
 
     for name in (
         "quality.json",
+        "quality_k3.json",
         "quality_240.json",
         "quality_query.json",
         "quality_cold.json",
         "quality_gemma.json",
     ):
         if (d := load(name)) is not None:
-            out += [(name, summary_table(d)), (name, rows_table(d))]
+            out.append((name, summary_table(d)))
+            if has_dominance(d):
+                out += [(name, dominance_table(d)), (name, dominance_rows_table(d))]
+            else:
+                out.append((name, rows_table(d)))
     if (d := load("throughput.json")) is not None:
         out += [("throughput.json", t) for t in throughput_tables(d)]
     if (d := load("prefix_cache.json")) is not None:
@@ -205,6 +252,11 @@ def all_tables() -> list[tuple[str, str]]:
         out.append(("scaling.json", scaling_table(d)))
     if (d := load("multi_feature.json")) is not None:
         out.append(("multi_feature.json", multi_feature_table(d)))
+    tuning = [d for n in ("", "2", "3") if (d := load(f"tune_readable_goal{n}.json")) is not None]
+    if tuning:
+        out.append(("tune_readable_goal*.json", readable_tuning_table(tuning)))
+    if (d := load("direction_dreams.json")) is not None:
+        out.append(("direction_dreams.json", direction_dreams_table(d)))
     if (d := load("ladder_examples.json")) is not None and "headline" in d["rows"][0]:
         out.append(("ladder_examples.json", headline_examples_table(d)))
         out.append(("ladder_examples.json", ladder_examples_table(d)))

@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 import torch
+from helpers.children import mixed_children
 
-from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.evaluation.evaluate import Evaluator
 from featuredream.evaluation.prefix_cache import cache_argument, plan_buckets, shared_prefixes
 from featuredream.models.padding import pad
@@ -19,25 +19,6 @@ from featuredream.models.sites import Site
 from featuredream.objectives.kinds import DirectionObjective, SAEEncoder
 
 TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-def _children(parent: torch.Tensor, vocab: int, seed: int = 0) -> list[torch.Tensor]:
-    """A mixed batch: GCG / sampled swaps, inserts, deletes (ragged lengths) and one unrelated child."""
-    g = torch.Generator().manual_seed(seed)
-    L, V = len(parent), vocab
-    grad = torch.randn(L, V, generator=g)
-    logprobs = torch.log_softmax(torch.randn(L, V, generator=g), dim=-1)
-    banned = torch.tensor([0])
-    kids = [
-        gcg_swap(parent, grad, 6, 16, g, banned)[0],
-        sample_swap(parent, logprobs, 5, 8, g, banned)[0],
-        sample_insert(parent, logprobs, 6, 8, g, banned)[0],
-        delete(parent, 5, g)[0],
-    ]
-    out = [k for batch in kids for k in batch.unbind(0)]
-    out.append(torch.randint(1, V, (L - 2,), generator=g))  # shares nothing (or little) with the parent
-    out.append(parent.clone())  # identical to the parent: all but its last token from the cache
-    return out
 
 
 def _compare(model, objective, parent, seqs, need_xe: bool, batch_size: int = 64):
@@ -63,7 +44,7 @@ def _compare(model, objective, parent, seqs, need_xe: bool, batch_size: int = 64
 def test_prefix_cache_equals_plain_path(tiny_model, tiny_sae, need_xe, reduce):
     parent = torch.randint(1, 300, (11,), generator=torch.Generator().manual_seed(1))
     obj = SAEEncoder(tiny_sae, 5, reduce=reduce)
-    _compare(tiny_model, obj, parent, _children(parent, 300), need_xe)
+    _compare(tiny_model, obj, parent, mixed_children(parent, 300), need_xe)
 
 
 def test_prefix_cache_passes_the_cache_without_a_deprecation_warning(tiny_llama, tiny_sae):
@@ -72,7 +53,7 @@ def test_prefix_cache_passes_the_cache_without_a_deprecation_warning(tiny_llama,
     parent = torch.randint(1, 300, (9,), generator=torch.Generator().manual_seed(2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _compare(tiny_llama, SAEEncoder(tiny_sae, 1), parent, _children(parent, 300), need_xe=True)
+        _compare(tiny_llama, SAEEncoder(tiny_sae, 1), parent, mixed_children(parent, 300), need_xe=True)
     assert not [w for w in caught if "past_key_values" in str(w.message)]
 
     class OlderModel(torch.nn.Module):  # transformers before the rename (>= 4.51 is supported)
@@ -90,7 +71,7 @@ def test_prefix_cache_head_and_early_sites(tiny_model, site):
     obj = DirectionObjective(site, torch.randn(width, generator=torch.Generator().manual_seed(2)), "max")
     parent = torch.randint(1, 300, (9,), generator=torch.Generator().manual_seed(3))
     for need_xe in (False, True):
-        _compare(tiny_model, obj, parent, _children(parent, 300, seed=4), need_xe)
+        _compare(tiny_model, obj, parent, mixed_children(parent, 300, seed=4), need_xe)
 
 
 def test_prefix_cache_gemma2_sliding_window_shorter_than_prompt(tiny_sae):
@@ -106,7 +87,7 @@ def test_prefix_cache_gemma2_sliding_window_shorter_than_prompt(tiny_sae):
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval().requires_grad_(False)
     parent = torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(5))
     obj = DirectionObjective(Site("resid_post", 2), torch.randn(64), "mean")
-    _compare(model, obj, parent, _children(parent, 300, seed=6), need_xe=True)
+    _compare(model, obj, parent, mixed_children(parent, 300, seed=6), need_xe=True)
 
 
 @pytest.mark.parametrize("site", [Site("resid_pre", 0), Site("resid_post", 1)])
@@ -121,13 +102,13 @@ def test_prefix_cache_absolute_positions(site):
     parent = torch.randint(1, 300, (10,), generator=torch.Generator().manual_seed(13))
     obj = DirectionObjective(site, torch.randn(64, generator=torch.Generator().manual_seed(14)), "mean")
     for need_xe in (False, True):
-        _compare(model, obj, parent, _children(parent, 300, seed=15), need_xe)
+        _compare(model, obj, parent, mixed_children(parent, 300, seed=15), need_xe)
 
 
 def test_prefix_cache_with_default_bucketing_and_small_batches(tiny_llama, tiny_sae):
     parent = torch.randint(1, 300, (14,), generator=torch.Generator().manual_seed(7))
     obj = SAEEncoder(tiny_sae, 3, reduce="last")
-    seqs = _children(parent, 300, seed=8)
+    seqs = mixed_children(parent, 300, seed=8)
     ids, mask = pad(seqs, 0)
     lengths = mask.sum(1)
     plain = Evaluator(tiny_llama, obj)(ids, lengths)
@@ -196,7 +177,7 @@ def test_prefix_cache_halves_batch_on_oom(tiny_llama, tiny_sae, monkeypatch):
 
     parent = torch.randint(1, 300, (10,), generator=torch.Generator().manual_seed(9))
     obj = SAEEncoder(tiny_sae, 2, reduce="max")
-    seqs = _children(parent, 300, seed=10)
+    seqs = mixed_children(parent, 300, seed=10)
     ids, mask = pad(seqs, 0)
     lengths = mask.sum(1)
     real = evaluate.run_tails
@@ -221,7 +202,7 @@ def test_unsupported_site_falls_back_to_plain_path(tiny_llama, tiny_sae, monkeyp
 
     monkeypatch.setattr(pc, "PER_POSITION_KINDS", ())
     parent = torch.randint(1, 300, (8,), generator=torch.Generator().manual_seed(11))
-    ids, mask = pad(_children(parent, 300, seed=12), 0)
+    ids, mask = pad(mixed_children(parent, 300, seed=12), 0)
     lengths = mask.sum(1)
     ev = Evaluator(tiny_llama, SAEEncoder(tiny_sae, 1), prefix_cache=True)
     ev(ids, lengths, parent=parent)

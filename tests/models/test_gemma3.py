@@ -24,9 +24,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.children import mixed_children
 from helpers.saes import GEMMA3_WINDOW, write_sae_dir
 
-from featuredream.engine.mutations import delete, gcg_swap, sample_insert, sample_swap
 from featuredream.evaluation.evaluate import Evaluator
 from featuredream.evaluation.parent_grads import batched_parent_signals, parent_signals
 from featuredream.models.loading import embed_scale
@@ -171,22 +171,6 @@ def test_logit_effects_read_the_unembedding_through_the_real_norm(tiny_gemma3, t
 # ---------------------------------------------------------------------------------------------- sliding window
 
 
-def _children(parent: torch.Tensor, vocab: int, seed: int) -> list[torch.Tensor]:
-    """Swaps, inserts and deletes at every kind of position (ragged), plus the parent itself."""
-    g = torch.Generator().manual_seed(seed)
-    L = len(parent)
-    grad = torch.randn(L, vocab, generator=g)
-    logprobs = torch.log_softmax(torch.randn(L, vocab, generator=g), dim=-1)
-    banned = torch.tensor([0])
-    kids = [
-        gcg_swap(parent, grad, 6, 16, g, banned)[0],
-        sample_swap(parent, logprobs, 5, 8, g, banned)[0],
-        sample_insert(parent, logprobs, 6, 8, g, banned)[0],
-        delete(parent, 5, g)[0],
-    ]
-    return [k for batch in kids for k in batch.unbind(0)] + [parent.clone()]
-
-
 @pytest.mark.parametrize("reduce", ["last", "max", "mean"])
 def test_evaluator_equals_each_sequence_alone(tiny_gemma3, reduce):
     """Right-padded without a mask, plain path and prefix cache: scores, XE and per-token values equal an
@@ -195,7 +179,7 @@ def test_evaluator_equals_each_sequence_alone(tiny_gemma3, reduce):
     d = _direction(model.config.hidden_size, 3)
     obj = DirectionObjective(SITE, d, reduce)
     parent = _seqs(V, (14,), seed=4)[0]
-    seqs = _children(parent, V, seed=5)
+    seqs = mixed_children(parent, V, seed=5, unrelated=False)
     ids, mask = pad(seqs, 0)
     lengths = mask.sum(1)
     plain = Evaluator(model, obj, batch_size=8)(ids, lengths)
@@ -220,7 +204,10 @@ def test_prefix_cache_of_several_parents_equals_each_sequence_alone(tiny_gemma3,
     sae = load_sae(write_sae_dir(tmp_path / "sae", hook=f"blocks.{LAYER}.hook_resid_post"), model=model)
     group = MultiLatentObjective(sae, [3, 9], kind="decoder", reduce="mean", norm_guard=False)
     p0, p1 = _seqs(V, (15, 8), seed=8)
-    kids0, kids1 = _children(p0, V, seed=9), _children(p1, V, seed=10)
+    kids0, kids1 = (
+        mixed_children(p0, V, seed=9, unrelated=False),
+        mixed_children(p1, V, seed=10, unrelated=False),
+    )
     ids, mask = pad(kids0 + kids1, 0)
     lengths = mask.sum(1)
     owner = torch.tensor([0] * len(kids0) + [1] * len(kids1))

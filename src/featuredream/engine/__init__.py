@@ -11,18 +11,6 @@ May import :mod:`featuredream.models`, :mod:`featuredream.text`, :mod:`featuredr
 :mod:`featuredream.objectives`; nothing above them.
 """
 
-from ..objectives.group import MultiLatentObjective
-from ..objectives.kinds import (
-    DecoderProjection,
-    DirectionObjective,
-    FunctionObjective,
-    Objective,
-    QueryDirection,
-    QueryFeature,
-    SAEEncoder,
-    WeightedSum,
-    make_objective,
-)
 from .config import DEFAULT_LADDER, DreamConfig, log_penalties
 from .dream import dream, dream_features, dream_many, judge_results
 from .loop import DreamLoop
@@ -30,25 +18,15 @@ from .results import DreamResult, FeatureError, Prompt, Rung
 
 __all__ = [
     "DEFAULT_LADDER",
-    "DecoderProjection",
-    "DirectionObjective",
     "DreamConfig",
     "DreamLoop",
     "DreamResult",
     "FeatureError",
-    "FunctionObjective",
-    "MultiLatentObjective",
-    "Objective",
     "Prompt",
-    "QueryDirection",
-    "QueryFeature",
     "Rung",
-    "SAEEncoder",
-    "WeightedSum",
     "dream",
     "dream_features",
     "dream_many",
     "judge_results",
     "log_penalties",
-    "make_objective",
 ]
